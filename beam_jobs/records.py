@@ -67,3 +67,86 @@ def read_dataset_json(data_dir: str) -> dict:
             return json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path!r} is not valid JSON: {e}") from e
+
+
+# --- TF-free writing helpers (beam workers need not import TensorFlow) -----------------
+
+def _varint(value: int) -> bytes:
+    """Protobuf base-128 varint; negative int64 values use their 64-bit two's complement."""
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    return _varint((field << 3) | 2) + _varint(len(payload)) + payload
+
+
+def _map_entry(name: str, feature: bytes) -> bytes:
+    return _length_delimited(1, _length_delimited(1, name.encode("utf-8"))
+                             + _length_delimited(2, feature))
+
+
+def encode_example_fast(png_bytes: bytes, label: int, key: str | bytes) -> bytes:
+    """Same record as :func:`encode_example`, serialized without importing TensorFlow.
+
+    Writes the protobuf wire format of ``tf.train.Example`` directly, with the feature
+    map entries always in the order image, label, key. Unlike ``encode_example`` (whose
+    protobuf map order changes between Python processes with the hash seed) the bytes
+    are a pure function of the arguments, which deterministic shards need. It parses to
+    the same ``tf.train.Example`` (checked in tests/test_preprocess.py).
+    """
+    key_bytes = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    image_feature = _length_delimited(1, _length_delimited(1, bytes(png_bytes)))  # BytesList
+    label_feature = _length_delimited(3, _length_delimited(1, _varint(int(label))))  # packed
+    key_feature = _length_delimited(1, _length_delimited(1, key_bytes))
+    features = (_map_entry(IMAGE_KEY, image_feature) + _map_entry(LABEL_KEY, label_feature)
+                + _map_entry(KEY_KEY, key_feature))
+    return _length_delimited(1, features)
+
+
+def _masked_crc32c(data: bytes) -> int:
+    import google_crc32c
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame_tfrecord(record: bytes) -> bytes:
+    """One TFRecord frame: uint64 length, masked CRC32C of it, data, masked CRC32C."""
+    import struct
+
+    length = struct.pack("<Q", len(record))
+    return (length + struct.pack("<I", _masked_crc32c(length)) + record
+            + struct.pack("<I", _masked_crc32c(record)))
+
+
+def iter_tfrecord(path: str):
+    """Yields the records (bytes) of an uncompressed TFRecord file, checking CRCs."""
+    import struct
+
+    with open(path, "rb") as f:
+        while True:
+            header = f.read(12)
+            if not header:
+                return
+            if len(header) != 12:
+                raise ValueError(f"{path!r}: truncated TFRecord header")
+            (length,) = struct.unpack("<Q", header[:8])
+            if struct.unpack("<I", header[8:])[0] != _masked_crc32c(header[:8]):
+                raise ValueError(f"{path!r}: corrupt TFRecord length CRC")
+            data = f.read(length)
+            footer = f.read(4)
+            if len(data) != length or len(footer) != 4:
+                raise ValueError(f"{path!r}: truncated TFRecord record")
+            if struct.unpack("<I", footer)[0] != _masked_crc32c(data):
+                raise ValueError(f"{path!r}: corrupt TFRecord data CRC")
+            yield data
