@@ -127,14 +127,13 @@ def build_mnist_classifier(feature_dim: int = 128, seed: int = 0):
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((MNIST_SIZE, MNIST_SIZE, 1), name="image")
-    x = layers.Conv2D(32, 3, activation="relu", padding="same")(inputs)
+    x = layers.Conv2D(32, 3, activation="relu")(inputs)
     x = layers.MaxPooling2D()(x)
-    x = layers.Conv2D(64, 3, activation="relu", padding="same")(x)
+    x = layers.Conv2D(64, 3, activation="relu")(x)
     x = layers.MaxPooling2D()(x)
     x = layers.Flatten()(x)
-    x = layers.Dropout(0.25)(x)
     pool = layers.Dense(feature_dim, activation="relu", name="pool")(x)
-    logits = layers.Dense(10, name="logits")(layers.Dropout(0.25)(pool))
+    logits = layers.Dense(10, name="logits")(layers.Dropout(0.2)(pool))
     classifier = keras.Model(inputs, logits, name="mnist_classifier")
     features_model = keras.Model(inputs, [pool, logits], name="mnist_features")
     return classifier, features_model

@@ -1,0 +1,101 @@
+"""Trains the small MNIST convnet used as the ``mnist_classifier`` FID/KID/IS extractor.
+
+    python -m beam_jobs.train_mnist_classifier --mnist_dir=../shared/data/mnist_test \\
+        --output=work/mnist_classifier [--epochs=4]
+
+Trains on the first 9,000 images of the given IDX files, reports accuracy on the last
+1,000 (held out), and exports an extractor SavedModel (signature ``features``, see
+:mod:`beam_jobs.extractors`) that accepts uint8 [B, H, W, 1 or 3] images.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+import numpy as np
+
+from beam_jobs import extractors, mnist_idx
+
+log = logging.getLogger(__name__)
+
+NUM_TRAIN = 9000
+
+
+def train_classifier(mnist_dir: str, output: str, epochs: int = 4, batch_size: int = 128,
+                     max_steps: int | None = None, seed: int = 0,
+                     min_accuracy: float | None = None) -> dict:
+    """Trains, evaluates on the held-out 1,000 images and exports to ``output``.
+
+    Returns {"accuracy": held-out accuracy in [0, 1], "train_images", "heldout_images",
+    "epochs", "seconds", "output"}. ``max_steps`` caps the optimizer steps (for tests);
+    ``min_accuracy`` raises RuntimeError (after exporting) when the accuracy is lower.
+    """
+    import keras
+    import tensorflow as tf
+
+    images, labels = mnist_idx.load_mnist(mnist_dir)
+    if len(images) <= NUM_TRAIN:
+        raise ValueError(f"{mnist_dir!r} holds {len(images)} images; need more than "
+                         f"{NUM_TRAIN} (train on the first {NUM_TRAIN}, hold out the rest)")
+    x = (images.astype(np.float32) / 255.0)[..., None]
+    y = labels.astype(np.int64)
+    x_train, y_train, x_test, y_test = x[:NUM_TRAIN], y[:NUM_TRAIN], x[NUM_TRAIN:], y[NUM_TRAIN:]
+
+    classifier, features_model = extractors.build_mnist_classifier(seed=seed)
+    classifier.compile(optimizer=keras.optimizers.Adam(1e-3),
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                       metrics=["accuracy"])
+    ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
+          .shuffle(NUM_TRAIN, seed=seed).batch(batch_size).prefetch(2))
+    steps_per_epoch = None
+    if max_steps is not None:
+        steps_per_epoch = max(1, min(max_steps, -(-NUM_TRAIN // batch_size)))
+        ds = ds.repeat()
+        epochs = max(1, -(-max_steps // steps_per_epoch))
+    start = time.time()
+    log.info("training the MNIST classifier on %d images for %d epoch(s)", NUM_TRAIN, epochs)
+    classifier.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                   verbose=2 if sys.stderr.isatty() else 0)
+    logits = classifier.predict(x_test, batch_size=500, verbose=0)
+    accuracy = float(np.mean(np.argmax(logits, axis=-1) == y_test))
+    seconds = time.time() - start
+    log.info("held-out accuracy %.4f on %d images (%.1f s)", accuracy, len(y_test), seconds)
+    extractors.export_mnist_classifier(features_model, output, heldout_accuracy=accuracy,
+                                       train_images=NUM_TRAIN, heldout_images=int(len(y_test)))
+    result = {"accuracy": accuracy, "train_images": NUM_TRAIN,
+              "heldout_images": int(len(y_test)), "epochs": epochs,
+              "seconds": round(seconds, 2), "output": output}
+    if min_accuracy is not None and accuracy < min_accuracy:
+        raise RuntimeError(f"held-out accuracy {accuracy:.4f} is below --min_accuracy="
+                           f"{min_accuracy}; exported anyway to {output!r}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mnist_dir", required=True,
+                        help="folder with t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
+    parser.add_argument("--output", required=True, help="SavedModel directory to write")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min_accuracy", type=float, default=0.97,
+                        help="fail (exit 1) below this held-out accuracy")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        result = train_classifier(args.mnist_dir, args.output, epochs=args.epochs,
+                                  batch_size=args.batch_size, seed=args.seed,
+                                  min_accuracy=args.min_accuracy)
+    except RuntimeError as e:
+        log.error("%s", e)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""beam_jobs.fid_math: statistics, Frechet distance, KID and IS against direct numpy."""
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import scipy.linalg
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs import fid_math
+from beam_jobs.fid_math import FeatureStatistics
+
+LOCAL = PipelineOptions(["--runner=FnApiRunner", "--direct_running_mode=in_memory"])
+
+
+def _features(n=600, d=16, seed=0, offset=100.0):
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(d, d))
+    return (rng.normal(size=(n, d)) @ mix + offset).astype(np.float32)
+
+
+def _numpy_fid(x, y):
+    mu1, mu2 = x.mean(0), y.mean(0)
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def _dump(value, path):
+    with open(path, "wb") as f:
+        pickle.dump(value, f)
+
+
+def _run_combine(elements, combine_fn, path):
+    """Runs CombineGlobally in a real Beam pipeline; returns its single output."""
+    with beam.Pipeline(options=LOCAL) as p:
+        (p | beam.Create(list(elements), reshuffle=True)
+         | beam.CombineGlobally(combine_fn)
+         | beam.Map(_dump, str(path)))
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def _beam_statistics(rows, path):
+    return FeatureStatistics.from_sufficient(
+        _run_combine(rows, fid_math.MeanCovCombineFn(), path))
+
+
+def test_beam_combine_matches_numpy(tmp_path):
+    x = _features(n=700, d=24, seed=1).astype(np.float64)
+    stats = _beam_statistics(x, tmp_path / "out.pkl")  # one row per element: exercises buffering and merging
+    assert stats.count == 700
+    np.testing.assert_allclose(stats.mu, x.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats.sigma, np.cov(x, rowvar=False), rtol=1e-6, atol=1e-9)
+    y = _features(n=500, d=24, seed=2, offset=99.0).astype(np.float64)
+    other = FeatureStatistics.from_features(y)
+    fid = fid_math.fid_from_statistics(stats, other)
+    assert fid == pytest.approx(_numpy_fid(x, y), rel=1e-6)
+
+
+def test_float64_accumulation_survives_large_mean_offset():
+    x = _features(n=2000, d=8, seed=3, offset=1e4)
+    stats = FeatureStatistics.from_features(x)
+    np.testing.assert_allclose(stats.sigma, np.cov(x.astype(np.float64), rowvar=False),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_merge_of_split_batches_equals_whole():
+    x = _features(n=300, d=5, seed=4)
+    a = fid_math.SufficientStatistics().add(x[:17]).add(x[17:200])
+    b = fid_math.SufficientStatistics().add(x[200:])
+    merged = a.merge(b)
+    whole = fid_math.SufficientStatistics().add(x)
+    assert merged.count == whole.count == 300
+    np.testing.assert_allclose(merged.gaussian()[1], whole.gaussian()[1], rtol=1e-9)
+
+
+def test_fid_of_set_with_itself_is_zero():
+    x = _features(n=400, d=12, seed=5)
+    s = FeatureStatistics.from_features(x)
+    assert abs(fid_math.fid_from_statistics(s, s)) < 1e-6
+
+
+def test_fid_closed_form_for_diagonal_gaussians():
+    mu1, mu2 = np.array([0.0, 1.0, -2.0, 3.0]), np.array([1.0, 1.0, 0.5, -1.0])
+    v1, v2 = np.array([1.0, 4.0, 0.25, 9.0]), np.array([2.0, 1.0, 0.25, 16.0])
+    expected = ((mu1 - mu2) ** 2).sum() + (v1 + v2 - 2 * np.sqrt(v1 * v2)).sum()
+    got = fid_math.frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2))
+    assert got == pytest.approx(expected, rel=1e-10)
+
+
+def test_fid_closed_form_for_rotated_gaussians():
+    # Same rotation on both: (S1 S2)^{1/2} = R diag(sqrt(v1 v2)) R^T, trace unchanged.
+    rng = np.random.default_rng(6)
+    r, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    v1, v2 = rng.uniform(0.5, 3, 6), rng.uniform(0.5, 3, 6)
+    s1, s2 = r @ np.diag(v1) @ r.T, r @ np.diag(v2) @ r.T
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    expected = ((mu1 - mu2) ** 2).sum() + (v1 + v2 - 2 * np.sqrt(v1 * v2)).sum()
+    assert fid_math.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+
+
+def test_fewer_samples_than_dimensions_warns():
+    x = _features(n=10, d=32, seed=7)
+    with pytest.warns(RuntimeWarning, match=r"only 10 feature vectors for dimension 32"):
+        FeatureStatistics.from_features(x)
+
+
+def test_enough_samples_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FeatureStatistics.from_features(_features(n=100, d=8, seed=8))
+
+
+def test_fid_rejects_mismatched_shapes_and_extractors():
+    with pytest.raises(ValueError, match="different shapes"):
+        fid_math.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    a = FeatureStatistics(np.zeros(2), np.eye(2), 5, extractor="mnist_classifier")
+    b = FeatureStatistics(np.zeros(2), np.eye(2), 5, extractor="inception_v3")
+    with pytest.raises(ValueError, match="different extractors"):
+        fid_math.fid_from_statistics(a, b)
+
+
+def test_npz_roundtrip_and_ttur_format(tmp_path):
+    x = _features(n=50, d=4, seed=9)
+    s = FeatureStatistics.from_features(x, extractor="mnist_classifier", resize_protocol="p")
+    s.kid_features = x[:10]
+    s.save(str(tmp_path / "a.npz"))
+    loaded = FeatureStatistics.load(str(tmp_path / "a.npz"))
+    np.testing.assert_array_equal(loaded.mu, s.mu)
+    assert loaded.count == 50 and loaded.extractor == "mnist_classifier"
+    assert loaded.kid_features.shape == (10, 4)
+    np.savez(tmp_path / "ttur.npz", mu=s.mu, sigma=s.sigma)  # only the TTUR keys
+    assert FeatureStatistics.load(str(tmp_path / "ttur.npz")).count is None
+    np.savez(tmp_path / "bad.npz", mean=s.mu)
+    with pytest.raises(ValueError, match=r"lacks key\(s\) \['mu', 'sigma'\]"):
+        FeatureStatistics.load(str(tmp_path / "bad.npz"))
+
+
+def _mmd2_loops(x, y):
+    d = x.shape[1]
+    k = lambda a, b: (a @ b / d + 1) ** 3  # noqa: E731
+    m, n = len(x), len(y)
+    kxx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    kyy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    kxy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return kxx + kyy - 2 * kxy
+
+
+def test_kid_matches_direct_unbiased_mmd():
+    rng = np.random.default_rng(10)
+    x, y = rng.normal(size=(30, 5)), rng.normal(0.5, 1.0, size=(25, 5))
+    assert fid_math.polynomial_mmd2_unbiased(x, y) == pytest.approx(_mmd2_loops(x, y), rel=1e-10)
+    # With subsets as large as the sets, every subset is the whole set (permuted).
+    mean, std = fid_math.kernel_inception_distance(x[:25], y, subset_size=25, num_subsets=3)
+    assert mean == pytest.approx(_mmd2_loops(x[:25], y), rel=1e-10)
+    assert std == pytest.approx(0.0, abs=1e-12)
+
+
+def test_kid_subsets_and_same_distribution():
+    rng = np.random.default_rng(11)
+    x, y = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))
+    z = rng.normal(1.0, 1.0, size=(400, 8))
+    same, _ = fid_math.kernel_inception_distance(x, y, subset_size=100, num_subsets=20)
+    diff, diff_std = fid_math.kernel_inception_distance(x, z, subset_size=100, num_subsets=20)
+    assert abs(same) < 0.05 < diff and diff_std > 0
+    with pytest.warns(RuntimeWarning, match="subset size reduced from 1000 to 400"):
+        fid_math.kernel_inception_distance(x, y, num_subsets=2)
+
+
+def test_inception_score_extremes():
+    k = 10
+    uniform = np.zeros((200, k))
+    mean, std = fid_math.inception_score(uniform)
+    assert mean == pytest.approx(1.0, abs=1e-12) and std == pytest.approx(0.0, abs=1e-12)
+    labels = np.arange(1000) % k
+    one_hot = np.full((1000, k), -1e4)
+    one_hot[np.arange(1000), labels] = 0.0
+    mean, std = fid_math.inception_score(one_hot)
+    assert mean == pytest.approx(k, rel=1e-9) and std == pytest.approx(0.0, abs=1e-9)
+
+
+def test_inception_score_matches_direct_formula():
+    rng = np.random.default_rng(12)
+    logits = rng.normal(size=(500, 7)) * 2
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    scores = []
+    for part in np.array_split(p, 10):
+        py = part.mean(0)
+        scores.append(np.exp(np.mean((part * (np.log(part) - np.log(py))).sum(1))))
+    mean, std = fid_math.inception_score(logits, num_splits=10)
+    assert mean == pytest.approx(np.mean(scores), rel=1e-10)
+    assert std == pytest.approx(np.std(scores), rel=1e-8)
+
+
+def test_inception_score_combine_fn_in_beam(tmp_path):
+    rng = np.random.default_rng(13)
+    logits = rng.normal(size=(120, 5))
+    out = [_run_combine([(i % 10, logits[i]) for i in range(120)],
+                        fid_math.InceptionScoreCombineFn(10), tmp_path / "is.pkl")]
+    direct = fid_math.InceptionScoreStatistics(10)
+    for i in range(120):
+        direct.add(i % 10, logits[i])
+    assert out[0].score() == pytest.approx(direct.score(), rel=1e-10)
