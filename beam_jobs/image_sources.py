@@ -1,0 +1,389 @@
+"""Raw image sources of the preprocessing job: driver-side planning and worker-side reading.
+
+Every source kind has
+
+* a *planner* (runs on the driver, before Beam starts): validates the input, lists the
+  record keys (cheaply: LMDB keys only, zip central directory, file names, npz/IDX
+  headers and labels) and cuts them into small picklable *work units*;
+* a *reader* (runs in a Beam DoFn; opened once per worker in ``setup()``): turns one
+  unit into ``(key, label, payload)`` records, where payload is encoded image bytes, a
+  uint8 array, or a :class:`~beam_jobs.image_transform.BadImage` for an unreadable entry.
+
+Keys are unique strings within a source; labels are ints (-1 when unknown).
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import zipfile
+import zlib
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from beam_jobs import mnist_idx
+from beam_jobs.image_transform import BadImage
+from beam_jobs.records import UNKNOWN_LABEL
+
+SOURCE_KINDS = ("lsun_lmdb", "imagenet64_npz", "image_folder", "image_zip", "mnist_idx")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp")
+UNIT_SIZE = 256  # records per work unit (many more units than workers)
+
+Record = tuple  # (key: str, label: int, payload: bytes | np.ndarray | BadImage)
+
+
+@dataclasses.dataclass
+class SourcePlan:
+    """What the driver learned about an input: keys, work units and label names."""
+
+    kind: str
+    input_path: str  # absolute
+    keys: list[str]
+    units: list[tuple]
+    label_names: list[str] | None
+    info: dict  # extra facts for dataset.json["source"]
+
+
+def _chunks(seq: list, size: int = UNIT_SIZE) -> Iterator[list]:
+    for i in range(0, len(seq), size):
+        yield seq[i:i + size]
+
+
+def _progress(iterable, desc: str, total: int | None = None):
+    return tqdm(iterable, desc=desc, total=total, unit="key", leave=False,
+                disable=total is not None and total < 50_000, mininterval=1.0)
+
+
+def _require_exists(path: str, what: str) -> str:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"input {path!r} does not exist; expected {what}")
+    return os.path.abspath(path)
+
+
+def _no_images(path: str, what: str) -> ValueError:
+    return ValueError(f"input {path!r} holds no images; expected {what}")
+
+
+def _labels_from_parents(relpaths: list[str]) -> tuple[list[int], list[str] | None]:
+    """Label = index of the parent folder name among the sorted names, when >= 2 names."""
+    parents = [os.path.basename(os.path.dirname(p)) for p in relpaths]
+    names = sorted({p for p in parents if p})
+    if len(names) < 2:
+        return [UNKNOWN_LABEL] * len(relpaths), None
+    index = {n: i for i, n in enumerate(names)}
+    return [index[p] if p else UNKNOWN_LABEL for p in parents], names
+
+
+def _is_image_name(name: str) -> bool:
+    base = os.path.basename(name)
+    return (not base.startswith(".") and "__MACOSX" not in name
+            and base.lower().endswith(IMAGE_EXTENSIONS))
+
+
+# -- image_folder -------------------------------------------------------------------------
+
+_FOLDER_WHAT = f"a folder of image files ({', '.join(IMAGE_EXTENSIONS)}), optionally in class subfolders"
+
+
+def plan_image_folder(path: str) -> SourcePlan:
+    root = _require_exists(path, _FOLDER_WHAT)
+    if not os.path.isdir(root):
+        raise NotADirectoryError(f"input {path!r} is not a folder; expected {_FOLDER_WHAT}")
+    rel: list[str] = []
+    skipped = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            r = os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
+            if _is_image_name(r):
+                rel.append(r)
+            else:
+                skipped += 1
+    rel.sort()
+    if not rel:
+        raise _no_images(path, _FOLDER_WHAT)
+    labels, names = _labels_from_parents(rel)
+    units = [("image_folder", [(k, lab) for k, lab in zip(c, lc)])
+             for c, lc in zip(_chunks(rel), _chunks(labels))]
+    return SourcePlan("image_folder", root, rel, units, names, {"skipped_non_image_files": skipped})
+
+
+# -- image_zip ----------------------------------------------------------------------------
+
+_ZIP_WHAT = f"a .zip of image files ({', '.join(IMAGE_EXTENSIONS)}), optionally in class folders"
+
+
+def plan_image_zip(path: str) -> SourcePlan:
+    full = _require_exists(path, _ZIP_WHAT)
+    if not zipfile.is_zipfile(full):
+        raise ValueError(f"input {path!r} is not a zip archive; expected {_ZIP_WHAT}")
+    with zipfile.ZipFile(full) as zf:
+        infos = zf.infolist()
+    names = sorted(i.filename for i in infos if not i.is_dir() and _is_image_name(i.filename))
+    if not names:
+        raise _no_images(path, _ZIP_WHAT)
+    labels, label_names = _labels_from_parents(names)
+    units = [("image_zip", [(k, lab) for k, lab in zip(c, lc)])
+             for c, lc in zip(_chunks(names), _chunks(labels))]
+    return SourcePlan("image_zip", full, names, units, label_names,
+                      {"skipped_non_image_files": sum(not i.is_dir() for i in infos) - len(names)})
+
+
+# -- lsun_lmdb ----------------------------------------------------------------------------
+
+_LMDB_WHAT = "an LMDB directory (holding data.mdb) of key -> WebP/JPEG bytes, as LSUN exports it"
+
+
+def _lmdb_dir(path: str) -> str:
+    full = _require_exists(path, _LMDB_WHAT)
+    if os.path.isfile(full) and os.path.basename(full) == "data.mdb":
+        full = os.path.dirname(full)
+    if not os.path.isfile(os.path.join(full, "data.mdb")):
+        raise ValueError(f"input {path!r} is not an LMDB directory (no data.mdb); expected {_LMDB_WHAT}")
+    return full
+
+
+def _open_lmdb(path: str):
+    import lmdb
+
+    return lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False,
+                     max_readers=512)
+
+
+def lmdb_key_str(key: bytes) -> str:
+    """LMDB key bytes -> record key (ASCII as is, anything else as 'hex:...')."""
+    try:
+        s = key.decode("ascii")
+        if s.isprintable():
+            return s
+    except UnicodeDecodeError:
+        pass
+    return "hex:" + key.hex()
+
+
+def plan_lsun_lmdb(path: str) -> SourcePlan:
+    full = _lmdb_dir(path)
+    env = _open_lmdb(full)
+    try:
+        with env.begin(write=False) as txn:
+            total = txn.stat()["entries"]
+            raw_keys = [bytes(k) for k in _progress(txn.cursor().iternext(values=False),
+                                                    f"scanning LMDB keys of {full}", total)]
+    finally:
+        env.close()
+    if not raw_keys:
+        raise _no_images(path, _LMDB_WHAT)
+    # LMDB iterates in byte order, so a unit is the closed range [first, last] of keys.
+    units = [("lsun_lmdb", (c[0], c[-1], len(c))) for c in _chunks(raw_keys)]
+    return SourcePlan("lsun_lmdb", full, [lmdb_key_str(k) for k in raw_keys], units, None, {})
+
+
+# -- imagenet64_npz -----------------------------------------------------------------------
+
+_NPZ_WHAT = ("a downsampled-ImageNet .npz batch (arrays 'data' uint8 [N, 3*S*S] channel-first "
+             "and 'labels' 1-based [N]) or a folder of them")
+
+
+def _npz_data_shape(path: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of the 'data' member without reading it."""
+    with zipfile.ZipFile(path) as zf:
+        if "data.npy" not in zf.namelist():
+            raise ValueError(f"{path!r} has no 'data' array; expected {_NPZ_WHAT}")
+        with zf.open("data.npy") as f:
+            version = np.lib.format.read_magic(f)
+            shape, _, dtype = np.lib.format._read_array_header(f, version)
+    return shape, dtype
+
+
+def plan_imagenet64_npz(path: str) -> SourcePlan:
+    full = _require_exists(path, _NPZ_WHAT)
+    files = sorted(glob.glob(os.path.join(full, "*.npz"))) if os.path.isdir(full) else [full]
+    if not files:
+        raise _no_images(path, _NPZ_WHAT)
+    keys: list[str] = []
+    units: list[tuple] = []
+    side = None
+    for f in files:
+        try:
+            shape, dtype = _npz_data_shape(f)
+            with np.load(f) as z:
+                if "labels" not in z.files:
+                    raise ValueError(f"{f!r} has no 'labels' array; expected {_NPZ_WHAT}")
+                labels = np.asarray(z["labels"])
+        except zipfile.BadZipFile as e:
+            raise ValueError(f"{f!r} is not an npz file ({e}); expected {_NPZ_WHAT}") from None
+        s = int(round((shape[1] / 3) ** 0.5)) if len(shape) == 2 else 0
+        if dtype != np.uint8 or len(shape) != 2 or 3 * s * s != shape[1]:
+            raise ValueError(f"{f!r}: 'data' is {dtype} {shape}; expected {_NPZ_WHAT}")
+        if side is not None and s != side:
+            raise ValueError(f"{f!r} holds {s}x{s} images, other files {side}x{side}")
+        side = s
+        if labels.shape != (shape[0],):
+            raise ValueError(f"{f!r}: 'labels' shape {labels.shape} does not match 'data' {shape}")
+        if shape[0] and labels.min() < 1:
+            raise ValueError(f"{f!r}: labels must be 1-based (min is {labels.min()})")
+        base = os.path.basename(f)
+        keys.extend(f"{base}/{i:07d}" for i in range(shape[0]))
+        units.extend(("imagenet64_npz", (f, i, min(i + UNIT_SIZE * 4, shape[0])))
+                     for i in range(0, shape[0], UNIT_SIZE * 4))
+    if not keys:
+        raise _no_images(path, _NPZ_WHAT)
+    return SourcePlan("imagenet64_npz", full, keys, units, None,
+                      {"files": [os.path.basename(f) for f in files], "stored_size": side})
+
+
+# -- mnist_idx ----------------------------------------------------------------------------
+
+_MNIST_WHAT = ("a folder with MNIST IDX files (t10k-/train-images-idx3-ubyte[.gz] and the "
+               "matching -labels-idx1-ubyte[.gz])")
+
+
+def _mnist_pairs(root: str) -> list[tuple[str, str, str]]:
+    pairs = []
+    for prefix in ("train", "t10k"):
+        for ext in (".gz", ""):
+            img = os.path.join(root, f"{prefix}-images-idx3-ubyte{ext}")
+            lab = os.path.join(root, f"{prefix}-labels-idx1-ubyte{ext}")
+            if os.path.isfile(img) and os.path.isfile(lab):
+                pairs.append((prefix, img, lab))
+                break
+    return pairs
+
+
+def plan_mnist_idx(path: str) -> SourcePlan:
+    root = _require_exists(path, _MNIST_WHAT)
+    if not os.path.isdir(root):
+        raise NotADirectoryError(f"input {path!r} is not a folder; expected {_MNIST_WHAT}")
+    pairs = _mnist_pairs(root)
+    if not pairs:
+        raise _no_images(path, _MNIST_WHAT)
+    keys, units = [], []
+    for prefix, img, lab in pairs:
+        labels = mnist_idx.read_idx(lab)
+        n = len(labels)
+        keys.extend(f"{prefix}/{i:05d}" for i in range(n))
+        units.extend(("mnist_idx", (prefix, img, lab, i, min(i + UNIT_SIZE * 4, n)))
+                     for i in range(0, n, UNIT_SIZE * 4))
+    if not keys:
+        raise _no_images(path, _MNIST_WHAT)
+    return SourcePlan("mnist_idx", root, keys, units, [str(d) for d in range(10)],
+                      {"files": [os.path.basename(p) for _, i, l in pairs for p in (i, l)]})
+
+
+_PLANNERS = {
+    "lsun_lmdb": plan_lsun_lmdb,
+    "imagenet64_npz": plan_imagenet64_npz,
+    "image_folder": plan_image_folder,
+    "image_zip": plan_image_zip,
+    "mnist_idx": plan_mnist_idx,
+}
+
+
+def plan_source(kind: str, path: str) -> SourcePlan:
+    """Validates ``path`` as a ``kind`` input and plans its work units (driver side)."""
+    if kind not in _PLANNERS:
+        raise ValueError(f"unknown source kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
+    return _PLANNERS[kind](path)
+
+
+# -- readers (worker side) ----------------------------------------------------------------
+
+class SourceReader:
+    """Reads work units of one input; create once per worker, ``close()`` at teardown."""
+
+    def __init__(self, kind: str, input_path: str):
+        self.kind = kind
+        self.input_path = input_path
+        self._env = None
+        self._zip = None
+        self._cache_name = None
+        self._cache = None
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+        self._cache = self._cache_name = None
+
+    def read(self, unit: tuple) -> Iterator[Record]:
+        kind, spec = unit
+        if kind != self.kind:
+            raise ValueError(f"work unit of kind {kind!r} given to a {self.kind!r} reader")
+        return getattr(self, "_read_" + kind)(spec)
+
+    def _read_image_folder(self, spec) -> Iterator[Record]:
+        for rel, label in spec:
+            try:
+                with open(os.path.join(self.input_path, rel), "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                data = BadImage(f"unreadable file ({type(e).__name__}: {e})")
+            yield rel, label, data
+
+    def _read_image_zip(self, spec) -> Iterator[Record]:
+        if self._zip is None:
+            self._zip = zipfile.ZipFile(self.input_path)
+        for name, label in spec:
+            try:
+                data = self._zip.read(name)
+            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError,
+                    zlib.error) as e:
+                data = BadImage(f"unreadable zip member ({type(e).__name__}: {e})")
+            yield name, label, data
+
+    def _read_lsun_lmdb(self, spec) -> Iterator[Record]:
+        first, last, expected = spec
+        if self._env is None:
+            self._env = _open_lmdb(self.input_path)
+        n = 0
+        with self._env.begin(write=False, buffers=False) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(first):
+                for key, value in cursor:
+                    if key > last:
+                        break
+                    n += 1
+                    yield lmdb_key_str(bytes(key)), UNKNOWN_LABEL, bytes(value)
+        if n != expected:
+            raise RuntimeError(f"LMDB {self.input_path!r} changed while reading: key range "
+                               f"{first!r}..{last!r} held {n} entries, planned {expected}")
+
+    def _load_cached(self, name: str, loader):
+        if self._cache_name != name:
+            self._cache = None  # free the previous arrays first
+            self._cache = loader()
+            self._cache_name = name
+        return self._cache
+
+    def _read_imagenet64_npz(self, spec) -> Iterator[Record]:
+        path, start, stop = spec
+
+        def load():
+            with np.load(path) as z:
+                return np.asarray(z["data"]), np.asarray(z["labels"]).astype(np.int64)
+
+        data, labels = self._load_cached(path, load)
+        s = int(round((data.shape[1] / 3) ** 0.5))
+        block = data[start:stop].reshape(-1, 3, s, s).transpose(0, 2, 3, 1)
+        base = os.path.basename(path)
+        for i in range(start, stop):
+            yield f"{base}/{i:07d}", int(labels[i]) - 1, block[i - start]
+
+    def _read_mnist_idx(self, spec) -> Iterator[Record]:
+        prefix, img, lab, start, stop = spec
+        images, labels = self._load_cached(
+            img, lambda: (mnist_idx.read_idx(img), mnist_idx.read_idx(lab)))
+        if images.ndim != 3 or len(images) != len(labels):
+            raise ValueError(f"MNIST files {img!r} / {lab!r} disagree: images "
+                             f"{images.shape}, labels {labels.shape}")
+        for i in range(start, stop):
+            yield f"{prefix}/{i:05d}", int(labels[i]), images[i]
+
+
+__all__ = ["SOURCE_KINDS", "SourcePlan", "SourceReader", "plan_source", "lmdb_key_str",
+           "IMAGE_EXTENSIONS"]
