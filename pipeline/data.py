@@ -1,0 +1,129 @@
+"""tf.data input from the data sets that ``beam_jobs.preprocess`` writes.
+
+A data set directory holds ``<split>-NNNNN-of-MMMMM.tfrecord`` shards and ``dataset.json``
+(format: :mod:`beam_jobs.records`). :func:`make_image_dataset` yields uint8 image
+batches [B, H, W, C] (optionally with int64 labels [B]), deterministically for a seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import tensorflow as tf
+
+from beam_jobs import records
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What dataset.json says about a preprocessed data set.
+
+    Attributes:
+      data_dir: absolute path of the data set directory.
+      image_shape: (H, W, C) of every image, px / channels.
+      split_counts: records per split, e.g. {"train": 9000, "validation": 1000}.
+      split_files: absolute shard paths per split, in shard order.
+      label_names: class names (label i is label_names[i]) or None if unlabelled.
+      raw: the whole dataset.json content.
+    """
+
+    data_dir: str
+    image_shape: tuple[int, int, int]
+    split_counts: dict[str, int]
+    split_files: dict[str, list[str]]
+    label_names: list[str] | None
+    raw: dict
+
+
+def read_dataset_info(data_dir: str) -> DatasetInfo:
+    """Reads and checks ``<data_dir>/dataset.json`` (shards must exist; >= 1 record)."""
+    data_dir = os.path.abspath(os.fspath(data_dir))
+    raw = records.read_dataset_json(data_dir)
+    path = os.path.join(data_dir, records.DATASET_JSON)
+    try:
+        shape = tuple(int(d) for d in raw["image_shape"])
+        splits = raw["splits"]
+        if len(shape) != 3 or min(shape) < 1 or not isinstance(splits, dict):
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path!r} lacks a valid 'image_shape' [H, W, C] and 'splits' "
+                         "mapping; expected the dataset.json that beam_jobs.preprocess "
+                         "writes") from None
+    counts, files = {}, {}
+    for split, entry in splits.items():
+        shard_paths = []
+        for shard in entry.get("shards", []):
+            p = os.path.join(data_dir, shard["file"])
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"shard {p!r} listed in {path!r} is missing; the data "
+                                        "set is incomplete (re-run beam_jobs.preprocess)")
+            shard_paths.append(p)
+        counts[split] = int(entry.get("count", 0))
+        files[split] = shard_paths
+    if sum(counts.values()) == 0:
+        raise ValueError(f"data set {data_dir!r} holds no records (splits: "
+                         f"{sorted(splits) or 'none'})")
+    return DatasetInfo(data_dir=data_dir, image_shape=shape, split_counts=counts,
+                       split_files=files, label_names=raw.get("label_names"), raw=raw)
+
+
+def make_image_dataset(data: str | os.PathLike | DatasetInfo, split: str, batch_size: int, *,
+                       shuffle: bool = True, repeat: bool = True, seed: int | None = 0,
+                       drop_remainder: bool = True, random_flip: bool = False,
+                       with_labels: bool = False, shuffle_buffer: int = 10000) -> tf.data.Dataset:
+    """Batches of one split: uint8 images [B, H, W, C] or (images, int64 labels [B]).
+
+    Shards are read with a parallel interleave and PNGs decoded in parallel; the output
+    order is deterministic for a given ``seed`` (shard order and record shuffle are
+    seeded, ``random_flip`` mirrors left-right with a stateless op keyed on the seed and
+    the record's position). ``seed=None`` gives a different order on every run.
+    """
+    info = data if isinstance(data, DatasetInfo) else read_dataset_info(data)
+    if split not in info.split_counts:
+        raise ValueError(f"split {split!r} not in data set {info.data_dir!r}; available "
+                         f"splits: {sorted(info.split_counts)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: expected a positive int")
+    count = info.split_counts[split]
+    if drop_remainder and batch_size > count:
+        raise ValueError(f"batch_size={batch_size} exceeds the {count} records of split "
+                         f"{split!r} in {info.data_dir!r}; with drop_remainder=True no batch "
+                         "would ever be produced")
+    h, w, c = info.image_shape
+    files = [f for f in info.split_files[split]]
+    autotune = tf.data.AUTOTUNE
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+                       num_parallel_calls=autotune, deterministic=True)
+    if shuffle:
+        ds = ds.shuffle(min(shuffle_buffer, count), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    spec = records.feature_spec()
+
+    def parse(serialized):
+        ex = tf.io.parse_single_example(serialized, spec)
+        image = tf.io.decode_png(ex[records.IMAGE_KEY], channels=c, dtype=tf.uint8)
+        image = tf.ensure_shape(image, (h, w, c))
+        return image, ex[records.LABEL_KEY]
+
+    ds = ds.map(parse, num_parallel_calls=autotune, deterministic=True)
+    if random_flip:
+        flip_seed = tf.constant([0 if seed is None else int(seed), 0x5EED], tf.int64)
+        if seed is None:
+            flip_seed = tf.random.uniform([2], maxval=2 ** 31 - 1, dtype=tf.int64)
+        ds = ds.enumerate().map(
+            lambda i, x: (tf.image.stateless_random_flip_left_right(
+                x[0], tf.stack([flip_seed[0], flip_seed[1] + i])), x[1]),
+            num_parallel_calls=autotune, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=autotune,
+                  deterministic=True)
+    if not with_labels:
+        ds = ds.map(lambda images, labels: images, num_parallel_calls=autotune)
+    options = tf.data.Options()
+    options.deterministic = True
+    ds = ds.with_options(options)
+    return ds.prefetch(autotune)
