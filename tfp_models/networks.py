@@ -6,6 +6,8 @@ checkpoint graph only sees layers held as attributes; :func:`track_layer` does b
 """
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -48,3 +50,164 @@ class ResNetCouplingNet(keras.layers.Layer):
         return self.s_scale * tf.tanh(raw_s), t
 
 
+
+def downsample_steps(image_shape, max_steps: int) -> int:
+    """How many stride-2 halvings (at most ``max_steps``) H and W both allow."""
+    h, w = int(image_shape[0]), int(image_shape[1])
+    k = 0
+    while k < max_steps and h % 2 == 0 and w % 2 == 0 and h > 4 and w > 4:
+        h, w, k = h // 2, w // 2, k + 1
+    return k
+
+
+class ResidualBlock(keras.layers.Layer):
+    """h + conv(relu(conv(relu(h)))), channel count kept."""
+
+    def __init__(self, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.conv_a = keras.layers.Conv2D(channels, 3, padding="same")
+        self.conv_b = keras.layers.Conv2D(channels, 3, padding="same")
+
+    def call(self, h):
+        return h + self.conv_b(tf.nn.relu(self.conv_a(tf.nn.relu(h))))
+
+
+class ConvEncoder(keras.layers.Layer):
+    """Residual conv encoder: images in [0, 1) [N, H, W, C] -> a vector [N, out_dim].
+
+    The output holds the posterior's parameters (and any context for flow posteriors).
+    """
+
+    def __init__(self, out_dim: int, image_shape, base_channels: int, num_downsamples: int = 2,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.stem = keras.layers.Conv2D(base_channels, 3, padding="same")
+        steps = downsample_steps(image_shape, num_downsamples)
+        self.stages = []
+        channels = base_channels
+        for i in range(steps):
+            block = track_layer(self, ResidualBlock(channels), f"res_{i}")
+            channels *= 2
+            down = track_layer(self, keras.layers.Conv2D(channels, 3, strides=2, padding="same"),
+                               f"down_{i}")
+            self.stages.append((block, down))
+        self.last_block = ResidualBlock(channels)
+        self.flatten = keras.layers.Flatten()
+        self.head = keras.layers.Dense(out_dim)
+
+    def call(self, x):
+        h = self.stem(2.0 * x - 1.0)
+        for block, down in self.stages:
+            h = down(tf.nn.relu(block(h)))
+        h = tf.nn.relu(self.last_block(h))
+        return self.head(self.flatten(h))
+
+
+class ConvDecoder(keras.layers.Layer):
+    """Residual conv decoder: z [N, d] -> (mu, log_sigma), each [N, H, W, C].
+
+    log_sigma = min_log_sigma + softplus(raw) keeps the Gaussian from collapsing.
+    """
+
+    def __init__(self, image_shape, base_channels: int, num_upsamples: int = 2,
+                 min_log_sigma: float = -6.0, **kwargs):
+        super().__init__(**kwargs)
+        h, w, c = (int(d) for d in image_shape)
+        steps = downsample_steps(image_shape, num_upsamples)
+        self.start_shape = (h // 2 ** steps, w // 2 ** steps, base_channels * 2 ** steps)
+        self.min_log_sigma = min_log_sigma
+        # softplus(raw + offset) = -min_log_sigma at raw = 0: a fresh decoder has sigma = 1.
+        self._sigma_offset = math.log(math.expm1(-min_log_sigma))
+        self.project = keras.layers.Dense(
+            self.start_shape[0] * self.start_shape[1] * self.start_shape[2])
+        self.stages = []
+        channels = self.start_shape[2]
+        for i in range(steps):
+            block = track_layer(self, ResidualBlock(channels), f"res_{i}")
+            channels //= 2
+            up = track_layer(self, keras.layers.Conv2DTranspose(
+                channels, 4, strides=2, padding="same"), f"up_{i}")
+            self.stages.append((block, up))
+        self.last_block = ResidualBlock(channels)
+        self.out = keras.layers.Conv2D(2 * c, 3, padding="same")
+
+    def call(self, z):
+        h = tf.reshape(self.project(z), (-1,) + self.start_shape)
+        for block, up in self.stages:
+            h = up(tf.nn.relu(block(h)))
+        mu, raw = tf.split(self.out(tf.nn.relu(self.last_block(h))), 2, axis=-1)
+        return mu, self.min_log_sigma + tf.nn.softplus(raw + self._sigma_offset)
+
+
+class Discriminator(keras.layers.Layer):
+    """Conv discriminator/critic on images in [0, 1] [N, H, W, C] -> logits [N].
+
+    With ``spectral_norm`` every conv/dense is wrapped in keras.layers.SpectralNormalization.
+    """
+
+    def __init__(self, image_shape, base_channels: int, spectral_norm: bool = False,
+                 num_downsamples: int = 3, **kwargs):
+        super().__init__(**kwargs)
+
+        def wrap(layer):
+            return keras.layers.SpectralNormalization(layer) if spectral_norm else layer
+
+        self.stem = wrap(keras.layers.Conv2D(base_channels, 3, padding="same"))
+        self.downs = []
+        channels = base_channels
+        for i in range(downsample_steps(image_shape, num_downsamples)):
+            channels *= 2
+            self.downs.append(track_layer(self, wrap(keras.layers.Conv2D(
+                channels, 4, strides=2, padding="same")), f"down_{i}"))
+        self.flatten = keras.layers.Flatten()
+        self.head = wrap(keras.layers.Dense(1))
+
+    def call(self, x):
+        h = tf.nn.leaky_relu(self.stem(2.0 * x - 1.0), 0.2)
+        for down in self.downs:
+            h = tf.nn.leaky_relu(down(h), 0.2)
+        return tf.squeeze(self.head(self.flatten(h)), axis=-1)
+
+
+class MaskedDense(keras.layers.Dense):
+    """Dense layer whose kernel is multiplied by a fixed 0/1 mask [in, out] (MADE)."""
+
+    def __init__(self, units: int, mask, **kwargs):
+        super().__init__(units, **kwargs)
+        self._mask_value = mask
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.mask = self.add_weight(name="mask", shape=self._mask_value.shape,
+                                    initializer=keras.initializers.Constant(self._mask_value),
+                                    trainable=False)
+
+    def call(self, x):
+        y = tf.matmul(x, self.kernel * self.mask) + self.bias
+        return self.activation(y)
+
+
+class MADE(keras.layers.Layer):
+    """Masked autoencoder (Germain et al., 2015) with an unmasked context input.
+
+    ``call(z [N, d], context [N, c])`` returns (shift, log_scale), each [N, d], where
+    output i depends only on z_<i (and the context): the shift_and_log_scale_fn of
+    ``tfb.MaskedAutoregressiveFlow``. Output layers are zero-initialised (identity).
+    """
+
+    def __init__(self, dim: int, hidden_units: int, **kwargs):
+        super().__init__(**kwargs)
+        import numpy as np
+
+        degrees_in = np.arange(1, dim + 1)
+        degrees_hidden = (np.arange(hidden_units) % max(dim - 1, 1)) + 1
+        hidden_mask = (degrees_hidden[None, :] >= degrees_in[:, None]).astype("float32")
+        out_mask = (degrees_in[None, :] > degrees_hidden[:, None]).astype("float32")
+        self.hidden = MaskedDense(hidden_units, hidden_mask)
+        self.context_proj = keras.layers.Dense(hidden_units, use_bias=False)
+        self.shift = MaskedDense(dim, out_mask, kernel_initializer="zeros")
+        self.log_scale = MaskedDense(dim, out_mask, kernel_initializer="zeros")
+
+    def call(self, z, context):
+        h = tf.nn.elu(self.hidden(z) + self.context_proj(context))
+        return self.shift(h), self.log_scale(h)

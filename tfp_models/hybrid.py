@@ -1,0 +1,331 @@
+"""The hybrid generative model of "Adaptive Density Estimation for Generative Models"
+(Lucas et al., NeurIPS 2019) and its ablations, as one Keras 3 model.
+
+Notation (DESIGN.md, "The math"): images x~ in [0, 1)^(H, W, C) (dequantized), the
+feature map y = f(x~) (logit preprocessing, then Real NVP when the variant has a flow),
+latent z with prior N(0, I), encoder q(z|x), decoder mu(z), sigma(z) in feature space.
+
+    L_MLE(x) = -E_q[ln N(f(x); mu(z), sigma(z))] + KL(q(z|x) || p(z)) - ln |det df/dx|
+    L_adv    = -E_{z~p}[logit D(f^-1(mu(z)))]                         (log-ratio loss)
+    L_G      = L_MLE + lambda_adv * L_adv;   L_D = BCE(real, fake) [+ R1 / WGAN-GP]
+
+All log-likelihoods are in nats per image; :func:`tfp_models.metrics.bits_per_dim`
+turns them into bits/dim. Random noise can be passed in explicitly (``noise`` dicts):
+the training pipeline draws it per example so results do not depend on how a batch is
+split across replicas.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tfp_models import flows
+from tfp_models.metrics import importance_weighted_bound
+from tfp_models.networks import ConvDecoder, ConvEncoder, Discriminator
+from tfp_models.posteriors import POSTERIORS, make_posterior, standard_normal_log_prob
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """What a variant of the paper's ablation trains and has."""
+    name: str
+    latent: bool       # a VAE latent z with encoder/decoder
+    learned_flow: bool  # f includes a Real NVP (else: logit preprocessing only)
+    mle: bool          # trained by maximum likelihood
+    adversarial: str   # '' (none), 'log_ratio' (BCE discriminator) or 'wgan' (WGAN-GP critic)
+    description: str
+
+    @property
+    def has_likelihood(self) -> bool:
+        """Whether the model defines (a bound on) log p(x): all but 'gan'."""
+        return self.mle or not self.latent
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in [
+    Variant("vae", True, False, True, "", "VAE, Gaussian decoder in logit-pixel space, MLE"),
+    Variant("vae_f", True, True, True, "", "VAE with Real NVP feature space, MLE"),
+    Variant("cq", True, False, True, "log_ratio", "VAE trained by MLE + adversarial loss"),
+    Variant("cqf", True, True, True, "log_ratio",
+            "main model: VAE in Real NVP feature space, MLE + adversarial"),
+    Variant("gan", True, False, False, "log_ratio", "generator mu(z) trained adversarially only"),
+    Variant("flow", False, True, True, "", "plain Real NVP by maximum likelihood (NVP baseline)"),
+    Variant("flow_wgan", False, True, False, "wgan", "Real NVP trained as a WGAN-GP generator"),
+]}
+
+
+@dataclasses.dataclass
+class HybridConfig:
+    """Architecture and loss settings; serializable to JSON (stored with checkpoints)."""
+    variant: str = "cqf"
+    image_shape: tuple = (28, 28, 1)
+    latent_dim: int = 32
+    posterior: str = "diag"
+    posterior_steps: int = 2
+    posterior_hidden: int = 128
+    enc_dec_channels: int = 32
+    enc_dec_downsamples: int = 2
+    flow_scales: int = 2
+    flow_hidden: int = 32
+    flow_res_blocks: int = 1
+    use_actnorm: bool = True
+    logit_alpha: float = flows.LOGIT_ALPHA
+    decoder_min_log_sigma: float = -6.0
+    disc_channels: int = 32
+    spectral_norm: bool = False
+    lambda_adv: float = 1.0
+    gradient_penalty: str = "none"
+    gp_weight: float = 10.0
+
+    def __post_init__(self):
+        self.image_shape = tuple(int(d) for d in self.image_shape)
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; expected one of {sorted(VARIANTS)}")
+        if self.posterior not in POSTERIORS:
+            raise ValueError(f"unknown posterior {self.posterior!r}; expected one of {POSTERIORS}")
+        if self.gradient_penalty not in ("none", "r1", "wgan-gp"):
+            raise ValueError(
+                f"unknown gradient_penalty {self.gradient_penalty!r}; expected none, r1 or wgan-gp")
+        if len(self.image_shape) != 3:
+            raise ValueError(f"image_shape must be (H, W, C), got {self.image_shape}")
+        if self.spec.learned_flow:
+            flows.check_squeezable(self.image_shape, self.flow_scales)
+
+    @property
+    def spec(self) -> Variant:
+        return VARIANTS[self.variant]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "HybridConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown HybridConfig fields {unknown}")
+        return cls(**values)
+
+
+def gaussian_log_prob(y: tf.Tensor, mu: tf.Tensor, log_sigma: tf.Tensor) -> tf.Tensor:
+    """ln N(y; mu, diag exp(log_sigma)^2) summed over the trailing 3 axes (nats)."""
+    per_dim = -0.5 * (((y - mu) * tf.exp(-log_sigma)) ** 2 + _LOG_2PI) - log_sigma
+    return tf.reduce_sum(per_dim, axis=[-3, -2, -1])
+
+
+class HybridModel(keras.Model):
+    """Encoder, decoder, feature flow f and discriminator of one variant.
+
+    Images are float32 [N, H, W, C] in [0, 1) (dequantized) unless a method says uint8.
+    """
+
+    def __init__(self, config: HybridConfig, **kwargs):
+        super().__init__(name=f"hybrid_{config.variant}", **kwargs)
+        self.config = config
+        spec = config.spec
+        self.spec = spec
+        shape = config.image_shape
+        self.flow = flows.build_feature_flow(
+            shape, config.flow_scales if spec.learned_flow else 0, config.flow_hidden,
+            config.flow_res_blocks, use_actnorm=config.use_actnorm,
+            logit_alpha=config.logit_alpha)
+        self.flow_nets = self.flow.nets
+        self.posterior = self.encoder = self.decoder = self.discriminator = None
+        if spec.latent:
+            self.decoder = ConvDecoder(shape, config.enc_dec_channels, config.enc_dec_downsamples,
+                                       config.decoder_min_log_sigma, name="decoder")
+        if spec.latent and spec.mle:
+            self.posterior = make_posterior(config.posterior, config.latent_dim,
+                                            config.posterior_steps, config.posterior_hidden)
+            self.encoder = ConvEncoder(self.posterior.param_size, shape, config.enc_dec_channels,
+                                       config.enc_dec_downsamples, name="encoder")
+        if spec.adversarial:
+            self.discriminator = Discriminator(shape, config.disc_channels, config.spectral_norm,
+                                               name="discriminator")
+        self._build_all()
+
+    # ------------------------------------------------------------------ structure
+
+    def _build_all(self) -> None:
+        x = tf.fill((1,) + self.config.image_shape, 0.5)
+        if self.encoder is not None:
+            self.posterior.sample_and_log_prob(self.encoder(x), 1)
+        if self.decoder is not None:
+            self.decoder(tf.zeros((1, self.config.latent_dim)))
+        if self.discriminator is not None:
+            self.discriminator(x)
+
+    @property
+    def generator_variables(self) -> list:
+        """Encoder, decoder, posterior and flow weights (everything but D)."""
+        d_ids = {id(v) for v in self.discriminator_variables}
+        return [v for v in self.trainable_variables if id(v) not in d_ids]
+
+    @property
+    def discriminator_variables(self) -> list:
+        return list(self.discriminator.trainable_variables) if self.discriminator else []
+
+    def data_init(self, x: tf.Tensor) -> None:
+        """Data-dependent init (ActNorm) from a dequantized batch [N, H, W, C]."""
+        self.flow.data_init(x)
+
+    def noise_shapes(self, num_samples: int = 1) -> dict[str, tuple]:
+        """Per-example shapes of the noise one training step consumes."""
+        shapes = {"dequant": self.config.image_shape}
+        if self.encoder is not None:
+            shapes["posterior"] = (num_samples, self.config.latent_dim)
+        if self.spec.adversarial:
+            shapes["prior"] = ((self.config.latent_dim,) if self.spec.latent
+                               else self.config.image_shape)
+            shapes["mix"] = (1, 1, 1)
+        return shapes
+
+    # ------------------------------------------------------------------ likelihood
+
+    def log_weights(self, x: tf.Tensor, num_samples: int = 1, eps: tf.Tensor | None = None):
+        """Importance log-weights ln p(x, z_k) - ln q(z_k|x), [K, N] nats, with z_k ~ q.
+
+        Also returns the terms: ``recon`` [K, N] = ln N(f(x); mu(z_k), sigma(z_k)),
+        ``log_prior`` and ``log_q`` [K, N], ``log_det`` [N] = ln |det df/dx|.
+        ``eps`` [N, K, d] (or None) is the posterior's standard normal noise.
+        """
+        if not self.spec.latent or self.encoder is None:
+            raise ValueError(f"variant {self.spec.name!r} has no encoder/posterior")
+        y, log_det = self.flow.forward_and_log_det(x)
+        params = self.encoder(x)
+        if eps is not None:
+            eps = tf.transpose(eps, (1, 0, 2))
+        z, log_q = self.posterior.sample_and_log_prob(params, num_samples, eps)
+        k, n = tf.shape(z)[0], tf.shape(z)[1]
+        mu, log_sigma = self.decoder(tf.reshape(z, (-1, self.config.latent_dim)))
+        y_k = tf.reshape(tf.broadcast_to(y, tf.concat([[k], tf.shape(y)], 0)), tf.shape(mu))
+        recon = tf.reshape(gaussian_log_prob(y_k, mu, log_sigma), (k, n))
+        log_prior = standard_normal_log_prob(z)
+        return {"log_w": recon + log_prior - log_q + log_det, "recon": recon,
+                "log_prior": log_prior, "log_q": log_q, "log_det": log_det, "params": params}
+
+    def mle_terms(self, x: tf.Tensor, eps: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """Per-image terms of the MLE objective, each [N] nats: ``nll`` (= L_MLE, an upper
+        bound on -ln p(x); exact for the flow variants), ``recon``, ``kl``, ``log_det``."""
+        if not self.spec.latent:
+            y, log_det = self.flow.forward_and_log_det(x)
+            prior = standard_normal_log_prob(tf.reshape(y, (tf.shape(y)[0], -1)))
+            return {"nll": -(prior + log_det), "recon": -prior,
+                    "kl": tf.zeros_like(log_det), "log_det": log_det}
+        terms = self.log_weights(x, 1, eps)
+        recon = terms["recon"][0]
+        if self.posterior.has_analytic_kl:
+            kl = self.posterior.analytic_kl(terms["params"])
+        else:  # single-sample Monte Carlo KL for flow posteriors
+            kl = terms["log_q"][0] - terms["log_prior"][0]
+        return {"nll": -recon + kl - terms["log_det"], "recon": -recon, "kl": kl,
+                "log_det": terms["log_det"]}
+
+    def log_prob_bound(self, x: tf.Tensor, num_samples: int = 1,
+                       eps: tf.Tensor | None = None) -> tf.Tensor:
+        """A lower bound on ln p(x~) [N] nats: exact for 'flow'/'flow_wgan', the ELBO for
+        K = 1, the importance-weighted bound for K > 1 (tighter, still a bound)."""
+        if not self.spec.has_likelihood:
+            raise ValueError(f"variant {self.spec.name!r} defines no likelihood")
+        if not self.spec.latent or num_samples == 1:
+            return -self.mle_terms(x, eps)["nll"]
+        return importance_weighted_bound(self.log_weights(x, num_samples, eps)["log_w"])
+
+    # ------------------------------------------------------------------ sampling
+
+    def decode_to_images(self, z: tf.Tensor, temperature: tf.Tensor | float = 0.0,
+                         eps: tf.Tensor | None = None) -> tf.Tensor:
+        """x = f^-1(mu(z) + temperature * sigma(z) * eps) in [0, 1], [N, H, W, C].
+
+        ``temperature`` is a scalar or [N]; 0 gives the decoder mean mapped to pixels.
+        """
+        mu, log_sigma = self.decoder(z)
+        t = tf.reshape(tf.cast(temperature, mu.dtype), (-1, 1, 1, 1))
+        if eps is None:
+            eps = tf.random.normal(tf.shape(mu))
+        return self.features_to_images(mu + t * tf.exp(log_sigma) * eps)
+
+    def features_to_images(self, y: tf.Tensor) -> tf.Tensor:
+        """f^-1(y) clipped to [0, 1]: [N, H, W, C]."""
+        return tf.clip_by_value(self.flow.inverse(y), 0.0, 1.0)
+
+    def generate(self, prior_noise: tf.Tensor, temperature: tf.Tensor | float = 1.0,
+                 eps: tf.Tensor | None = None) -> tf.Tensor:
+        """Images in [0, 1] from prior noise: z [N, d] for latent variants (decoded with
+        ``temperature``), feature noise [N, H, W, C] for the flow variants (scaled by
+        ``temperature``)."""
+        if self.spec.latent:
+            return self.decode_to_images(prior_noise, temperature, eps)
+        t = tf.reshape(tf.cast(temperature, prior_noise.dtype), (-1, 1, 1, 1))
+        return self.features_to_images(t * prior_noise)
+
+    def prior_noise_shape(self) -> tuple:
+        return (self.config.latent_dim,) if self.spec.latent else self.config.image_shape
+
+    def sample(self, num: int, temperature: float = 1.0, seed: int = 0) -> tf.Tensor:
+        """uint8 [num, H, W, C] samples, reproducible for a seed."""
+        z = tf.random.stateless_normal((num,) + self.prior_noise_shape(), seed=(seed, 1))
+        eps = tf.random.stateless_normal((num,) + self.config.image_shape, seed=(seed, 2))
+        return flows.quantize_images(self.generate(z, temperature, eps))
+
+    def adversarial_samples(self, prior_noise: tf.Tensor) -> tf.Tensor:
+        """x_s = f^-1(mu(z)) for latent variants, f^-1(eps) for flows: [N, H, W, C]."""
+        return self.generate(prior_noise, temperature=0.0 if self.spec.latent else 1.0)
+
+    def encode_mean(self, x: tf.Tensor) -> tf.Tensor:
+        """A point latent per image [N, d] (posterior mean pushed through its flow)."""
+        return self.posterior.representative(self.encoder(x))
+
+    def interpolate(self, x_a: tf.Tensor, x_b: tf.Tensor, steps: int = 8) -> tf.Tensor:
+        """Decoder means along the line between the latents of two images:
+        [steps, H, W, C] in [0, 1]."""
+        if self.encoder is None:
+            raise ValueError(f"variant {self.spec.name!r} has no encoder to interpolate with")
+        z = self.encode_mean(tf.stack([x_a, x_b]))
+        w = tf.linspace(0.0, 1.0, steps)[:, None]
+        return self.decode_to_images((1.0 - w) * z[0] + w * z[1], 0.0)
+
+    # ------------------------------------------------------------------ adversarial losses
+
+    def discriminator_losses(self, real: tf.Tensor, fake: tf.Tensor,
+                             mix: tf.Tensor | None = None) -> tf.Tensor:
+        """Per-example discriminator loss [N]: BCE on real vs fake (log-ratio variants) or
+        the WGAN critic loss, plus the configured gradient penalty."""
+        fake = tf.stop_gradient(fake)
+        d_real, d_fake = self.discriminator(real), self.discriminator(fake)
+        if self.spec.adversarial == "wgan":
+            loss = d_fake - d_real
+        else:
+            loss = tf.nn.softplus(-d_real) + tf.nn.softplus(d_fake)
+        penalty = self.config.gradient_penalty
+        if self.spec.adversarial == "wgan" and penalty == "none":
+            penalty = "wgan-gp"  # a WGAN critic needs its Lipschitz penalty
+        if penalty == "r1":
+            loss += 0.5 * self.config.gp_weight * self._grad_sq_norm(real)
+        elif penalty == "wgan-gp":
+            if mix is None:
+                mix = tf.random.uniform((tf.shape(real)[0], 1, 1, 1))
+            point = mix * real + (1.0 - mix) * fake
+            loss += self.config.gp_weight * (tf.sqrt(self._grad_sq_norm(point) + 1e-12) - 1.0) ** 2
+        return loss
+
+    def _grad_sq_norm(self, x: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = tf.reduce_sum(self.discriminator(x))
+        grad = tape.gradient(out, x)
+        return tf.reduce_sum(grad ** 2, axis=[1, 2, 3])
+
+    def generator_adversarial_losses(self, fake: tf.Tensor) -> tf.Tensor:
+        """Per-example L_adv [N]: -logit D(x_s) = -ln(D/(1-D)) (log-ratio), or -critic."""
+        return -self.discriminator(fake)
+
+    def call(self, x, training=False):
+        """Keras entry point: the per-image likelihood bound (nats) of images in [0, 1)."""
+        return self.log_prob_bound(x)
