@@ -342,7 +342,7 @@ def run_features(source: Source, extractor: extractors.ExtractorInfo, *,
          | "MeanCov" >> beam.CombineGlobally(fid_math.MeanCovCombineFn())
          | "WriteStats" >> beam.Map(_write_npz, paths["stats"], "stats"))
         (feats | "SplitLogits" >> beam.MapTuple(
-            lambda key, pool, logits, s: (_split_index(key, s), logits), num_splits)
+            lambda key, pool, logits, s=num_splits: (_split_index(key, s), logits))
          | "IS" >> beam.CombineGlobally(fid_math.InceptionScoreCombineFn(num_splits))
          | "WriteIS" >> beam.Map(_write_npz, paths["is"], "is"))
         if kid_samples > 0:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 NUM_TRAIN = 9000
 
 
-def train_classifier(mnist_dir: str, output: str, epochs: int = 4, batch_size: int = 128,
+def train_classifier(mnist_dir: str, output: str, epochs: int = 4, batch_size: int = 32,
                      max_steps: int | None = None, seed: int = 0,
                      min_accuracy: float | None = None) -> dict:
     """Trains, evaluates on the held-out 1,000 images and exports to ``output``.
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder with t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
     parser.add_argument("--output", required=True, help="SavedModel directory to write")
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min_accuracy", type=float, default=0.97,
                         help="fail (exit 1) below this held-out accuracy")

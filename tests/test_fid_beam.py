@@ -1,0 +1,191 @@
+"""beam_jobs.fid end to end: real Beam pipelines over TFRecords, samples and folders."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+from beam_jobs import extractors, fid, fid_math, mnist_idx, records
+from beam_jobs.fid_math import FeatureStatistics
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_REAL = 240
+
+
+class _TinyGenerator(tf.Module):
+    """Seed i -> a deterministic uint8 [28, 28, 1] image (stateless uniform noise)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64),
+                                  tf.TensorSpec([None], tf.float32)])
+    def sample(self, seed, temperature):
+        def one(args):
+            s, t = args
+            u = tf.random.stateless_uniform([28, 28, 1], seed=tf.stack([s, tf.constant(7, tf.int64)]))
+            return tf.cast(tf.clip_by_value(u * t * 255.0, 0.0, 255.0), tf.uint8)
+
+        return {"images": tf.map_fn(one, (seed, temperature), fn_output_signature=tf.uint8)}
+
+
+@pytest.fixture(scope="session")
+def generator_dir(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("gen") / "sampler")
+    module = _TinyGenerator()
+    tf.saved_model.save(module, path, signatures={"sample": module.sample.get_concrete_function()})
+    return path
+
+
+@pytest.fixture(scope="session")
+def extractor_dir(tmp_path_factory) -> str:
+    """An untrained MNIST-architecture extractor (accuracy is irrelevant here)."""
+    _, features_model = extractors.build_mnist_classifier(feature_dim=32, seed=1)
+    return extractors.export_mnist_classifier(
+        features_model, str(tmp_path_factory.mktemp("ext") / "mnist_classifier"))
+
+
+@pytest.fixture(scope="session")
+def mnist_records(tmp_path_factory, mnist_dir) -> tuple[str, np.ndarray]:
+    """The first NUM_REAL MNIST test digits as a preprocessed 2-shard 'train' split."""
+    images, labels = mnist_idx.load_mnist(str(mnist_dir))
+    images, labels = images[:NUM_REAL, :, :, None], labels[:NUM_REAL]
+    out = tmp_path_factory.mktemp("records")
+    shards = []
+    for s in range(2):
+        name = records.shard_name("train", s, 2)
+        idx = range(s, NUM_REAL, 2)
+        with tf.io.TFRecordWriter(str(out / name)) as w:
+            for i in idx:
+                png = tf.io.encode_png(images[i]).numpy()
+                w.write(records.encode_example(png, int(labels[i]), f"mnist-{i}"))
+        shards.append({"file": name, "count": len(idx)})
+    with open(out / records.DATASET_JSON, "w") as f:
+        json.dump({"image_shape": [28, 28, 1],
+                   "splits": {"train": {"count": NUM_REAL, "shards": shards}}}, f)
+    return str(out), images
+
+
+def _direct_features(extractor_dir: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    fn = tf.saved_model.load(extractor_dir).signatures["features"]
+    out = fn(images=tf.constant(images))
+    return out["pool"].numpy(), out["logits"].numpy()
+
+
+def _generate(generator_dir: str, seeds: np.ndarray) -> np.ndarray:
+    fn = tf.saved_model.load(generator_dir).signatures["sample"]
+    return fn(seed=tf.constant(seeds, tf.int64),
+              temperature=tf.ones([len(seeds)], tf.float32))["images"].numpy()
+
+
+def test_sample_source_yields_exactly_n_when_not_multiple_of_batch(generator_dir):
+    n, batch, seed = 37, 16, 100
+    expected = _generate(generator_dir, np.arange(seed, seed + n))
+    with beam.Pipeline(options=fid.pipeline_options(None)) as p:
+        images = p | fid.ReadImages(fid.SampleSource(generator_dir, n, 1.0, seed, batch))
+        checksums = images | beam.MapTuple(lambda i, im: (i, im.shape, int(im.astype(np.int64).sum())))
+        assert_that(checksums, equal_to(
+            [(i, (28, 28, 1), int(expected[i].astype(np.int64).sum())) for i in range(n)]))
+
+
+def test_tfrecord_statistics_match_direct_computation(extractor_dir, mnist_records):
+    data_dir, images = mnist_records
+    stats = fid.compute_statistics(fid.TFRecordSource(data_dir, "train"), "mnist_classifier",
+                                   extractor_dir, batch_size=32, kid_samples=50)
+    pool, _ = _direct_features(extractor_dir, images)
+    direct = FeatureStatistics.from_features(pool)
+    assert stats.count == NUM_REAL and stats.dim == 32
+    np.testing.assert_allclose(stats.mu, direct.mu, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats.sigma, direct.sigma, rtol=1e-5, atol=1e-6)
+    assert stats.kid_features.shape == (50, 32)
+    assert stats.extractor == "mnist_classifier" and "28x28" in stats.resize_protocol
+    assert abs(fid_math.fid_from_statistics(stats, direct)) < 1e-4
+
+
+def test_evaluate_samples_end_to_end(tmp_path, generator_dir, extractor_dir, mnist_records):
+    data_dir, images = mnist_records
+    ref_path = str(tmp_path / "ref.npz")
+    ref = fid.evaluate(fid.TFRecordSource(data_dir, "train"), "mnist_classifier", extractor_dir,
+                       output_stats=ref_path, kid_samples=100, save_kid_features=True)
+    assert ref["fid"] is None and ref["num_samples"] == NUM_REAL
+    out = fid.evaluate_samples(generator_dir, 37, ref_path, "mnist_classifier", extractor_dir,
+                               batch_size=16, seed=5, kid_subset_size=30, kid_num_subsets=10)
+    assert out["num_samples"] == 37 and out["feature_dim"] == 32
+    assert set(out) >= {"fid", "kid_mean", "kid_std", "is_mean", "is_std", "extractor",
+                        "resize_protocol"}
+    # The same numbers computed directly from the same images.
+    samples = _generate(generator_dir, np.arange(5, 5 + 37))
+    s_pool, s_logits = _direct_features(extractor_dir, samples)
+    r_pool, _ = _direct_features(extractor_dir, images)
+    expected_fid = fid_math.fid_from_statistics(FeatureStatistics.from_features(s_pool),
+                                                FeatureStatistics.from_features(r_pool))
+    assert out["fid"] == pytest.approx(expected_fid, rel=1e-4)
+    assert out["fid"] > 1e-3
+    ipd = fid_math.InceptionScoreStatistics(10)
+    for i in range(37):
+        ipd.add(i % 10, s_logits[i])
+    assert out["is_mean"] == pytest.approx(ipd.score()[0], rel=1e-5)
+    assert out["kid_mean"] is not None and np.isfinite(out["kid_std"])
+
+
+def test_image_folder_counts_and_skips_bad_files(tmp_path, extractor_dir):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+            folder / ("sub" if i % 2 else "") / f"{i}.png")
+    Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(folder / "grey.jpg")
+    (folder / "broken.png").write_bytes(b"not a png")
+    res = fid.run_features(fid.ImageFolderSource(str(folder)),
+                           extractors.resolve_extractor("mnist_classifier", extractor_dir),
+                           kid_samples=0)
+    assert res.statistics.count == 7 and res.undecodable == 1
+
+
+def test_bad_inputs_have_clear_errors(tmp_path, extractor_dir, generator_dir, mnist_records):
+    with pytest.raises(ValueError, match=r"split 'test' not in .*available splits: \['train'\]"):
+        fid.TFRecordSource(mnist_records[0], "test").files()
+    with pytest.raises(ValueError, match="has no signature 'sample'"):
+        fid.SampleSource(extractor_dir, 10).validate()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        extractors.resolve_extractor("mnist_classifier", str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="has no signature 'features'"):
+        extractors.resolve_extractor("saved_model", generator_dir)
+
+
+def _run_cli(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "beam_jobs.fid", *args], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_compare_stats_cli(tmp_path):
+    rng = np.random.default_rng(3)
+    a = FeatureStatistics.from_features(rng.normal(size=(300, 6)))
+    b = FeatureStatistics.from_features(rng.normal(0.3, 1.2, size=(300, 6)))
+    a.save(str(tmp_path / "a.npz"))
+    np.savez(tmp_path / "b.npz", mu=b.mu, sigma=b.sigma)  # plain TTUR format
+    out = _run_cli(f"--compare_stats={tmp_path / 'a.npz'},{tmp_path / 'b.npz'}")
+    assert out["fid"] == pytest.approx(fid_math.fid_from_statistics(a, b), rel=1e-9)
+    assert out["fid"] > 0.1
+
+
+def test_full_cli_run(tmp_path, generator_dir, extractor_dir, mnist_records):
+    data_dir, _ = mnist_records
+    ref = str(tmp_path / "ref.npz")
+    _run_cli(f"--data_dir={data_dir}", "--split=train", "--extractor=mnist_classifier",
+             f"--extractor_path={extractor_dir}", f"--output_stats={ref}")
+    out = _run_cli(f"--saved_model={generator_dir}", "--num_samples=21", "--batch_size=8",
+                   f"--reference_stats={ref}", f"--reference_data_dir={data_dir}",
+                   "--extractor=mnist_classifier", f"--extractor_path={extractor_dir}",
+                   "--kid_subset_size=20", "--kid_num_subsets=5",
+                   f"--output_stats={tmp_path / 'samples.npz'}")
+    assert out["num_samples"] == 21 and out["fid"] > 0 and out["kid_mean"] is not None
+    assert FeatureStatistics.load(str(tmp_path / "samples.npz")).count == 21
