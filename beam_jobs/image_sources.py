@@ -192,8 +192,10 @@ def _npz_data_shape(path: str) -> tuple[tuple[int, ...], np.dtype]:
         if "data.npy" not in zf.namelist():
             raise ValueError(f"{path!r} has no 'data' array; expected {_NPZ_WHAT}")
         with zf.open("data.npy") as f:
-            version = np.lib.format.read_magic(f)
-            shape, _, dtype = np.lib.format._read_array_header(f, version)
+            major, _ = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(f)
     return shape, dtype
 
 
