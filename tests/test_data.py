@@ -1,0 +1,100 @@
+"""pipeline.data reads what beam_jobs.preprocess writes: exact pixels, labels, static
+shapes, seeded determinism, and clear errors."""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from beam_jobs import mnist_idx
+from beam_jobs.preprocess import run_preprocess, split_of
+from pipeline.data import DatasetInfo, make_image_dataset, read_dataset_info
+
+
+@pytest.fixture(scope="module")
+def mnist_data(tmp_path_factory, mnist_dir) -> str:
+    out = str(tmp_path_factory.mktemp("data") / "mnist28")
+    run_preprocess("mnist_idx", str(mnist_dir), out, 28, validation_fraction=0.1, num_shards=3)
+    return out
+
+
+def _source_multiset(mnist_dir, split: str) -> collections.Counter:
+    images, labels = mnist_idx.load_mnist(str(mnist_dir))
+    return collections.Counter(
+        (np.repeat(images[i][:, :, None], 3, axis=2).tobytes(), int(labels[i]))
+        for i in range(len(images)) if split_of(f"t10k/{i:05d}", 0.1) == split)
+
+
+def test_read_dataset_info(mnist_data):
+    info = read_dataset_info(mnist_data)
+    assert isinstance(info, DatasetInfo) and info.image_shape == (28, 28, 3)
+    assert sum(info.split_counts.values()) == 10000 and set(info.split_counts) == {
+        "train", "validation"}
+    assert [os.path.basename(f) for f in info.split_files["train"]] == [
+        f"train-0000{i}-of-00003.tfrecord" for i in range(3)]
+    assert all(os.path.isabs(f) for f in info.split_files["validation"])
+    assert info.label_names == [str(d) for d in range(10)] and info.raw["format_version"] == 1
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_read_back_equals_source_pixels_exactly(mnist_data, mnist_dir, split):
+    ds = make_image_dataset(mnist_data, split, 512, shuffle=False, repeat=False,
+                            drop_remainder=False, with_labels=True)
+    got = collections.Counter()
+    for images, labels in ds:
+        assert images.dtype == tf.uint8 and labels.dtype == tf.int64
+        for img, lab in zip(images.numpy(), labels.numpy()):
+            got[(img.tobytes(), int(lab))] += 1
+    assert got == _source_multiset(mnist_dir, split)
+
+
+def test_static_shapes_seeded_determinism_and_flip(mnist_data):
+    info = read_dataset_info(mnist_data)
+    ds = make_image_dataset(info, "train", 32, seed=7)
+    assert ds.element_spec.shape == (32, 28, 28, 3) and ds.element_spec.dtype == tf.uint8
+
+    def take(**kw):
+        return np.stack([b.numpy() for b in make_image_dataset(info, "train", 32, **kw).take(5)])
+
+    a, b = take(seed=7), take(seed=7)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, take(seed=8))
+    flipped = take(seed=7, random_flip=True)
+    assert np.array_equal(flipped, take(seed=7, random_flip=True))
+    same = [np.array_equal(f, x) for f, x in zip(flipped.reshape(-1, 28, 28, 3),
+                                                 a.reshape(-1, 28, 28, 3))]
+    mirrored = [np.array_equal(f, x[:, ::-1]) for f, x in zip(flipped.reshape(-1, 28, 28, 3),
+                                                              a.reshape(-1, 28, 28, 3))]
+    assert all(s or m for s, m in zip(same, mirrored))
+    assert 40 < sum(m and not s for s, m in zip(same, mirrored)) < 120  # ~half of 160
+    # repeat: more batches than one epoch holds
+    n = sum(1 for _ in make_image_dataset(info, "validation", 500, seed=1).take(4))
+    assert n == 4
+
+
+def test_clear_errors(mnist_data, tmp_path):
+    with pytest.raises(ValueError, match=r"available splits: \['train', 'validation'\]"):
+        make_image_dataset(mnist_data, "test", 8)
+    with pytest.raises(ValueError, match="exceeds"):
+        make_image_dataset(mnist_data, "validation", 5000)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_dataset_info(str(tmp_path / "nowhere"))
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(FileNotFoundError, match="dataset.json"):
+        read_dataset_info(str(tmp_path / "plain"))
+    broken = tmp_path / "broken"
+    shutil.copytree(mnist_data, broken)
+    os.remove(broken / "validation-00001-of-00003.tfrecord")
+    with pytest.raises(FileNotFoundError, match="validation-00001-of-00003.tfrecord"):
+        read_dataset_info(str(broken))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "dataset.json").write_text(json.dumps(
+        {"format_version": 1, "image_shape": [8, 8, 3], "splits": {}}))
+    with pytest.raises(ValueError, match="holds no records"):
+        read_dataset_info(str(empty))
