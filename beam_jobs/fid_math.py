@@ -215,9 +215,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
 
     ``||mu1 - mu2||^2 + Tr(sigma1) + Tr(sigma2) - 2 Tr((sigma1 sigma2)^{1/2})`` with
     ``scipy.linalg.sqrtm``. As in pytorch-fid: if the product is singular (non-finite
-    root) ``eps * I`` is added to both diagonals; a complex root whose imaginary part
-    exceeds 1e-3 is retried with that offset and then rejected with ValueError; a small
-    imaginary part is dropped.
+    root) ``eps * I`` is added to both diagonals; a complex root whose diagonal has an
+    imaginary part above 1e-3 is retried with that offset and then rejected with
+    ValueError; a small imaginary part is dropped.
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
@@ -233,7 +233,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     offset = np.eye(sigma1.shape[0]) * eps
 
     def too_complex(c: np.ndarray) -> float:
-        return float(np.max(np.abs(c.imag))) if np.iscomplexobj(c) else 0.0
+        """max |imag| on the diagonal (what enters the trace; pytorch-fid's criterion)."""
+        return float(np.max(np.abs(np.diagonal(c).imag))) if np.iscomplexobj(c) else 0.0
 
     if not np.isfinite(covmean).all() or too_complex(covmean) > IMAG_TOL:
         log.warning("sqrtm(sigma1 sigma2) is singular or complex (max |imag| %.3g); adding "
@@ -244,7 +245,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
                          "the covariances are degenerate")
     imag = too_complex(covmean)
     if imag > IMAG_TOL:
-        raise ValueError(f"sqrtm(sigma1 sigma2) has an imaginary component of {imag:.3g} "
+        raise ValueError(f"sqrtm(sigma1 sigma2) has an imaginary diagonal component of {imag:.3g} "
                          f"(> {IMAG_TOL}); the covariances are badly conditioned (too few "
                          "samples for the feature dimension?)")
     covmean = covmean.real
