@@ -222,3 +222,15 @@ def test_logit_only_flow_for_no_flow_variants():
     assert flow.trainable_variables == []
     x = uniform_images(2, shape=(4, 4, 3))
     check_step(flow, x)
+
+
+def test_inverse_has_finite_gradients_for_extreme_features():
+    step = flows.logit_preprocess()
+    y = tf.constant([[[[-300.0], [-90.0]], [[95.0], [400.0]]]])
+    with tf.GradientTape() as tape:
+        tape.watch(y)
+        x, ldj = step.inverse_and_log_det(y)
+        total = tf.reduce_sum(x) + tf.reduce_sum(ldj)
+    grad = tape.gradient(total, y)
+    assert np.all(np.isfinite(x)) and np.all(np.isfinite(ldj)) and np.all(np.isfinite(grad))
+    np.testing.assert_allclose(x.numpy().ravel()[[0, 3]], [-0.05 / 0.9, 0.95 / 0.9], rtol=1e-6)

@@ -17,6 +17,7 @@ Two rules from Keras 3 / TFP shape this module:
 from __future__ import annotations
 
 import abc
+import math
 from typing import Sequence
 
 import keras
@@ -240,26 +241,35 @@ class FactorOut(FlowStep):
         return tf.concat([y[..., :half], h], axis=-1), ldj
 
 
-class ElementwiseStep(FlowStep):
-    """Wraps an elementwise TFP bijector (event rank 0) as an image step."""
+class LogitPreprocess(FlowStep):
+    """v = logit(alpha + (1 - 2 alpha) x) for x in [0, 1) (Real NVP), with its log-det.
 
-    def __init__(self, bijector: tfb.Bijector, name: str):
-        super().__init__(name=name)
-        self.bijector = bijector
+    Written out rather than chained from tfb.Sigmoid: TFP's stable sigmoid selects
+    between exp branches with tf.where, whose unused branch overflows for |v| > ~88 and
+    turns the gradient into NaN; generator samples f^-1(mu(z)) reach such features.
+    tf.sigmoid / tf.math.log_sigmoid have finite gradients everywhere.
+    """
+
+    def __init__(self, alpha: float = LOGIT_ALPHA):
+        if not 0.0 <= alpha < 0.5:
+            raise ValueError(f"logit alpha must be in [0, 0.5), got {alpha}")
+        super().__init__(name="logit_preprocess")
+        self.alpha = alpha
+        self._log_scale = math.log1p(-2.0 * alpha)
 
     def forward_and_log_det(self, x):
-        y = self.bijector.forward(x)
-        return y, _sum_event(self.bijector.forward_log_det_jacobian(x, event_ndims=0))
+        p = self.alpha + (1.0 - 2.0 * self.alpha) * x
+        log_p, log_1mp = tf.math.log(p), tf.math.log1p(-p)
+        return log_p - log_1mp, _sum_event(self._log_scale - log_p - log_1mp)
 
     def inverse_and_log_det(self, y):
-        x = self.bijector.inverse(y)
-        return x, _sum_event(self.bijector.inverse_log_det_jacobian(y, event_ndims=0))
+        x = (tf.sigmoid(y) - self.alpha) / (1.0 - 2.0 * self.alpha)
+        return x, _sum_event(tf.math.log_sigmoid(y) + tf.math.log_sigmoid(-y) - self._log_scale)
 
 
-def logit_preprocess(alpha: float = LOGIT_ALPHA) -> ElementwiseStep:
-    """v = logit(alpha + (1 - 2 alpha) x) for x in [0, 1), with its log-det (Real NVP)."""
-    chain = tfb.Chain([tfb.Invert(tfb.Sigmoid()), tfb.Shift(alpha), tfb.Scale(1.0 - 2.0 * alpha)])
-    return ElementwiseStep(chain, name="logit_preprocess")
+def logit_preprocess(alpha: float = LOGIT_ALPHA) -> LogitPreprocess:
+    """The logit preprocessing step (see :class:`LogitPreprocess`)."""
+    return LogitPreprocess(alpha)
 
 
 class Sequential(FlowStep):

@@ -1,0 +1,117 @@
+"""Train a hybrid generative model: ``python -m pipeline.train --flagfile=configs/X.cfg``.
+
+Every flag can be given on the command line too (later flags override the flagfile).
+A second run with the same ``--model_dir`` resumes from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from absl import app, flags
+
+from tfp_models.hybrid import VARIANTS, HybridConfig
+from tfp_models.posteriors import POSTERIORS
+
+FLAGS = flags.FLAGS
+
+# What and where.
+flags.DEFINE_enum("variant", "cqf", sorted(VARIANTS), "Model variant (the paper's ablation).")
+flags.DEFINE_string("data_dir", None, "Output directory of `python -m beam_jobs.preprocess`.")
+flags.DEFINE_string("model_dir", None, "Checkpoints, config, samples; reused to resume.")
+# Schedule.
+flags.DEFINE_integer("train_steps", 1000, "Total optimizer steps (including resumed ones).")
+flags.DEFINE_integer("batch_size", 64, "Global batch size, split across replicas.")
+flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints.")
+flags.DEFINE_integer("seed", 0, "Seed of init, data order and all training noise.")
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate of encoder/decoder/flow.")
+flags.DEFINE_float("disc_learning_rate", 2e-4, "Adam learning rate of the discriminator.")
+flags.DEFINE_float("adam_beta1", 0.9, "Adam beta_1 of the generator side.")
+flags.DEFINE_float("disc_adam_beta1", 0.5, "Adam beta_1 of the discriminator.")
+flags.DEFINE_integer("disc_steps", 1, "Discriminator updates per generator update.")
+flags.DEFINE_boolean("random_flip", False, "Random horizontal flips at train time.")
+flags.DEFINE_integer("resize_with_crop_or_pad", 0,
+                     "If > 0, center-crop or zero-pad images to this square size.")
+flags.DEFINE_integer("log_every", 50, "Steps between MLflow metric logs.")
+flags.DEFINE_integer("sample_every", 500, "Steps between sample grids (PNG).")
+flags.DEFINE_integer("num_grid_samples", 64, "Images in a sample grid.")
+flags.DEFINE_float("sample_temperature", 1.0, "Temperature of grid samples.")
+flags.DEFINE_integer("data_init_batch", 256, "Images for ActNorm's data-dependent init.")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept on disk.")
+flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored", "multi_worker"],
+                  "tf.distribute strategy; auto = MirroredStrategy if GPUs are visible.")
+flags.DEFINE_list("devices", [], "Devices of --strategy=mirrored (default: all GPUs).")
+flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = MLflow default).")
+flags.DEFINE_string("experiment", "adaptive-density", "MLflow experiment name.")
+flags.DEFINE_string("run_name", "", "MLflow run name.")
+flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+# Model.
+flags.DEFINE_integer("latent_dim", 32, "Dimension of z.")
+flags.DEFINE_enum("posterior", "diag", list(POSTERIORS), "Family of q(z|x).")
+flags.DEFINE_integer("posterior_steps", 2, "IAF / planar steps.")
+flags.DEFINE_integer("posterior_hidden", 128, "Hidden units of the IAF's MADE.")
+flags.DEFINE_integer("enc_dec_channels", 32, "Base channels of encoder and decoder.")
+flags.DEFINE_integer("enc_dec_downsamples", 2, "Stride-2 stages of encoder/decoder.")
+flags.DEFINE_integer("flow_scales", 2, "Scales of the Real NVP.")
+flags.DEFINE_integer("flow_hidden", 32, "Channels of the coupling ResNets.")
+flags.DEFINE_integer("flow_res_blocks", 1, "Residual blocks per coupling net.")
+flags.DEFINE_boolean("actnorm", True, "ActNorm before every coupling.")
+flags.DEFINE_float("decoder_min_log_sigma", -6.0, "Lower bound of the decoder's log sigma.")
+flags.DEFINE_integer("disc_channels", 32, "Base channels of the discriminator.")
+flags.DEFINE_boolean("spectral_norm", False, "Spectral normalization in the discriminator.")
+flags.DEFINE_float("lambda_adv", 1.0, "Weight of L_adv against L_MLE (nats per image).")
+flags.DEFINE_enum("gradient_penalty", "none", ["none", "r1", "wgan-gp"],
+                  "Gradient penalty of the discriminator.")
+flags.DEFINE_float("gp_weight", 10.0, "Weight of the gradient penalty.")
+
+flags.mark_flags_as_required(["data_dir", "model_dir"])
+
+
+def configs_from_flags():
+    """(HybridConfig fields except image_shape, TrainConfig) from the parsed flags; the
+    image shape comes from the data set."""
+    from pipeline.trainer import TrainConfig
+
+    values = dict(
+        variant=FLAGS.variant, latent_dim=FLAGS.latent_dim,
+        posterior=FLAGS.posterior, posterior_steps=FLAGS.posterior_steps,
+        posterior_hidden=FLAGS.posterior_hidden, enc_dec_channels=FLAGS.enc_dec_channels,
+        enc_dec_downsamples=FLAGS.enc_dec_downsamples, flow_scales=FLAGS.flow_scales,
+        flow_hidden=FLAGS.flow_hidden, flow_res_blocks=FLAGS.flow_res_blocks,
+        use_actnorm=FLAGS.actnorm, decoder_min_log_sigma=FLAGS.decoder_min_log_sigma,
+        disc_channels=FLAGS.disc_channels, spectral_norm=FLAGS.spectral_norm,
+        lambda_adv=FLAGS.lambda_adv, gradient_penalty=FLAGS.gradient_penalty,
+        gp_weight=FLAGS.gp_weight)
+    train_cfg = TrainConfig(
+        data_dir=FLAGS.data_dir, model_dir=FLAGS.model_dir, train_steps=FLAGS.train_steps,
+        batch_size=FLAGS.batch_size, checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed,
+        learning_rate=FLAGS.learning_rate, disc_learning_rate=FLAGS.disc_learning_rate,
+        adam_beta1=FLAGS.adam_beta1, disc_adam_beta1=FLAGS.disc_adam_beta1,
+        disc_steps=FLAGS.disc_steps, random_flip=FLAGS.random_flip,
+        resize_with_crop_or_pad=FLAGS.resize_with_crop_or_pad, log_every=FLAGS.log_every,
+        sample_every=FLAGS.sample_every, num_grid_samples=FLAGS.num_grid_samples,
+        sample_temperature=FLAGS.sample_temperature, data_init_batch=FLAGS.data_init_batch,
+        keep_checkpoints=FLAGS.keep_checkpoints, strategy=FLAGS.strategy,
+        devices=tuple(FLAGS.devices), mlflow_tracking_uri=FLAGS.mlflow_tracking_uri,
+        experiment=FLAGS.experiment, run_name=FLAGS.run_name, show_progress=FLAGS.progress)
+    return values, train_cfg
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from pipeline import data as data_lib
+    from pipeline.trainer import data_image_shape, train
+
+    values, train_cfg = configs_from_flags()
+    info = data_lib.read_dataset_info(train_cfg.data_dir)
+    model_cfg = HybridConfig(image_shape=data_image_shape(info, train_cfg), **values)
+    params = {"flagfile": ",".join(a.split("=", 1)[1] for a in sys.argv if a.startswith("--flagfile="))}
+    summary = train(model_cfg, train_cfg, params_to_log=params)
+    print(json.dumps(summary, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,342 @@
+"""The training loop: MLE and adversarial updates under a tf.distribute strategy, with
+checkpoints, resumption, MLflow tracking, progress and sample grids.
+
+`python -m pipeline.train` parses flags into a :class:`TrainConfig` and a
+:class:`HybridConfig` and calls :func:`train`; tests call :func:`train` directly.
+
+Randomness: every noise tensor a step uses (dequantization u, posterior eps, prior z,
+WGAN-GP mixing weights) is drawn in the input pipeline with stateless ops keyed on
+(seed, step), one row per example. A batch split across replicas therefore sees the same
+noise as on one device, and a resumed run replays exactly the data and noise it would
+have seen.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import signal
+from typing import Any, Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from pipeline import data as data_lib
+from pipeline import images as images_lib
+from pipeline import model_io
+from tfp_models import flows, metrics
+from tfp_models.hybrid import HybridConfig, HybridModel
+
+log = logging.getLogger(__name__)
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+
+
+class TrainingDiverged(FloatingPointError):
+    """A loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGTERM/SIGINT arrived; a checkpoint of the current step was written."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything about a training run that is not the model's architecture."""
+    data_dir: str
+    model_dir: str
+    train_steps: int = 1000
+    batch_size: int = 64
+    checkpoint_every: int = 200
+    seed: int = 0
+    learning_rate: float = 1e-3
+    disc_learning_rate: float = 2e-4
+    adam_beta1: float = 0.9
+    disc_adam_beta1: float = 0.5
+    disc_steps: int = 1
+    random_flip: bool = False
+    resize_with_crop_or_pad: int = 0
+    log_every: int = 50
+    sample_every: int = 500
+    num_grid_samples: int = 64
+    sample_temperature: float = 1.0
+    data_init_batch: int = 256
+    keep_checkpoints: int = 3
+    strategy: str = "auto"
+    devices: tuple = ()
+    mlflow_tracking_uri: str = ""
+    experiment: str = "adaptive-density"
+    run_name: str = ""
+    show_progress: bool = True
+
+    def __post_init__(self):
+        for name in ("train_steps", "batch_size", "checkpoint_every", "log_every",
+                     "sample_every", "disc_steps", "data_init_batch", "keep_checkpoints"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"--{name}={getattr(self, name)}: expected a positive integer")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--strategy={self.strategy!r}: expected one of {STRATEGIES}")
+
+
+def make_strategy(name: str, devices: tuple = ()) -> tf.distribute.Strategy:
+    """'auto': MirroredStrategy over the visible GPUs if any, else the default strategy;
+    'mirrored': MirroredStrategy over ``devices`` (default: all GPUs, else the CPU);
+    'multi_worker': MultiWorkerMirroredStrategy (hosts from TF_CONFIG)."""
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored" or (name == "auto" and gpus):
+        return tf.distribute.MirroredStrategy(devices=list(devices) or None)
+    return tf.distribute.get_strategy()
+
+
+def add_step_noise(batch: dict, step: tf.Tensor, seed: int, shapes: dict[str, tuple]) -> dict:
+    """Adds one row of noise per example, keyed on (seed, step): uniform [0, 1) for
+    'dequant' and 'mix', standard normal otherwise."""
+    n = tf.shape(batch["images"])[0]
+    for i, (name, shape) in enumerate(sorted(shapes.items())):
+        key = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64) * 16 + i])
+        full = tf.concat([[n], tf.constant(shape, tf.int32)], 0)
+        draw = tf.random.stateless_uniform if name in ("dequant", "mix") else tf.random.stateless_normal
+        batch[name] = draw(full, seed=key)
+    return batch
+
+
+def make_train_dataset(info: data_lib.DatasetInfo, cfg: TrainConfig, start_step: int,
+                       noise_shapes: dict[str, tuple]) -> tf.data.Dataset:
+    """Batches {'images': uint8 [B, H, W, C], <noise>: [B, ...]} from step ``start_step``."""
+    ds = data_lib.make_image_dataset(info, "train", cfg.batch_size, shuffle=True, repeat=True,
+                                     seed=cfg.seed, random_flip=cfg.random_flip)
+    if cfg.resize_with_crop_or_pad:
+        size = cfg.resize_with_crop_or_pad
+        ds = ds.map(lambda x: tf.image.resize_with_crop_or_pad(x, size, size))
+    ds = ds.skip(start_step).enumerate(start=start_step)
+    return ds.map(lambda step, images: add_step_noise({"images": images}, step, cfg.seed,
+                                                       noise_shapes),
+                  num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def data_image_shape(info: data_lib.DatasetInfo, cfg: TrainConfig) -> tuple[int, int, int]:
+    h, w, c = info.image_shape
+    if cfg.resize_with_crop_or_pad:
+        h = w = cfg.resize_with_crop_or_pad
+    return (h, w, c)
+
+
+class StepFunctions:
+    """The compiled distributed training step of one model."""
+
+    def __init__(self, model: HybridModel, strategy: tf.distribute.Strategy, cfg: TrainConfig,
+                 g_opt: keras.optimizers.Optimizer, d_opt: keras.optimizers.Optimizer | None):
+        self.model, self.strategy, self.cfg = model, strategy, cfg
+        self.g_opt, self.d_opt = g_opt, d_opt
+        self.step_fn = tf.function(self._distributed_step)
+
+    def _replica_step(self, batch: dict) -> dict[str, tf.Tensor]:
+        model, spec = self.model, self.model.spec
+        scale = 1.0 / self.cfg.batch_size  # per-example sums / global batch: Keras sums replicas
+        x = flows.dequantize_images(batch["images"], batch["dequant"])
+        out: dict[str, tf.Tensor] = {}
+        g_vars = model.generator_variables
+        with tf.GradientTape() as tape:
+            total = tf.zeros(tf.shape(x)[:1])
+            if spec.mle:
+                terms = model.mle_terms(x, batch.get("posterior"))
+                total += terms["nll"]
+            if spec.adversarial:
+                # One batch of samples x_s serves both updates: D learns on it first (no
+                # gradient to G), then G's loss uses the updated D (alternating updates).
+                fake = model.adversarial_samples(batch["prior"])
+                for _ in range(self.cfg.disc_steps):
+                    with tf.GradientTape() as d_tape:
+                        d_loss = tf.reduce_sum(
+                            model.discriminator_losses(x, fake, batch["mix"])) * scale
+                    d_grads = d_tape.gradient(d_loss, model.discriminator_variables)
+                    self.d_opt.apply_gradients(zip(d_grads, model.discriminator_variables))
+                out["d_loss"] = d_loss
+                adv = model.generator_adversarial_losses(fake)
+                total += (model.config.lambda_adv if spec.mle else 1.0) * adv
+                out["adv"] = tf.reduce_sum(adv) * scale
+            loss = tf.reduce_sum(total) * scale
+        grads = tape.gradient(loss, g_vars)
+        self.g_opt.apply_gradients(zip(grads, g_vars))
+        out["loss"] = loss
+        if spec.has_likelihood:
+            if not spec.mle:  # monitor the exact likelihood of an adversarially trained flow
+                terms = model.mle_terms(x)
+            for name in ("nll", "recon", "kl", "log_det"):
+                out[name] = tf.reduce_sum(terms[name]) * scale
+        return out
+
+    def _distributed_step(self, batch: dict) -> dict[str, tf.Tensor]:
+        per_replica = self.strategy.run(self._replica_step, args=(batch,))
+        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()}
+
+
+def _check_finite(values: dict[str, float], step: int, last_checkpoint: str | None) -> None:
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"loss {name!r} is {value} at step {step}; stopping. The last good checkpoint "
+                f"is kept: {last_checkpoint or 'none written yet'}")
+
+
+def _check_compatible(model_dir: str, config: HybridConfig) -> None:
+    """A model directory can only resume the same architecture on the same image shape."""
+    if not os.path.isfile(os.path.join(model_dir, model_io.CONFIG_FILE)):
+        return
+    saved, _ = model_io.load_model_config(model_dir)
+    if saved.image_shape != config.image_shape:
+        raise ValueError(
+            f"the data set's images are {config.image_shape} (H, W, C) but the model in "
+            f"{model_dir!r} was built for {saved.image_shape}; use a new --model_dir, the "
+            "matching data set, or --resize_with_crop_or_pad")
+    differ = {k: (v, getattr(config, k)) for k, v in dataclasses.asdict(saved).items()
+              if getattr(config, k) != v and k != "image_shape"}
+    if differ:
+        raise ValueError(
+            f"--model_dir={model_dir!r} holds a model with different settings "
+            f"(saved vs requested: {differ}); use a new --model_dir to train another model")
+
+
+class _SignalGuard:
+    """Turns SIGTERM into TrainingInterrupted while training runs."""
+
+    def __enter__(self):
+        self._previous = signal.getsignal(signal.SIGTERM)
+
+        def handler(signum, frame):
+            raise TrainingInterrupted(f"received signal {signum}")
+
+        try:
+            signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+
+def train(model_config: HybridConfig, cfg: TrainConfig,
+          params_to_log: dict[str, Any] | None = None,
+          on_step: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    """Trains (or resumes) the model in ``cfg.model_dir``; returns a summary dict with the
+    final step, last metrics, checkpoint path, MLflow run id and sample grid path.
+
+    ``model_config.image_shape`` is replaced by the data set's (from dataset.json).
+    Every input is checked before any training starts.
+    """
+    from pipeline import tracking  # mlflow import is slow; keep it off tfp_models' path
+
+    info = data_lib.read_dataset_info(cfg.data_dir)
+    if "train" not in info.split_counts:
+        raise ValueError(f"data set {cfg.data_dir!r} has no 'train' split "
+                         f"(splits: {sorted(info.split_counts)})")
+    model_config = dataclasses.replace(model_config, image_shape=data_image_shape(info, cfg))
+    _check_compatible(cfg.model_dir, model_config)
+    if cfg.batch_size > info.split_counts["train"]:
+        raise ValueError(f"--batch_size={cfg.batch_size} exceeds the {info.split_counts['train']}"
+                         f" training images of {cfg.data_dir!r}")
+    strategy = make_strategy(cfg.strategy, cfg.devices)
+    if cfg.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f"--batch_size={cfg.batch_size} must be divisible by the "
+                         f"{strategy.num_replicas_in_sync} replicas")
+
+    keras.utils.set_random_seed(cfg.seed)
+    with strategy.scope():
+        model = HybridModel(model_config)
+        g_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.adam_beta1)
+        g_opt.build(model.generator_variables)
+        d_opt = None
+        if model.spec.adversarial:
+            d_opt = keras.optimizers.Adam(cfg.disc_learning_rate, beta_1=cfg.disc_adam_beta1)
+            d_opt.build(model.discriminator_variables)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    optimizers = {"generator_optimizer": g_opt}
+    if d_opt is not None:
+        optimizers["discriminator_optimizer"] = d_opt
+    checkpoint = model_io.make_checkpoint(model, step_var, **optimizers)
+    manager = tf.train.CheckpointManager(checkpoint, cfg.model_dir, max_to_keep=cfg.keep_checkpoints)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log.info("resumed from %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
+    start_step = int(step_var.numpy())
+    noise_shapes = model.noise_shapes()
+
+    if start_step == 0:  # data-dependent init (ActNorm) from one batch
+        init_ds = make_train_dataset(info, dataclasses.replace(
+            cfg, batch_size=min(cfg.data_init_batch, info.split_counts["train"])), 0, noise_shapes)
+        first = next(iter(init_ds))
+        with strategy.scope():
+            model.data_init(flows.dequantize_images(first["images"], first["dequant"]))
+    model_io.save_model_config(cfg.model_dir, model_config, {
+        "data_dir": os.path.abspath(cfg.data_dir), "dataset": info.raw.get("source"),
+        "label_names": info.label_names})
+
+    steps = StepFunctions(model, strategy, cfg, g_opt, d_opt)
+    dataset = strategy.experimental_distribute_dataset(
+        make_train_dataset(info, cfg, start_step, noise_shapes))
+    tracking.configure(cfg.mlflow_tracking_uri or None)
+    grid_dir = os.path.join(cfg.model_dir, "samples")
+    summary: dict[str, Any] = {"start_step": start_step}
+
+    def write_grid(step: int) -> str:
+        images = model.sample(cfg.num_grid_samples, cfg.sample_temperature, seed=cfg.seed).numpy()
+        path = images_lib.save_grid(images, os.path.join(grid_dir, f"step_{step:07d}.png"))
+        tracking.mlflow.log_artifact(path, artifact_path="samples")
+        return path
+
+    with tracking.tracked_run(cfg.model_dir, cfg.experiment, cfg.run_name or None,
+                              tags={"variant": model_config.variant}) as run_id, _SignalGuard():
+        summary["mlflow_run_id"] = run_id
+        tracking.log_params_once(run_id, {**dataclasses.asdict(model_config),
+                                          **dataclasses.asdict(cfg), **(params_to_log or {})})
+        last_good = manager.latest_checkpoint
+        step = start_step
+        values: dict[str, float] = {}
+        bar = tqdm(total=cfg.train_steps, initial=start_step, desc=f"train {model_config.variant}",
+                   unit="step", disable=not cfg.show_progress, dynamic_ncols=True)
+        iterator = iter(dataset)
+        try:
+            while step < cfg.train_steps:
+                out = steps.step_fn(next(iterator))
+                step += 1
+                step_var.assign(step)
+                values = {k: float(v.numpy()) for k, v in out.items()}
+                _check_finite(values, step, last_good)
+                if "nll" in values:
+                    values["bpd"] = float(metrics.bits_per_dim(-values["nll"], model_config.image_shape))
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()
+                                 if k in ("loss", "bpd", "d_loss", "adv")}, refresh=False)
+                if on_step is not None:
+                    on_step(step, values)
+                if step % cfg.log_every == 0 or step == cfg.train_steps:
+                    tracking.mlflow.log_metrics({f"train/{k}": v for k, v in values.items()}, step)
+                if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
+                    last_good = manager.save(checkpoint_number=step)
+                if step % cfg.sample_every == 0 and step != cfg.train_steps:
+                    write_grid(step)
+        except TrainingInterrupted:
+            if values and all(math.isfinite(v) for v in values.values()):
+                manager.save(checkpoint_number=step)
+            raise
+        finally:
+            bar.close()
+        summary.update(step=step, metrics=values, checkpoint=manager.latest_checkpoint,
+                       grid=write_grid(step), model_dir=os.path.abspath(cfg.model_dir))
+        for path in (os.path.join(cfg.model_dir, model_io.CONFIG_FILE),):
+            tracking.mlflow.log_artifact(path)
+        ckpt = manager.latest_checkpoint
+        if ckpt:
+            for name in os.listdir(cfg.model_dir):
+                if name.startswith(os.path.basename(ckpt) + ".") or name == "checkpoint":
+                    tracking.mlflow.log_artifact(os.path.join(cfg.model_dir, name),
+                                                 artifact_path="checkpoint")
+    return summary

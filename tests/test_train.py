@@ -1,0 +1,204 @@
+"""pipeline.train: every variant trains, resumes exactly, survives kills, tracks to MLflow,
+agrees across 1 and 2 replicas, and rejects bad input before training."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pytest
+import tensorflow as tf
+from mlflow.tracking import MlflowClient
+
+from beam_jobs import preprocess
+from pipeline import model_io, trainer
+from tfp_models.hybrid import VARIANTS, HybridConfig
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(latent_dim=4, enc_dec_channels=4, flow_scales=1, flow_hidden=4, flow_res_blocks=1,
+            disc_channels=4, posterior_hidden=8)
+
+
+@pytest.fixture(scope="module")
+def mnist_small(tmp_path_factory, mnist_dir) -> str:
+    """The first 240 real MNIST test digits, 16x16 grey, through the Beam preprocess job."""
+    from beam_jobs.mnist_idx import load_mnist
+    from PIL import Image
+
+    images, labels = load_mnist(str(mnist_dir))
+    folder = tmp_path_factory.mktemp("digits")
+    for i in range(240):
+        sub = folder / str(labels[i])
+        sub.mkdir(exist_ok=True)
+        Image.fromarray(images[i]).resize((16, 16), Image.LANCZOS).save(sub / f"{i:04d}.png")
+    out = tmp_path_factory.mktemp("data") / "mnist16"
+    preprocess.run_preprocess("image_folder", str(folder), str(out), 16, grayscale=True,
+                              validation_fraction=0.2)
+    return str(out)
+
+
+def _cfgs(data_dir, model_dir, uri, variant="cqf", **train_kw):
+    model_cfg = HybridConfig(variant=variant, image_shape=(16, 16, 1), **TINY)
+    kw = dict(train_steps=4, batch_size=8, checkpoint_every=2, log_every=1, sample_every=100,
+              num_grid_samples=4, data_init_batch=32, mlflow_tracking_uri=uri, show_progress=False,
+              seed=3)
+    kw.update(train_kw)
+    return model_cfg, trainer.TrainConfig(data_dir=data_dir, model_dir=str(model_dir), **kw)
+
+
+def _weights(model_dir):
+    model, step = model_io.load_trained_model(str(model_dir))
+    return step, [v.numpy() for v in model.variables]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_trains_and_logs(variant, mnist_small, tmp_path, tracking_uri):
+    model_cfg, cfg = _cfgs(mnist_small, tmp_path / variant, tracking_uri, variant, train_steps=3)
+    summary = trainer.train(model_cfg, cfg)
+    assert summary["step"] == 3 and summary["checkpoint"].endswith("ckpt-3")
+    assert all(np.isfinite(v) for v in summary["metrics"].values())
+    assert ("bpd" in summary["metrics"]) == VARIANTS[variant].has_likelihood
+    assert ("d_loss" in summary["metrics"]) == bool(VARIANTS[variant].adversarial)
+    assert os.path.isfile(summary["grid"])
+    run = MlflowClient().get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["variant"] == variant and run.data.params["batch_size"] == "8"
+    assert "train/loss" in run.data.metrics
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"samples", "checkpoint", "model_config.json"} <= artifacts
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(mnist_small, tmp_path, tracking_uri):
+    straight = tmp_path / "straight"
+    trainer.train(*_cfgs(mnist_small, straight, tracking_uri, train_steps=6))
+    split = tmp_path / "split"
+    first = trainer.train(*_cfgs(mnist_small, split, tracking_uri, train_steps=4))
+    second = trainer.train(*_cfgs(mnist_small, split, tracking_uri, train_steps=6))
+    assert first["step"] == 4 and second["start_step"] == 4 and second["step"] == 6
+    assert first["mlflow_run_id"] == second["mlflow_run_id"]  # the same MLflow run continues
+    step_a, w_a = _weights(straight)
+    step_b, w_b = _weights(split)
+    assert step_a == step_b == 6
+    for a, b in zip(w_a, w_b):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_two_replicas_match_one_replica(mnist_small, tmp_path, tracking_uri):
+    assert len(tf.config.list_logical_devices("CPU")) >= 2, "conftest sets 2 logical CPUs"
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    trainer.train(*_cfgs(mnist_small, one, tracking_uri, train_steps=3, strategy="default"))
+    trainer.train(*_cfgs(mnist_small, two, tracking_uri, train_steps=3, strategy="mirrored",
+                         devices=("/cpu:0", "/cpu:1")))
+    _, w1 = _weights(one)
+    _, w2 = _weights(two)
+    moved = 0
+    for a, b in zip(w1, w2):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+        moved += 1
+    assert moved > 10
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_the_checkpoint(mnist_small, tmp_path,
+                                                                      tracking_uri):
+    model_cfg, cfg = _cfgs(mnist_small, tmp_path / "nan", tracking_uri, variant="vae",
+                           train_steps=50, checkpoint_every=1, learning_rate=1e12)
+    with pytest.raises(trainer.TrainingDiverged, match=r"at step \d+.*last good checkpoint") as err:
+        trainer.train(model_cfg, cfg)
+    good = tf.train.latest_checkpoint(cfg.model_dir)
+    if good is not None:  # every kept checkpoint holds finite weights
+        _, weights = _weights(cfg.model_dir)
+        assert all(np.all(np.isfinite(w)) for w in weights)
+    run_id = open(os.path.join(cfg.model_dir, "mlflow_run_id")).read()
+    assert MlflowClient().get_run(run_id).info.status == "FAILED", str(err.value)
+
+
+def _train_cmd(data_dir, model_dir, uri, steps, extra=()):
+    return [sys.executable, "-m", "pipeline.train", f"--data_dir={data_dir}",
+            f"--model_dir={model_dir}", f"--mlflow_tracking_uri={uri}", "--variant=vae_f",
+            f"--train_steps={steps}", "--batch_size=8", "--checkpoint_every=5", "--log_every=5",
+            "--latent_dim=4", "--enc_dec_channels=4", "--flow_hidden=4", "--flow_scales=1",
+            "--num_grid_samples=4", "--data_init_batch=32", "--noprogress", *extra]
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(mnist_small, tmp_path, tracking_uri):
+    model_dir = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen(_train_cmd(mnist_small, model_dir, tracking_uri, 100000), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (model_dir / "ckpt-10.index").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            time.sleep(0.5)
+        assert (model_dir / "ckpt-10.index").exists(), "no checkpoint within 240 s"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    saved = int(tf.train.latest_checkpoint(str(model_dir)).rsplit("-", 1)[1])
+    assert saved >= 10
+    result = subprocess.run(_train_cmd(mnist_small, model_dir, tracking_uri, saved + 5), env=env,
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f'"start_step": {saved}' in result.stdout
+    assert f'"step": {saved + 5}' in result.stdout
+    run = MlflowClient().get_run(open(model_dir / "mlflow_run_id").read())
+    assert run.info.status == "FINISHED"
+
+
+def test_sigterm_marks_the_run_killed_and_checkpoints(mnist_small, tmp_path, tracking_uri):
+    model_dir = tmp_path / "terminated"
+    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen(_train_cmd(mnist_small, model_dir, tracking_uri, 100000,
+                                       ["--checkpoint_every=1000"]), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    deadline = time.time() + 240
+    run_file = model_dir / "mlflow_run_id"
+    while time.time() < deadline and not run_file.exists():
+        time.sleep(0.5)
+    time.sleep(8)  # let it take some steps
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    assert tf.train.latest_checkpoint(str(model_dir)) is not None
+    run = MlflowClient().get_run(run_file.read_text())
+    assert run.info.status == "KILLED"
+
+
+def test_bad_inputs_fail_before_training(mnist_small, tmp_path, tracking_uri):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        trainer.train(*_cfgs(str(tmp_path / "nope"), tmp_path / "m", tracking_uri))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="dataset.json"):
+        trainer.train(*_cfgs(str(empty), tmp_path / "m", tracking_uri))
+    with pytest.raises(ValueError, match="unknown variant"):
+        HybridConfig(variant="vq_vae")
+    # A model directory trained at 16x16 refuses a data set cropped to 12x12.
+    model_dir = tmp_path / "m16"
+    trainer.train(*_cfgs(mnist_small, model_dir, tracking_uri, train_steps=1))
+    with pytest.raises(ValueError, match=r"\(12, 12, 1\).*\(16, 16, 1\)"):
+        trainer.train(*_cfgs(mnist_small, model_dir, tracking_uri, train_steps=2,
+                             resize_with_crop_or_pad=12))
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-1")  # untouched
+    # 16 px cannot be squeezed by a 6-scale flow.
+    model_cfg, cfg = _cfgs(mnist_small, tmp_path / "m6", tracking_uri)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        trainer.train(dataclasses.replace(model_cfg, flow_scales=6), cfg)
+    with pytest.raises(ValueError, match="divisible by 32"):  # the data's shape is checked too
+        trainer.train(dataclasses.replace(model_cfg, image_shape=(32, 32, 1), flow_scales=6), cfg)
+    assert not os.path.exists(tmp_path / "m6" / "mlflow_run_id")
+
+
+def test_cli_rejects_unknown_variant(mnist_small, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.train", f"--data_dir={mnist_small}",
+         f"--model_dir={tmp_path / 'm'}", "--variant=wgan_vae"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
+    assert result.returncode != 0
+    assert "variant" in result.stderr and "cqf" in result.stderr
