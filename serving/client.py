@@ -1,0 +1,259 @@
+"""Clients for an exported model served by TF Serving (REST or gRPC) or by
+`mlflow models serve` (its /invocations endpoint).
+
+    python -m serving.client --target=rest --address=localhost:8501 --model_name=cqf \
+        sample --n 16 --out grid.png [--seed 0] [--temperature 1.0]
+    python -m serving.client --target=grpc --address=localhost:8500 --model_name=cqf \
+        score a.png b.png                       # prints bits/dim per image
+    python -m serving.client --target=mlflow --address=127.0.0.1:5001 sample --n 4 --out g.png
+
+Every client has the same methods: ``score(images uint8 [N, H, W, C]) -> {"log_likelihood_nats":
+[N], "bits_per_dim": [N]}``, ``sample(seeds [N], temperatures [N]) -> uint8 [N, H, W, C]`` and
+``sample_latent(latent [N, d]) -> uint8 [N, H, W, C]``. Server-side errors (e.g. a wrong
+image size, HTTP 400 / INVALID_ARGUMENT) raise :class:`ServingError` with the server's message.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any, Sequence
+
+import numpy as np
+
+_OUTPUT_DTYPES = {"images": np.uint8, "log_likelihood_nats": np.float32,
+                  "bits_per_dim": np.float32}
+
+
+class ServingError(RuntimeError):
+    """The server rejected a request or could not be reached; the message is the server's."""
+
+
+def _batch_inputs(seeds: Sequence[int], temperatures: Sequence[float] | float
+                  ) -> dict[str, np.ndarray]:
+    seeds = np.asarray(seeds, np.int64).reshape(-1)
+    temps = np.asarray(temperatures, np.float32).reshape(-1)
+    if temps.size == 1 and seeds.size != 1:
+        temps = np.full(seeds.shape, temps[0], np.float32)
+    if temps.shape != seeds.shape:
+        raise ValueError(f"seeds [N] and temperatures [N] must have the same length; got "
+                         f"{seeds.size} and {temps.size}")
+    return {"seed": seeds, "temperature": temps}
+
+
+def _check_images(images: Any) -> np.ndarray:
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8 or arr.ndim != 4:
+        raise ValueError(f"images must be uint8 [N, H, W, C]; got {arr.dtype} {list(arr.shape)}")
+    return arr
+
+
+class _Client:
+    """Shared API; subclasses implement :meth:`predict`."""
+
+    def predict(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def score(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 [N, H, W, C] -> {'log_likelihood_nats': [N], 'bits_per_dim': [N]} float32."""
+        return self.predict("score", {"images": _check_images(images)})
+
+    def sample(self, seeds: Sequence[int], temperatures: Sequence[float] | float = 1.0
+               ) -> np.ndarray:
+        """One uint8 image [H, W, C] per seed (row i depends on seeds[i], temperatures[i])."""
+        return self.predict("sample", _batch_inputs(seeds, temperatures))["images"]
+
+    def sample_latent(self, latent: np.ndarray) -> np.ndarray:
+        """float32 latents [N, d] -> uint8 images [N, H, W, C]."""
+        return self.predict("sample_latent",
+                            {"latent": np.asarray(latent, np.float32)})["images"]
+
+
+def _typed(outputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, _OUTPUT_DTYPES.get(k)) for k, v in outputs.items()}
+
+
+def _post_json(url: str, payload: dict, timeout: float) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as err:
+        body = err.read().decode(errors="replace")
+        try:
+            message = json.loads(body)
+            message = message.get("error") or message.get("message") or body
+        except ValueError:
+            message = body
+        raise ServingError(f"{url}: HTTP {err.code}: {message}") from err
+    except urllib.error.URLError as err:
+        raise ServingError(f"{url}: cannot reach the server ({err.reason})") from err
+
+
+def _base_url(address: str) -> str:
+    return address.rstrip("/") if "://" in address else f"http://{address.rstrip('/')}"
+
+
+class RestClient(_Client):
+    """TF Serving's REST API: ``fmt='row'`` sends ``instances`` (one object per example),
+    ``fmt='columnar'`` sends ``inputs`` (one array per input)."""
+
+    def __init__(self, address: str, model_name: str, fmt: str = "row",
+                 version: int | None = None, timeout: float = 60.0):
+        if fmt not in ("row", "columnar"):
+            raise ValueError(f"fmt={fmt!r}: expected 'row' or 'columnar'")
+        path = f"/v1/models/{model_name}" + (f"/versions/{version}" if version else "")
+        self.url = _base_url(address) + path + ":predict"
+        self.fmt, self.timeout = fmt, timeout
+
+    def predict(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.fmt == "row":
+            n = len(next(iter(inputs.values())))
+            rows = [{k: v[i].tolist() for k, v in inputs.items()} for i in range(n)]
+            reply = _post_json(self.url, {"signature_name": signature, "instances": rows},
+                               self.timeout)
+            preds = reply["predictions"]
+            if preds and isinstance(preds[0], dict):
+                return _typed({k: [p[k] for p in preds] for k in preds[0]})
+            return _typed({"images": preds})  # one output: a plain list per row
+        reply = _post_json(self.url, {"signature_name": signature,
+                                      "inputs": {k: v.tolist() for k, v in inputs.items()}},
+                           self.timeout)
+        outputs = reply["outputs"]
+        return _typed(outputs if isinstance(outputs, dict) else {"images": outputs})
+
+
+class GrpcClient(_Client):
+    """TF Serving's gRPC PredictionService (tensorflow-serving-api)."""
+
+    def __init__(self, address: str, model_name: str, version: int | None = None,
+                 timeout: float = 60.0):
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self.channel = grpc.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", 256 << 20),
+                              ("grpc.max_send_message_length", 256 << 20)])
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.model_name, self.version, self.timeout = model_name, version, timeout
+
+    def predict(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        request.model_spec.signature_name = signature
+        if self.version:
+            request.model_spec.version.value = int(self.version)
+        for key, value in inputs.items():
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        try:
+            response = self.stub.Predict(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise ServingError(f"gRPC {err.code().name}: {err.details()}") from err
+        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+
+class MlflowClient(_Client):
+    """`mlflow models serve` of the registered pyfunc model: POST /invocations with
+    {"inputs": {...}, "params": {"signature": ...}}."""
+
+    def __init__(self, address: str, timeout: float = 60.0):
+        self.url = _base_url(address) + "/invocations"
+        self.timeout = timeout
+
+    def predict(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        reply = _post_json(self.url, {"inputs": {k: v.tolist() for k, v in inputs.items()},
+                                      "params": {"signature": signature}}, self.timeout)
+        return _typed(reply["predictions"])
+
+
+def make_client(target: str, address: str, model_name: str | None = None, fmt: str = "row",
+                version: int | None = None, timeout: float = 60.0) -> _Client:
+    """target: 'rest' | 'grpc' (TF Serving, need model_name) or 'mlflow'."""
+    if target in ("rest", "grpc") and not model_name:
+        raise ValueError(f"--target={target} needs --model_name (the TF Serving model name)")
+    if target == "rest":
+        return RestClient(address, model_name, fmt, version, timeout)
+    if target == "grpc":
+        return GrpcClient(address, model_name, version, timeout)
+    if target == "mlflow":
+        return MlflowClient(address, timeout)
+    raise ValueError(f"--target={target!r}: expected rest, grpc or mlflow")
+
+
+def load_images(paths: Sequence[str], channels: int | None = None) -> list[np.ndarray]:
+    """PNG/JPEG files -> uint8 [H, W, C] arrays (C from the file, or forced to 1 or 3)."""
+    from PIL import Image
+
+    out = []
+    for path in paths:
+        with Image.open(path) as img:
+            if channels == 1 or (channels is None and img.mode in ("L", "LA", "I", "1")):
+                arr = np.asarray(img.convert("L"))[..., None]
+            else:
+                arr = np.asarray(img.convert("RGB"))
+        out.append(arr.astype(np.uint8))
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__.split("\n")[0])
+    p.add_argument("--target", choices=("rest", "grpc", "mlflow"), default="rest")
+    p.add_argument("--address", default="localhost:8501",
+                   help="host:port (TF Serving REST 8501, gRPC 8500) or the MLflow server URL")
+    p.add_argument("--model_name", help="TF Serving model name (rest/grpc)")
+    p.add_argument("--version", type=int, default=None, help="TF Serving model version")
+    p.add_argument("--format", dest="fmt", choices=("row", "columnar"), default="row",
+                   help="REST request format: row (instances) or columnar (inputs)")
+    p.add_argument("--timeout", type=float, default=60.0)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sample", help="sample images and write them as a PNG grid")
+    s.add_argument("--n", type=int, default=16)
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0, help="row i uses seed + i")
+    s.add_argument("--temperature", type=float, default=1.0)
+    c = sub.add_parser("score", help="print the bits/dim of each image")
+    c.add_argument("images", nargs="+")
+    c.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="convert images to grey (1) or RGB (3); default: as stored")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    client = make_client(args.target, args.address, args.model_name, args.fmt, args.version,
+                         args.timeout)
+    try:
+        if args.command == "sample":
+            if args.n < 1:
+                raise ValueError(f"--n={args.n}: expected a positive number of samples")
+            from pipeline.images import save_grid
+
+            images = client.sample(np.arange(args.seed, args.seed + args.n), args.temperature)
+            print(save_grid(images, args.out))
+            return 0
+        images = load_images(args.images, args.channels)
+        shapes = {im.shape for im in images}
+        if len(shapes) == 1:  # one request for the batch
+            results = client.score(np.stack(images))
+            bpd, nats = results["bits_per_dim"], results["log_likelihood_nats"]
+        else:
+            scored = [client.score(im[None]) for im in images]
+            bpd = [r["bits_per_dim"][0] for r in scored]
+            nats = [r["log_likelihood_nats"][0] for r in scored]
+        for path, b, n in zip(args.images, bpd, nats):
+            print(f"{path}\t{float(b):.4f} bits/dim\t{float(n):.2f} nats")
+        return 0
+    except (ServingError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

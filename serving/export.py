@@ -1,0 +1,222 @@
+"""Exports a trained model directory as a TF Serving SavedModel and registers it in MLflow.
+
+    python -m serving.export --model_dir=runs/cqf --export_dir=exports --model_name=cqf \
+        [--version=N] [--score_importance_samples=K] [--nomlflow]
+
+writes ``<export_dir>/<model_name>/<version>/`` (TF Serving's layout: saved_model.pb,
+variables/, assets.extra/tf_serving_warmup_requests, assets.extra/export_metadata.json)
+and ``<export_dir>/models.config`` (a model_config_list naming every exported model).
+The version defaults to 1 + the highest existing integer version; an existing version is
+never overwritten. The version directory is written under a temporary name and renamed
+when complete, so a TF Serving instance polling the base path never loads a partial
+export. See serving/signatures.py for the signatures.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline import model_io
+from serving.signatures import DEFAULT_SCORE_SEED, SCORE_OUTPUTS, ServingModule
+
+log = logging.getLogger(__name__)
+
+WARMUP_FILE = "tf_serving_warmup_requests"
+METADATA_FILE = "export_metadata.json"
+MODELS_CONFIG = "models.config"
+
+
+def existing_versions(model_base: str) -> list[int]:
+    """Integer version directories under ``<export_dir>/<model_name>``, ascending."""
+    if not os.path.isdir(model_base):
+        return []
+    return sorted(int(n) for n in os.listdir(model_base)
+                  if n.isdigit() and os.path.isdir(os.path.join(model_base, n)))
+
+
+def write_warmup_requests(path: str, model_name: str, module: ServingModule,
+                          signature_names: list[str]) -> int:
+    """Writes a TFRecord of PredictionLog{predict_log{request}} with one small
+    PredictRequest per signature (TF Serving replays them at load time); returns the count."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    inputs = {
+        "score": {"images": np.full((2,) + module.image_shape, 128, np.uint8)},
+        "sample": {"seed": np.array([0, 1], np.int64), "temperature": np.array([1.0, 0.5], np.float32)},
+        "sample_latent": {"latent": np.zeros((2, module.latent_size), np.float32)},
+    }
+    inputs["serving_default"] = inputs["score" if module.has_score else "sample"]
+    count = 0
+    with tf.io.TFRecordWriter(path) as writer:
+        for name in signature_names:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=name))
+            for key, value in inputs[name].items():
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            record = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(record.SerializeToString())
+            count += 1
+    return count
+
+
+def write_models_config(export_dir: str, model_name: str, base_path: str) -> str:
+    """Adds (or updates) ``model_name`` in ``<export_dir>/models.config``, a TF Serving
+    ModelServerConfig text proto; other models already listed are kept. Returns the path."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    path = os.path.join(export_dir, MODELS_CONFIG)
+    config = model_server_config_pb2.ModelServerConfig()
+    if os.path.isfile(path):
+        with open(path) as f:
+            try:
+                text_format.Parse(f.read(), config)
+            except text_format.ParseError as err:
+                raise ValueError(f"{path!r} is not a TF Serving model_config_list text proto: "
+                                 f"{err}") from err
+    entries = config.model_config_list.config
+    entry = next((c for c in entries if c.name == model_name), None) or entries.add()
+    entry.name = model_name
+    entry.base_path = base_path
+    entry.model_platform = "tensorflow"
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text_format.MessageToString(config))
+    os.replace(tmp, path)
+    return path
+
+
+def export_model(model_dir: str, export_dir: str, model_name: str, version: int | None = None,
+                 score_importance_samples: int = 1, score_seed: int = DEFAULT_SCORE_SEED,
+                 serving_base_path: str | None = None, log_to_mlflow: bool = True,
+                 tracking_uri: str | None = None) -> str:
+    """Exports the latest checkpoint of ``model_dir``; returns the version directory.
+
+    Args:
+      model_dir: a model directory written by pipeline.train (model_config.json + ckpt-*).
+      export_dir: the TF Serving model root; the model goes to export_dir/model_name/version.
+      model_name: TF Serving / MLflow registry name ([A-Za-z0-9_.-]+).
+      version: positive integer; None: 1 + the highest existing version (1 if none).
+      score_importance_samples: K of the importance-weighted score bound (1: the ELBO).
+      score_seed: seed of the fixed posterior noise used by ``score``.
+      serving_base_path: base_path written to models.config (default: the absolute
+        export_dir/model_name; e.g. "/models/NAME" for the tensorflow/serving image).
+      log_to_mlflow: log the export to model_dir's MLflow run and register it as
+        ``model_name`` (skipped, with a warning, if the model dir has no MLflow run).
+      tracking_uri: MLflow tracking URI (None: MLflow's current/default one).
+
+    Raises:
+      FileExistsError: the version already exists. ValueError: bad name/version/K.
+    """
+    if not model_name or not all(ch.isalnum() or ch in "_.-" for ch in model_name):
+        raise ValueError(f"--model_name={model_name!r}: expected a non-empty name of letters, "
+                         "digits, '_', '.' or '-'")
+    if int(score_importance_samples) < 1:
+        raise ValueError(f"--score_importance_samples={score_importance_samples}: expected a "
+                         "positive integer")
+    model_base = os.path.abspath(os.path.join(export_dir, model_name))
+    if version is None:
+        version = (existing_versions(model_base) or [0])[-1] + 1
+    if isinstance(version, bool) or int(version) != version or int(version) < 1:
+        raise ValueError(f"--version={version!r}: expected a positive integer")
+    version = int(version)
+    version_dir = os.path.join(model_base, str(version))
+    if os.path.exists(version_dir):
+        raise FileExistsError(
+            f"{version_dir!r} already exists: version {version} of {model_name!r} is never "
+            f"overwritten; pass another --version or omit it to use "
+            f"{existing_versions(model_base)[-1] + 1 if existing_versions(model_base) else 1}")
+
+    model, step = model_io.load_trained_model(model_dir)
+    module = ServingModule(model, score_importance_samples, score_seed)
+    signatures = module.signatures()
+    if not module.has_score:
+        log.warning("variant %r defines no likelihood: the export has no 'score' signature; "
+                    "serving_default is 'sample'", model.spec.name)
+    os.makedirs(model_base, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_base)  # not an int: TF Serving ignores it
+    try:
+        tf.saved_model.save(module, tmp_dir, signatures=signatures)
+        extra = os.path.join(tmp_dir, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        names = sorted(signatures)
+        write_warmup_requests(os.path.join(extra, WARMUP_FILE), model_name, module, names)
+        metadata: dict[str, Any] = {
+            "model_name": model_name, "version": version, "model_dir": os.path.abspath(model_dir),
+            "checkpoint_step": step, "variant": model.spec.name,
+            "model_config": json.loads(model.config.to_json()),
+            "image_shape": list(module.image_shape), "latent_size": module.latent_size,
+            "signatures": names,
+            "serving_default": "score" if module.has_score else "sample",
+            "score": ({"importance_samples": module.num_samples, "seed": module.score_seed,
+                       "dequantization": "mid-bin (x + 0.5) / 256",
+                       "bound": ("exact" if not model.spec.latent else
+                                 "elbo" if module.num_samples == 1 else "importance_weighted"),
+                       "outputs": list(SCORE_OUTPUTS)} if module.has_score else None),
+            "no_score_reason": (None if module.has_score else
+                                f"variant {model.spec.name!r} is trained adversarially only "
+                                "and defines no likelihood"),
+        }
+        with open(os.path.join(extra, METADATA_FILE), "w") as f:
+            json.dump(metadata, f, indent=2, sort_keys=True)
+        try:
+            os.rename(tmp_dir, version_dir)  # fails if another export created it meanwhile
+        except OSError as err:
+            raise FileExistsError(f"{version_dir!r} appeared during the export; not "
+                                  "overwritten") from err
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    config_path = write_models_config(export_dir, model_name, serving_base_path or model_base)
+    log.info("exported %s (step %d, variant %s, signatures %s) to %s; TF Serving config %s",
+             model_dir, step, model.spec.name, names, version_dir, config_path)
+    if log_to_mlflow:
+        from serving import mlflow_model
+        mlflow_model.log_and_register(model_dir, version_dir, model_name, metadata,
+                                      tracking_uri=tracking_uri)
+    return version_dir
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    del argv
+    f = flags.FLAGS
+    version_dir = export_model(
+        f.model_dir, f.export_dir, f.model_name, f.version, f.score_importance_samples,
+        f.score_seed, f.serving_base_path or None, f.mlflow, f.mlflow_tracking_uri or None)
+    print(json.dumps({"version_dir": version_dir}))
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("model_dir", None, "Model directory written by pipeline.train.")
+    flags.DEFINE_string("export_dir", None, "TF Serving model root (writes NAME/VERSION/ in it).")
+    flags.DEFINE_string("model_name", None, "Model name for TF Serving and the MLflow registry.")
+    flags.DEFINE_integer("version", None, "Version number (default: 1 + highest existing).",
+                         lower_bound=1)
+    flags.DEFINE_integer("score_importance_samples", 1,
+                         "K of the importance-weighted score bound (1: the ELBO).", lower_bound=1)
+    flags.DEFINE_integer("score_seed", DEFAULT_SCORE_SEED, "Seed of score's fixed posterior noise.")
+    flags.DEFINE_string("serving_base_path", "", "base_path in models.config (default: the "
+                        "absolute export path; '/models/NAME' inside the tensorflow/serving image).")
+    flags.DEFINE_bool("mlflow", True, "Log to the model dir's MLflow run and register the model.")
+    flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI (default: MLflow's).")
+    flags.mark_flags_as_required(["model_dir", "export_dir", "model_name"])
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _define_flags()
+    app.run(main)

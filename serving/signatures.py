@@ -1,0 +1,172 @@
+"""The tf.Module that a SavedModel export serves: `score`, `sample` and `sample_latent`.
+
+Signatures (N is the batch size, H, W, C the model's image shape, D = H * W * C):
+
+* ``score(images uint8 [N, H, W, C])`` -> ``log_likelihood_nats`` float32 [N] (a lower
+  bound on ln p(x~) of the mid-bin dequantized images x~ = (x + 0.5) / 256: exact for
+  ``flow``/``flow_wgan``, the ELBO for K = 1, the importance-weighted bound for K > 1)
+  and ``bits_per_dim`` float32 [N]. Deterministic: every row uses the same fixed-seed
+  posterior noise [K, d], so an image's score does not depend on its batch.
+* ``sample(seed int64 [N], temperature float32 [N])`` -> ``images`` uint8 [N, H, W, C];
+  row i equals ``HybridModel.sample(1, temperature[i], seed[i])``, whatever the batch.
+* ``sample_latent(latent float32 [N, d])`` -> ``images`` uint8 [N, H, W, C]: the decoder
+  mean f^-1(mu(z)) for latent variants, f^-1(latent reshaped to [H, W, C]) for flows
+  (d = D), for interpolation.
+
+``images`` and ``latent`` are declared with unknown shape so that every caller -- TF
+Serving's C++ runtime as well as Python -- reaches the in-graph checks, whose messages
+name the expected shape (e.g. "images must be uint8 [N, 28, 28, 1]"); TF Serving returns
+them as HTTP 400 / gRPC INVALID_ARGUMENT.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfp_models import flows, metrics
+from tfp_models.hybrid import HybridModel
+
+SCORE_OUTPUTS = ("log_likelihood_nats", "bits_per_dim")
+DEFAULT_SCORE_SEED = 20190917
+
+
+def score_noise(model: HybridModel, num_samples: int, seed: int = DEFAULT_SCORE_SEED
+                ) -> tf.Tensor | None:
+    """The fixed posterior noise of ``score``: standard normal [K, d] (None for the flow
+    variants, which need none). Every image of a batch uses the same [K, d] draw."""
+    if not model.spec.latent:
+        return None
+    return tf.random.stateless_normal((num_samples, model.config.latent_dim),
+                                      seed=tf.constant([seed, 0], tf.int64))
+
+
+def deterministic_score(model: HybridModel, images: tf.Tensor, num_samples: int = 1,
+                        seed: int = DEFAULT_SCORE_SEED) -> dict[str, tf.Tensor]:
+    """What the exported ``score`` computes, on an in-memory model: uint8 images
+    [N, H, W, C] -> {'log_likelihood_nats': [N], 'bits_per_dim': [N]} (float32)."""
+    x = flows.dequantize_images(images)
+    eps = score_noise(model, num_samples, seed)
+    if eps is not None:
+        eps = tf.broadcast_to(eps[None], tf.concat([tf.shape(x)[:1], tf.shape(eps)], 0))
+    ll = model.log_prob_bound(x, num_samples, eps)
+    return {"log_likelihood_nats": ll,
+            "bits_per_dim": tf.cast(metrics.bits_per_dim(ll, model.config.image_shape),
+                                    tf.float32)}
+
+
+def row_noise(seeds: tf.Tensor, shape: tuple, stream: int) -> tf.Tensor:
+    """Standard normal noise [N, *shape], row i keyed on (seeds[i], stream) only."""
+    seeds = tf.cast(seeds, tf.int64)
+    return tf.map_fn(
+        lambda s: tf.random.stateless_normal(shape, seed=tf.stack([s, tf.constant(stream, tf.int64)])),
+        seeds, fn_output_signature=tf.TensorSpec(shape, tf.float32))
+
+
+def _shape_text(dims) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+class ServingModule(tf.Module):
+    """Holds a trained :class:`HybridModel` and exposes its serving functions.
+
+    Args:
+      model: the trained model (its variables are saved with the module).
+      score_importance_samples: K of the score bound (1: the ELBO; ignored by flows).
+      score_seed: seed of the fixed posterior noise of ``score``.
+    """
+
+    def __init__(self, model: HybridModel, score_importance_samples: int = 1,
+                 score_seed: int = DEFAULT_SCORE_SEED):
+        super().__init__(name="hybrid_serving")
+        if int(score_importance_samples) < 1:
+            raise ValueError(f"score_importance_samples={score_importance_samples}: expected a "
+                             "positive integer")
+        self.model = model
+        self.image_shape = tuple(int(d) for d in model.config.image_shape)
+        self.latent_size = (model.config.latent_dim if model.spec.latent
+                            else int(np.prod(self.image_shape)))
+        self.num_samples = int(score_importance_samples)
+        self.score_seed = int(score_seed)
+        self.has_score = model.spec.has_likelihood
+        self._images_msg = f"images must be uint8 {_shape_text(('N',) + self.image_shape)}"
+        self._latent_msg = f"latent must be float32 [N, {self.latent_size}]"
+        if self.has_score:  # a `gan` has no likelihood: no score function at all
+            self.score = tf.function(self._score, input_signature=[
+                tf.TensorSpec(None, tf.uint8, name="images")])
+        self.sample = tf.function(self._sample, input_signature=[
+            tf.TensorSpec([None], tf.int64, name="seed"),
+            tf.TensorSpec([None], tf.float32, name="temperature")])
+        self.sample_latent = tf.function(self._sample_latent, input_signature=[
+            tf.TensorSpec(None, tf.float32, name="latent")])
+
+    # ------------------------------------------------------------------ validation
+
+    def _check_images(self, images: tf.Tensor) -> tf.Tensor:
+        expected = tf.constant(self.image_shape, tf.int32)
+        shape = tf.shape(images)
+        rank_ok = tf.equal(tf.size(shape), 4)
+        # Compare the trailing dims only when the rank is right (else shapes differ).
+        dims_ok = tf.cond(rank_ok, lambda: tf.reduce_all(tf.equal(
+            tf.pad(shape, [[0, 4]])[1:4], expected)), lambda: tf.constant(False))
+        check = tf.debugging.Assert(tf.logical_and(rank_ok, dims_ok), [
+            self._images_msg + "; got shape", shape], summarize=8, name="check_images")
+        with tf.control_dependencies([check]):
+            images = tf.identity(images)
+        return tf.ensure_shape(images, (None,) + self.image_shape)
+
+    def _check_latent(self, latent: tf.Tensor) -> tf.Tensor:
+        shape = tf.shape(latent)
+        ok = tf.logical_and(tf.equal(tf.size(shape), 2), tf.reduce_all(tf.equal(
+            tf.pad(shape, [[0, 2]])[1:2], self.latent_size)))
+        finite = tf.reduce_all(tf.math.is_finite(latent))
+        check = tf.debugging.Assert(ok, [self._latent_msg + "; got shape", shape],
+                                    summarize=8, name="check_latent")
+        check_finite = tf.debugging.Assert(finite, ["latent must be finite"], name="check_finite")
+        with tf.control_dependencies([check, check_finite]):
+            latent = tf.identity(latent)
+        return tf.ensure_shape(latent, (None, self.latent_size))
+
+    # ------------------------------------------------------------------ signatures
+
+    def _score(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        if not self.has_score:
+            raise ValueError(f"variant {self.model.spec.name!r} defines no likelihood to score")
+        images = self._check_images(images)
+        return deterministic_score(self.model, images, self.num_samples, self.score_seed)
+
+    def _sample(self, seed: tf.Tensor, temperature: tf.Tensor) -> dict[str, tf.Tensor]:
+        same = tf.debugging.Assert(tf.equal(tf.size(seed), tf.size(temperature)), [
+            "seed int64 [N] and temperature float32 [N] must have the same length N; got",
+            tf.size(seed), tf.size(temperature)], name="check_lengths")
+        valid = tf.debugging.Assert(tf.reduce_all(
+            tf.logical_and(tf.math.is_finite(temperature), temperature >= 0.0)),
+            ["temperature must be finite and >= 0; got", temperature], name="check_temperature")
+        with tf.control_dependencies([same, valid]):
+            seed = tf.identity(seed)
+        # The same streams as HybridModel.sample: prior noise (seed, 1), decoder eps (seed, 2).
+        z = row_noise(seed, self.model.prior_noise_shape(), 1)
+        eps = row_noise(seed, self.image_shape, 2) if self.model.spec.latent else None
+        images = self.model.generate(z, temperature, eps)
+        return {"images": flows.quantize_images(images)}
+
+    def _sample_latent(self, latent: tf.Tensor) -> dict[str, tf.Tensor]:
+        latent = self._check_latent(latent)
+        if self.model.spec.latent:
+            mu, _ = self.model.decoder(latent)
+            images = self.model.features_to_images(mu)
+        else:
+            y = tf.reshape(latent, (-1,) + self.image_shape)
+            images = self.model.features_to_images(y)
+        return {"images": flows.quantize_images(images)}
+
+    # ------------------------------------------------------------------ export
+
+    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        """The signature map for tf.saved_model.save: score (when the variant has a
+        likelihood), sample, sample_latent and serving_default (score, else sample)."""
+        sigs = {"sample": self.sample.get_concrete_function(),
+                "sample_latent": self.sample_latent.get_concrete_function()}
+        if self.has_score:
+            sigs["score"] = self.score.get_concrete_function()
+        sigs["serving_default"] = sigs["score"] if self.has_score else sigs["sample"]
+        return sigs
