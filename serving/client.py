@@ -84,9 +84,15 @@ def _post_json(url: str, payload: dict, timeout: float) -> dict:
     except urllib.error.HTTPError as err:
         body = err.read().decode(errors="replace")
         try:
-            message = json.loads(body)
-            message = message.get("error") or message.get("message") or body
+            reply = json.loads(body)
         except ValueError:
+            reply = None
+        if isinstance(reply, dict):
+            message = reply.get("error") or reply.get("message") or body
+            trace = [line for line in str(reply.get("stack_trace", "")).splitlines() if line.strip()]
+            if trace:  # MLflow's scoring server puts the model's own error last
+                message = f"{message} ({trace[-1].strip()})"
+        else:
             message = body
         raise ServingError(f"{url}: HTTP {err.code}: {message}") from err
     except urllib.error.URLError as err:

@@ -25,11 +25,16 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(latent_dim=4, enc_dec_channels=4, flow_scales=1, flow_hidden=4, flow_res_blocks=1,
             disc_channels=4, posterior_hidden=8)
 SHAPE = (16, 16, 1)
+# test_serving_mlflow imports these fixtures; the cache makes both modules share one
+# trained model and one export per session instead of building each twice.
+_SHARED: dict[str, object] = {}
 
 
 @pytest.fixture(scope="session")
 def digits16(tmp_path_factory, mnist_dir) -> str:
     """96 real MNIST test digits at 16x16 through the Beam preprocess job."""
+    if "digits16" in _SHARED:
+        return _SHARED["digits16"]
     from PIL import Image
 
     from beam_jobs import preprocess
@@ -44,6 +49,7 @@ def digits16(tmp_path_factory, mnist_dir) -> str:
     out = tmp_path_factory.mktemp("serving_data") / "mnist16"
     preprocess.run_preprocess("image_folder", str(folder), str(out), 16, grayscale=True,
                               validation_fraction=0.25)
+    _SHARED["digits16"] = str(out)
     return str(out)
 
 
@@ -60,7 +66,10 @@ def train_tiny(data_dir: str, model_dir: str, tracking_uri: str, variant: str) -
 
 @pytest.fixture(scope="session")
 def cqf_dir(digits16, tmp_path_factory, tracking_uri) -> str:
-    return train_tiny(digits16, str(tmp_path_factory.mktemp("cqf") / "model"), tracking_uri, "cqf")
+    if "cqf_dir" not in _SHARED:
+        _SHARED["cqf_dir"] = train_tiny(digits16, str(tmp_path_factory.mktemp("cqf") / "model"),
+                                        tracking_uri, "cqf")
+    return _SHARED["cqf_dir"]
 
 
 def write_untrained(model_dir: str, variant: str, **overrides) -> str:
@@ -78,15 +87,19 @@ def write_untrained(model_dir: str, variant: str, **overrides) -> str:
 @pytest.fixture(scope="session")
 def cqf_export(cqf_dir, tmp_path_factory, tracking_uri) -> tuple[str, str]:
     """(export_dir, version_dir) of the trained cqf model, K = 3 importance samples."""
-    export_dir = str(tmp_path_factory.mktemp("exports"))
-    version_dir = export.export_model(cqf_dir, export_dir, "cqf_tiny",
-                                      score_importance_samples=3, tracking_uri=tracking_uri)
-    return export_dir, version_dir
+    if "cqf_export" not in _SHARED:
+        export_dir = str(tmp_path_factory.mktemp("exports"))
+        version_dir = export.export_model(cqf_dir, export_dir, "cqf_tiny",
+                                          score_importance_samples=3, tracking_uri=tracking_uri)
+        _SHARED["cqf_export"] = (export_dir, version_dir)
+    return _SHARED["cqf_export"]
 
 
 @pytest.fixture(scope="session")
 def loaded(cqf_export):
-    return tf.saved_model.load(cqf_export[1])
+    if "loaded" not in _SHARED:
+        _SHARED["loaded"] = tf.saved_model.load(cqf_export[1])
+    return _SHARED["loaded"]
 
 
 def _digits(n: int, offset: int = 0) -> np.ndarray:
