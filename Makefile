@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: venv quickstart test test-all benchmarks clean
+.PHONY: venv quickstart test test-slow test-all clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# pytest exits 5 when no test is marked slow; that is not a failure.
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow || test $$? -eq 5
 
 test-all: $(STAMP)
 	$(PY) -m pytest
