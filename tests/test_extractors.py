@@ -48,7 +48,7 @@ def test_trainer_exports_a_working_extractor(trained_classifier, mnist_dir):
         fn(images=tf.zeros([1, 28, 28, 2], tf.uint8))
 
 
-def test_trainer_refuses_too_few_images(tmp_path):
+def test_trainer_reports_missing_mnist_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         train_mnist_classifier.train_classifier(str(tmp_path), str(tmp_path / "out"))
 

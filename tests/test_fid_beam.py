@@ -114,7 +114,8 @@ def test_evaluate_samples_end_to_end(tmp_path, generator_dir, extractor_dir, mni
                        output_stats=ref_path, kid_samples=100, save_kid_features=True)
     assert ref["fid"] is None and ref["num_samples"] == NUM_REAL
     out = fid.evaluate_samples(generator_dir, 37, ref_path, "mnist_classifier", extractor_dir,
-                               batch_size=16, seed=5, kid_subset_size=30, kid_num_subsets=10)
+                               batch_size=16, seed=5, kid_subset_size=30, kid_num_subsets=10,
+                               reference_data_dir=data_dir, reference_split="train")
     assert out["num_samples"] == 37 and out["feature_dim"] == 32
     assert set(out) >= {"fid", "kid_mean", "kid_std", "is_mean", "is_std", "extractor",
                         "resize_protocol"}
@@ -179,13 +180,13 @@ def test_compare_stats_cli(tmp_path):
 
 def test_full_cli_run(tmp_path, generator_dir, extractor_dir, mnist_records):
     data_dir, _ = mnist_records
-    ref = str(tmp_path / "ref.npz")
-    _run_cli(f"--data_dir={data_dir}", "--split=train", "--extractor=mnist_classifier",
-             f"--extractor_path={extractor_dir}", f"--output_stats={ref}")
+    ref = str(tmp_path / "ref.npz")  # reference with a KID reservoir, via the API
+    fid.evaluate(fid.TFRecordSource(data_dir, "train"), "mnist_classifier", extractor_dir,
+                 output_stats=ref, kid_samples=60, save_kid_features=True)
     out = _run_cli(f"--saved_model={generator_dir}", "--num_samples=21", "--batch_size=8",
-                   f"--reference_stats={ref}", f"--reference_data_dir={data_dir}",
-                   "--extractor=mnist_classifier", f"--extractor_path={extractor_dir}",
-                   "--kid_subset_size=20", "--kid_num_subsets=5",
-                   f"--output_stats={tmp_path / 'samples.npz'}")
+                   f"--reference_stats={ref}", "--extractor=mnist_classifier",
+                   f"--extractor_path={extractor_dir}", "--kid_subset_size=20",
+                   "--kid_num_subsets=5", f"--output_stats={tmp_path / 'samples.npz'}")
     assert out["num_samples"] == 21 and out["fid"] > 0 and out["kid_mean"] is not None
+    assert out["extractor"] == "mnist_classifier" and "28x28" in out["resize_protocol"]
     assert FeatureStatistics.load(str(tmp_path / "samples.npz")).count == 21
