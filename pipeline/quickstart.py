@@ -1,0 +1,133 @@
+"""The whole pipeline in one command (``make quickstart``), on the real MNIST digits in
+``../shared/data`` and nothing from the network:
+
+1. Beam preprocessing of the MNIST IDX files into TFRecords (90% train / 10% validation);
+2. the project's MNIST classifier (FID/KID/IS features) and the reference statistics of
+   the training split (Beam FID job);
+3. training of the main model (``cqf``) with ``configs/quickstart.cfg``;
+4. validation bits/dim (ELBO and importance-weighted bounds) and FID/KID/IS of samples;
+5. SavedModel export (TF Serving layout, registered in MLflow);
+6. scoring of held-out digits and a sample grid through the exported SavedModel.
+
+Every stage runs the project's real command line in a subprocess, shows its progress and
+is skipped when its output already exists (training resumes), so an interrupted
+quickstart continues where it stopped. MLflow uses its default local store (./mlflow.db).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_MNIST = os.path.join(os.path.dirname(PROJECT_ROOT), "shared", "data", "mnist_test")
+
+
+def run_stage(index: int, total: int, title: str, argv: list[str], capture: bool = False) -> str:
+    """Runs one stage's command, streaming its progress; returns stdout if ``capture``."""
+    print(f"\n=== [{index}/{total}] {title}\n    $ {' '.join(argv)}", flush=True)
+    start = time.time()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    result = subprocess.run(argv, cwd=PROJECT_ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE if capture else None)
+    if result.returncode != 0:
+        raise SystemExit(f"quickstart stage {index} ({title}) failed with exit code "
+                         f"{result.returncode}; its outputs so far are kept, rerun to continue")
+    print(f"    done in {time.time() - start:.0f} s", flush=True)
+    return result.stdout or ""
+
+
+def last_json(text: str) -> dict:
+    """The last JSON object printed by a command (they print a JSON summary last)."""
+    start = text.rfind("\n{")
+    start = 0 if start < 0 and text.startswith("{") else start + 1
+    return json.loads(text[start:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mnist_dir", default=DEFAULT_MNIST)
+    parser.add_argument("--work_dir", default=os.path.join(PROJECT_ROOT, "work", "quickstart"))
+    parser.add_argument("--flagfile", default=os.path.join(PROJECT_ROOT, "configs", "quickstart.cfg"))
+    parser.add_argument("--variant", default="cqf")
+    parser.add_argument("--fid_samples", type=int, default=2000)
+    parser.add_argument("--train_steps", type=int, default=None, help="override the flagfile")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.mnist_dir):
+        raise SystemExit(f"--mnist_dir={args.mnist_dir!r} does not exist; expected the folder "
+                         "with t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
+    py = sys.executable
+    work = os.path.abspath(args.work_dir)
+    data_dir = os.path.join(work, "data", "mnist28")
+    classifier = os.path.join(work, "mnist_classifier")
+    ref_stats = os.path.join(work, "reference_train_stats.npz")
+    model_dir = os.path.join(work, "runs", args.variant)
+    export_dir = os.path.join(work, "export")
+    grid = os.path.join(work, f"samples_{args.variant}.png")
+    os.makedirs(work, exist_ok=True)
+    total, started = 7, time.time()
+
+    if not os.path.isfile(os.path.join(data_dir, "dataset.json")):
+        run_stage(1, total, "Beam preprocessing: MNIST IDX -> TFRecords", [
+            py, "-m", "beam_jobs.preprocess", "--source=mnist_idx", f"--input={args.mnist_dir}",
+            f"--output_dir={data_dir}", "--image_size=28", "--grayscale",
+            "--validation_fraction=0.1"])
+    else:
+        print(f"\n=== [1/{total}] data set exists: {data_dir}")
+    if not os.path.isdir(classifier):
+        run_stage(2, total, "MNIST classifier for FID/KID/IS features", [
+            py, "-m", "beam_jobs.train_mnist_classifier", f"--mnist_dir={args.mnist_dir}",
+            f"--output={classifier}"])
+    else:
+        print(f"\n=== [2/{total}] classifier exists: {classifier}")
+    if not os.path.isfile(ref_stats):
+        run_stage(3, total, "reference statistics of the training split (Beam FID job)", [
+            py, "-m", "beam_jobs.fid", f"--data_dir={data_dir}", "--split=train",
+            "--extractor=mnist_classifier", f"--extractor_path={classifier}",
+            f"--output_stats={ref_stats}", "--save_kid_features"], capture=True)
+    else:
+        print(f"\n=== [3/{total}] reference statistics exist: {ref_stats}")
+    train_cmd = [py, "-m", "pipeline.train", f"--flagfile={args.flagfile}",
+                 f"--data_dir={data_dir}", f"--model_dir={model_dir}", f"--variant={args.variant}"]
+    if args.train_steps:
+        train_cmd.append(f"--train_steps={args.train_steps}")
+    summary = last_json(run_stage(4, total, f"training {args.variant} ({args.flagfile})",
+                                  train_cmd, capture=True))
+    evaluation = last_json(run_stage(5, total, "validation bits/dim and FID/KID/IS", [
+        py, "-m", "pipeline.evaluate", f"--model_dir={model_dir}", f"--data_dir={data_dir}",
+        "--split=validation", "--importance_samples=8", f"--fid_samples={args.fid_samples}",
+        "--extractor=mnist_classifier", f"--extractor_path={classifier}",
+        f"--reference_stats={ref_stats}"], capture=True))
+    export_out = run_stage(6, total, "SavedModel export (TF Serving layout, MLflow registry)", [
+        py, "-m", "serving.export", f"--model_dir={model_dir}", f"--export_dir={export_dir}",
+        f"--model_name=mnist_{args.variant}"], capture=True)
+    version_dir = export_out.strip().splitlines()[-1].strip()
+    scored = last_json(run_stage(7, total, "score held-out digits and sample a grid via the export", [
+        py, "-m", "pipeline.quickstart_check", f"--saved_model={version_dir}",
+        f"--data_dir={data_dir}", f"--grid={grid}"], capture=True))
+
+    bpd = evaluation.get("bpd", {})
+    samples = evaluation.get("samples", {})
+    print("\n" + "=" * 72)
+    print(f"quickstart finished in {(time.time() - started) / 60:.1f} min")
+    print(f"  data set          {data_dir}")
+    print(f"  model dir         {model_dir}  (step {summary.get('step')})")
+    print(f"  MLflow run id     {summary.get('mlflow_run_id')}  (mlflow ui --backend-store-uri "
+          f"sqlite:///{os.path.join(PROJECT_ROOT, 'mlflow.db')})")
+    if bpd:
+        iw = f", IW-{bpd['importance_samples']} bound {bpd['bpd_iw']:.3f}" if "bpd_iw" in bpd else ""
+        print(f"  validation BPD    {bpd['bpd']:.3f} +- {bpd['bpd_stderr']:.3f} ({bpd['kind']}){iw}")
+    if samples:
+        print(f"  FID / KID / IS    {samples['fid']:.2f} / {samples['kid_mean']:.4f} / "
+              f"{samples['is_mean']:.2f}  ({samples['num_samples']} samples, MNIST classifier)")
+    print(f"  export            {version_dir}")
+    print(f"  held-out scores   {', '.join(f'{v:.3f}' for v in scored['bits_per_dim'])} bits/dim")
+    print(f"  sample grid       {scored['grid']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
