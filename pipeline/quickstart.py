@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     export_out = run_stage(6, total, "SavedModel export (TF Serving layout, MLflow registry)", [
         py, "-m", "serving.export", f"--model_dir={model_dir}", f"--export_dir={export_dir}",
         f"--model_name=mnist_{args.variant}"], capture=True)
-    version_dir = export_out.strip().splitlines()[-1].strip()
+    version_dir = last_json(export_out)["version_dir"]
     scored = last_json(run_stage(7, total, "score held-out digits and sample a grid via the export", [
         py, "-m", "pipeline.quickstart_check", f"--saved_model={version_dir}",
         f"--data_dir={data_dir}", f"--grid={grid}"], capture=True))

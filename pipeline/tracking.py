@@ -104,5 +104,6 @@ def attached_run(model_dir: str) -> Iterator[str | None]:
     if active is not None and active.info.run_id == previous.info.run_id:
         yield active.info.run_id
         return
-    with mlflow.start_run(run_id=previous.info.run_id):
+    # nested: another run (e.g. a caller's) may be active; MLflow refuses a second top one.
+    with mlflow.start_run(run_id=previous.info.run_id, nested=active is not None):
         yield previous.info.run_id

@@ -46,6 +46,7 @@ flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = MLflow
 flags.DEFINE_string("experiment", "adaptive-density", "MLflow experiment name.")
 flags.DEFINE_string("run_name", "", "MLflow run name.")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+flags.DEFINE_boolean("jit_compile", True, "XLA-compile the training step.")
 # Model.
 flags.DEFINE_integer("latent_dim", 32, "Dimension of z.")
 flags.DEFINE_enum("posterior", "diag", list(POSTERIORS), "Family of q(z|x).")
@@ -94,7 +95,8 @@ def configs_from_flags():
         sample_temperature=FLAGS.sample_temperature, data_init_batch=FLAGS.data_init_batch,
         keep_checkpoints=FLAGS.keep_checkpoints, strategy=FLAGS.strategy,
         devices=tuple(FLAGS.devices), mlflow_tracking_uri=FLAGS.mlflow_tracking_uri,
-        experiment=FLAGS.experiment, run_name=FLAGS.run_name, show_progress=FLAGS.progress)
+        experiment=FLAGS.experiment, run_name=FLAGS.run_name, show_progress=FLAGS.progress,
+        jit_compile=FLAGS.jit_compile)
     return values, train_cfg
 
 

@@ -70,6 +70,7 @@ class TrainConfig:
     experiment: str = "adaptive-density"
     run_name: str = ""
     show_progress: bool = True
+    jit_compile: bool = True
 
     def __post_init__(self):
         for name in ("train_steps", "batch_size", "checkpoint_every", "log_every",
@@ -132,6 +133,13 @@ class StepFunctions:
                  g_opt: keras.optimizers.Optimizer, d_opt: keras.optimizers.Optimizer | None):
         self.model, self.strategy, self.cfg = model, strategy, cfg
         self.g_opt, self.d_opt = g_opt, d_opt
+        # XLA-compile the per-replica step (as Keras' own fit does): ~2x faster on CPU.
+        # One replica only: XLA cannot reach a mirrored variable's copy on another device
+        # from inside the compiled cluster (seen with 2 logical CPUs).
+        jit = cfg.jit_compile and strategy.num_replicas_in_sync == 1
+        if cfg.jit_compile and not jit:
+            log.info("jit_compile is off with %d replicas", strategy.num_replicas_in_sync)
+        self.replica_fn = tf.function(self._replica_step, jit_compile=jit)
         self.step_fn = tf.function(self._distributed_step)
 
     def _replica_step(self, batch: dict) -> dict[str, tf.Tensor]:
@@ -171,7 +179,7 @@ class StepFunctions:
         return out
 
     def _distributed_step(self, batch: dict) -> dict[str, tf.Tensor]:
-        per_replica = self.strategy.run(self._replica_step, args=(batch,))
+        per_replica = self.strategy.run(self.replica_fn, args=(batch,))
         return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                 for k, v in per_replica.items()}
 
