@@ -42,7 +42,7 @@ import tempfile
 import time
 import uuid
 import zlib
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import apache_beam as beam
 import numpy as np

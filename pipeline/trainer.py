@@ -20,7 +20,6 @@ import signal
 from typing import Any, Callable
 
 import keras
-import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 

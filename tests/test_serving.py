@@ -15,60 +15,26 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import model_io, trainer
+from conftest import TINY, TINY_SHAPE, train_tiny
+from pipeline import model_io
 from serving import client as client_lib
 from serving import export
 from serving.signatures import deterministic_score
 from tfp_models.hybrid import HybridConfig, HybridModel
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(latent_dim=4, enc_dec_channels=4, flow_scales=1, flow_hidden=4, flow_res_blocks=1,
-            disc_channels=4, posterior_hidden=8)
-SHAPE = (16, 16, 1)
+SHAPE = TINY_SHAPE
 # test_serving_mlflow imports these fixtures; the cache makes both modules share one
 # trained model and one export per session instead of building each twice.
 _SHARED: dict[str, object] = {}
 
 
 @pytest.fixture(scope="session")
-def digits16(tmp_path_factory, mnist_dir) -> str:
-    """96 real MNIST test digits at 16x16 through the Beam preprocess job."""
-    if "digits16" in _SHARED:
-        return _SHARED["digits16"]
-    from PIL import Image
-
-    from beam_jobs import preprocess
-    from beam_jobs.mnist_idx import load_mnist
-
-    images, labels = load_mnist(str(mnist_dir))
-    folder = tmp_path_factory.mktemp("serving_digits")
-    for i in range(96):
-        sub = folder / str(labels[i])
-        sub.mkdir(exist_ok=True)
-        Image.fromarray(images[i]).resize((16, 16), Image.LANCZOS).save(sub / f"{i:04d}.png")
-    out = tmp_path_factory.mktemp("serving_data") / "mnist16"
-    preprocess.run_preprocess("image_folder", str(folder), str(out), 16, grayscale=True,
-                              validation_fraction=0.25)
-    _SHARED["digits16"] = str(out)
-    return str(out)
-
-
-def train_tiny(data_dir: str, model_dir: str, tracking_uri: str, variant: str) -> str:
-    """Two training steps of a tiny model (real trainer, real MLflow run)."""
-    trainer.train(HybridConfig(variant=variant, image_shape=SHAPE, **TINY),
-                  trainer.TrainConfig(data_dir=data_dir, model_dir=model_dir, train_steps=2,
-                                      batch_size=8, checkpoint_every=2, log_every=1,
-                                      num_grid_samples=4, data_init_batch=16,
-                                      mlflow_tracking_uri=tracking_uri, show_progress=False,
-                                      seed=5))
-    return model_dir
-
-
-@pytest.fixture(scope="session")
 def cqf_dir(digits16, tmp_path_factory, tracking_uri) -> str:
     if "cqf_dir" not in _SHARED:
         _SHARED["cqf_dir"] = train_tiny(digits16, str(tmp_path_factory.mktemp("cqf") / "model"),
-                                        tracking_uri, "cqf")
+                                        tracking_uri, "cqf", train_steps=2, data_init_batch=16,
+                                        seed=5)
     return _SHARED["cqf_dir"]
 
 

@@ -19,8 +19,7 @@ import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
 from serving import client as client_lib
-from test_serving import (PROJECT_ROOT, _digits, cqf_dir, cqf_export, digits16,  # noqa: F401
-                          loaded)
+from test_serving import PROJECT_ROOT, _digits, cqf_dir, cqf_export, loaded  # noqa: F401
 
 
 def _registered_version(name: str) -> str:

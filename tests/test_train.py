@@ -9,46 +9,19 @@ import subprocess
 import sys
 import time
 
-import mlflow
 import numpy as np
 import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
-from beam_jobs import preprocess
+from conftest import TINY, TINY_SHAPE, tiny_train_config
 from pipeline import model_io, trainer
 from tfp_models.hybrid import VARIANTS, HybridConfig
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(latent_dim=4, enc_dec_channels=4, flow_scales=1, flow_hidden=4, flow_res_blocks=1,
-            disc_channels=4, posterior_hidden=8)
-
-
-@pytest.fixture(scope="module")
-def mnist_small(tmp_path_factory, mnist_dir) -> str:
-    """The first 240 real MNIST test digits, 16x16 grey, through the Beam preprocess job."""
-    from beam_jobs.mnist_idx import load_mnist
-    from PIL import Image
-
-    images, labels = load_mnist(str(mnist_dir))
-    folder = tmp_path_factory.mktemp("digits")
-    for i in range(240):
-        sub = folder / str(labels[i])
-        sub.mkdir(exist_ok=True)
-        Image.fromarray(images[i]).resize((16, 16), Image.LANCZOS).save(sub / f"{i:04d}.png")
-    out = tmp_path_factory.mktemp("data") / "mnist16"
-    preprocess.run_preprocess("image_folder", str(folder), str(out), 16, grayscale=True,
-                              validation_fraction=0.2)
-    return str(out)
-
-
 def _cfgs(data_dir, model_dir, uri, variant="cqf", **train_kw):
-    model_cfg = HybridConfig(variant=variant, image_shape=(16, 16, 1), **TINY)
-    kw = dict(train_steps=4, batch_size=8, checkpoint_every=2, log_every=1, sample_every=100,
-              num_grid_samples=4, data_init_batch=32, mlflow_tracking_uri=uri, show_progress=False,
-              seed=3)
-    kw.update(train_kw)
-    return model_cfg, trainer.TrainConfig(data_dir=data_dir, model_dir=str(model_dir), **kw)
+    return (HybridConfig(variant=variant, image_shape=TINY_SHAPE, **TINY),
+            tiny_train_config(data_dir, model_dir, uri, **train_kw))
 
 
 def _weights(model_dir):
@@ -57,8 +30,8 @@ def _weights(model_dir):
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_every_variant_trains_and_logs(variant, mnist_small, tmp_path, tracking_uri):
-    model_cfg, cfg = _cfgs(mnist_small, tmp_path / variant, tracking_uri, variant, train_steps=3)
+def test_every_variant_trains_and_logs(variant, digits16, tmp_path, tracking_uri):
+    model_cfg, cfg = _cfgs(digits16, tmp_path / variant, tracking_uri, variant, train_steps=3)
     summary = trainer.train(model_cfg, cfg)
     assert summary["step"] == 3 and summary["checkpoint"].endswith("ckpt-3")
     assert all(np.isfinite(v) for v in summary["metrics"].values())
@@ -73,12 +46,12 @@ def test_every_variant_trains_and_logs(variant, mnist_small, tmp_path, tracking_
     assert {"samples", "checkpoint", "model_config.json"} <= artifacts
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(mnist_small, tmp_path, tracking_uri):
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(digits16, tmp_path, tracking_uri):
     straight = tmp_path / "straight"
-    trainer.train(*_cfgs(mnist_small, straight, tracking_uri, train_steps=6))
+    trainer.train(*_cfgs(digits16, straight, tracking_uri, train_steps=6))
     split = tmp_path / "split"
-    first = trainer.train(*_cfgs(mnist_small, split, tracking_uri, train_steps=4))
-    second = trainer.train(*_cfgs(mnist_small, split, tracking_uri, train_steps=6))
+    first = trainer.train(*_cfgs(digits16, split, tracking_uri, train_steps=4))
+    second = trainer.train(*_cfgs(digits16, split, tracking_uri, train_steps=6))
     assert first["step"] == 4 and second["start_step"] == 4 and second["step"] == 6
     assert first["mlflow_run_id"] == second["mlflow_run_id"]  # the same MLflow run continues
     step_a, w_a = _weights(straight)
@@ -88,12 +61,12 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(mnist_small, tmp_
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_two_replicas_match_one_replica(mnist_small, tmp_path, tracking_uri):
+def test_two_replicas_match_one_replica(digits16, tmp_path, tracking_uri):
     assert len(tf.config.list_logical_devices("CPU")) >= 2, "conftest sets 2 logical CPUs"
     one = tmp_path / "one"
     two = tmp_path / "two"
-    trainer.train(*_cfgs(mnist_small, one, tracking_uri, train_steps=3, strategy="default"))
-    trainer.train(*_cfgs(mnist_small, two, tracking_uri, train_steps=3, strategy="mirrored",
+    trainer.train(*_cfgs(digits16, one, tracking_uri, train_steps=3, strategy="default"))
+    trainer.train(*_cfgs(digits16, two, tracking_uri, train_steps=3, strategy="mirrored",
                          devices=("/cpu:0", "/cpu:1")))
     _, w1 = _weights(one)
     _, w2 = _weights(two)
@@ -104,9 +77,9 @@ def test_two_replicas_match_one_replica(mnist_small, tmp_path, tracking_uri):
     assert moved > 10
 
 
-def test_divergence_stops_with_a_clear_error_and_keeps_the_checkpoint(mnist_small, tmp_path,
+def test_divergence_stops_with_a_clear_error_and_keeps_the_checkpoint(digits16, tmp_path,
                                                                       tracking_uri):
-    model_cfg, cfg = _cfgs(mnist_small, tmp_path / "nan", tracking_uri, variant="vae",
+    model_cfg, cfg = _cfgs(digits16, tmp_path / "nan", tracking_uri, variant="vae",
                            train_steps=50, checkpoint_every=1, learning_rate=1e12)
     with pytest.raises(trainer.TrainingDiverged, match=r"at step \d+.*last good checkpoint") as err:
         trainer.train(model_cfg, cfg)
@@ -126,10 +99,11 @@ def _train_cmd(data_dir, model_dir, uri, steps, extra=()):
             "--num_grid_samples=4", "--data_init_batch=32", "--noprogress", *extra]
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(mnist_small, tmp_path, tracking_uri):
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_last_checkpoint(digits16, tmp_path, tracking_uri):
     model_dir = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen(_train_cmd(mnist_small, model_dir, tracking_uri, 100000), env=env,
+    proc = subprocess.Popen(_train_cmd(digits16, model_dir, tracking_uri, 100000), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
     try:
         deadline = time.time() + 240
@@ -142,7 +116,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(mnist_small, tmp_path, trac
         proc.wait()
     saved = int(tf.train.latest_checkpoint(str(model_dir)).rsplit("-", 1)[1])
     assert saved >= 10
-    result = subprocess.run(_train_cmd(mnist_small, model_dir, tracking_uri, saved + 5), env=env,
+    result = subprocess.run(_train_cmd(digits16, model_dir, tracking_uri, saved + 5), env=env,
                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f'"start_step": {saved}' in result.stdout
@@ -151,10 +125,11 @@ def test_killed_run_resumes_from_its_last_checkpoint(mnist_small, tmp_path, trac
     assert run.info.status == "FINISHED"
 
 
-def test_sigterm_marks_the_run_killed_and_checkpoints(mnist_small, tmp_path, tracking_uri):
+@pytest.mark.slow
+def test_sigterm_marks_the_run_killed_and_checkpoints(digits16, tmp_path, tracking_uri):
     model_dir = tmp_path / "terminated"
     env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen(_train_cmd(mnist_small, model_dir, tracking_uri, 100000,
+    proc = subprocess.Popen(_train_cmd(digits16, model_dir, tracking_uri, 100000,
                                        ["--checkpoint_every=1000"]), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
     deadline = time.time() + 240
@@ -170,7 +145,7 @@ def test_sigterm_marks_the_run_killed_and_checkpoints(mnist_small, tmp_path, tra
     assert run.info.status == "KILLED"
 
 
-def test_bad_inputs_fail_before_training(mnist_small, tmp_path, tracking_uri):
+def test_bad_inputs_fail_before_training(digits16, tmp_path, tracking_uri):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         trainer.train(*_cfgs(str(tmp_path / "nope"), tmp_path / "m", tracking_uri))
     empty = tmp_path / "empty"
@@ -181,13 +156,13 @@ def test_bad_inputs_fail_before_training(mnist_small, tmp_path, tracking_uri):
         HybridConfig(variant="vq_vae")
     # A model directory trained at 16x16 refuses a data set cropped to 12x12.
     model_dir = tmp_path / "m16"
-    trainer.train(*_cfgs(mnist_small, model_dir, tracking_uri, train_steps=1))
+    trainer.train(*_cfgs(digits16, model_dir, tracking_uri, train_steps=1))
     with pytest.raises(ValueError, match=r"\(12, 12, 1\).*\(16, 16, 1\)"):
-        trainer.train(*_cfgs(mnist_small, model_dir, tracking_uri, train_steps=2,
+        trainer.train(*_cfgs(digits16, model_dir, tracking_uri, train_steps=2,
                              resize_with_crop_or_pad=12))
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-1")  # untouched
     # 16 px cannot be squeezed by a 6-scale flow.
-    model_cfg, cfg = _cfgs(mnist_small, tmp_path / "m6", tracking_uri)
+    model_cfg, cfg = _cfgs(digits16, tmp_path / "m6", tracking_uri)
     with pytest.raises(ValueError, match="divisible by 32"):
         trainer.train(dataclasses.replace(model_cfg, flow_scales=6), cfg)
     with pytest.raises(ValueError, match="divisible by 32"):  # the data's shape is checked too
@@ -195,9 +170,9 @@ def test_bad_inputs_fail_before_training(mnist_small, tmp_path, tracking_uri):
     assert not os.path.exists(tmp_path / "m6" / "mlflow_run_id")
 
 
-def test_cli_rejects_unknown_variant(mnist_small, tmp_path):
+def test_cli_rejects_unknown_variant(digits16, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.train", f"--data_dir={mnist_small}",
+        [sys.executable, "-m", "pipeline.train", f"--data_dir={digits16}",
          f"--model_dir={tmp_path / 'm'}", "--variant=wgan_vae"],
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
     assert result.returncode != 0
