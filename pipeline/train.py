@@ -5,6 +5,7 @@ A second run with the same ``--model_dir`` resumes from its latest checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -45,7 +46,7 @@ flags.DEFINE_list("devices", [], "Devices of --strategy=mirrored (default: all G
 flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = MLflow default).")
 flags.DEFINE_string("experiment", "adaptive-density", "MLflow experiment name.")
 flags.DEFINE_string("run_name", "", "MLflow run name.")
-flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+flags.DEFINE_boolean("show_progress", True, "Show a progress bar.")
 flags.DEFINE_boolean("jit_compile", True, "XLA-compile the training step.")
 # Model.
 flags.DEFINE_integer("latent_dim", 32, "Dimension of z.")
@@ -57,7 +58,8 @@ flags.DEFINE_integer("enc_dec_downsamples", 2, "Stride-2 stages of encoder/decod
 flags.DEFINE_integer("flow_scales", 2, "Scales of the Real NVP.")
 flags.DEFINE_integer("flow_hidden", 32, "Channels of the coupling ResNets.")
 flags.DEFINE_integer("flow_res_blocks", 1, "Residual blocks per coupling net.")
-flags.DEFINE_boolean("actnorm", True, "ActNorm before every coupling.")
+flags.DEFINE_boolean("use_actnorm", True, "ActNorm before every coupling.")
+flags.DEFINE_float("logit_alpha", 0.05, "a of the logit preprocessing logit(a + (1 - 2a) x).")
 flags.DEFINE_float("decoder_min_log_sigma", -6.0, "Lower bound of the decoder's log sigma.")
 flags.DEFINE_integer("disc_channels", 32, "Base channels of the discriminator.")
 flags.DEFINE_boolean("spectral_norm", False, "Spectral normalization in the discriminator.")
@@ -69,35 +71,20 @@ flags.DEFINE_float("gp_weight", 10.0, "Weight of the gradient penalty.")
 flags.mark_flags_as_required(["data_dir", "model_dir"])
 
 
+def _fields_from_flags(cls) -> dict:
+    """The values of the flags named like the dataclass ``cls``'s fields."""
+    return {f.name: FLAGS[f.name].value for f in dataclasses.fields(cls) if f.name in FLAGS}
+
+
 def configs_from_flags():
     """(HybridConfig fields except image_shape, TrainConfig) from the parsed flags; the
-    image shape comes from the data set."""
+    image shape comes from the data set. Flags are named after the dataclass fields."""
     from pipeline.trainer import TrainConfig
 
-    values = dict(
-        variant=FLAGS.variant, latent_dim=FLAGS.latent_dim,
-        posterior=FLAGS.posterior, posterior_steps=FLAGS.posterior_steps,
-        posterior_hidden=FLAGS.posterior_hidden, enc_dec_channels=FLAGS.enc_dec_channels,
-        enc_dec_downsamples=FLAGS.enc_dec_downsamples, flow_scales=FLAGS.flow_scales,
-        flow_hidden=FLAGS.flow_hidden, flow_res_blocks=FLAGS.flow_res_blocks,
-        use_actnorm=FLAGS.actnorm, decoder_min_log_sigma=FLAGS.decoder_min_log_sigma,
-        disc_channels=FLAGS.disc_channels, spectral_norm=FLAGS.spectral_norm,
-        lambda_adv=FLAGS.lambda_adv, gradient_penalty=FLAGS.gradient_penalty,
-        gp_weight=FLAGS.gp_weight)
-    train_cfg = TrainConfig(
-        data_dir=FLAGS.data_dir, model_dir=FLAGS.model_dir, train_steps=FLAGS.train_steps,
-        batch_size=FLAGS.batch_size, checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed,
-        learning_rate=FLAGS.learning_rate, disc_learning_rate=FLAGS.disc_learning_rate,
-        adam_beta1=FLAGS.adam_beta1, disc_adam_beta1=FLAGS.disc_adam_beta1,
-        disc_steps=FLAGS.disc_steps, random_flip=FLAGS.random_flip,
-        resize_with_crop_or_pad=FLAGS.resize_with_crop_or_pad, log_every=FLAGS.log_every,
-        sample_every=FLAGS.sample_every, num_grid_samples=FLAGS.num_grid_samples,
-        sample_temperature=FLAGS.sample_temperature, data_init_batch=FLAGS.data_init_batch,
-        keep_checkpoints=FLAGS.keep_checkpoints, strategy=FLAGS.strategy,
-        devices=tuple(FLAGS.devices), mlflow_tracking_uri=FLAGS.mlflow_tracking_uri,
-        experiment=FLAGS.experiment, run_name=FLAGS.run_name, show_progress=FLAGS.progress,
-        jit_compile=FLAGS.jit_compile)
-    return values, train_cfg
+    model_values = _fields_from_flags(HybridConfig)
+    train_values = _fields_from_flags(TrainConfig)
+    train_values["devices"] = tuple(train_values["devices"])
+    return model_values, TrainConfig(**train_values)
 
 
 def main(argv):

@@ -96,7 +96,7 @@ def _train_cmd(data_dir, model_dir, uri, steps, extra=()):
             f"--model_dir={model_dir}", f"--mlflow_tracking_uri={uri}", "--variant=vae_f",
             f"--train_steps={steps}", "--batch_size=8", "--checkpoint_every=5", "--log_every=5",
             "--latent_dim=4", "--enc_dec_channels=4", "--flow_hidden=4", "--flow_scales=1",
-            "--num_grid_samples=4", "--data_init_batch=32", "--noprogress", *extra]
+            "--num_grid_samples=4", "--data_init_batch=32", "--noshow_progress", *extra]
 
 
 @pytest.mark.slow

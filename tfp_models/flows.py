@@ -209,17 +209,17 @@ class Squeeze(FlowStep):
         return tf.nn.depth_to_space(y, 2), tf.zeros(tf.shape(y)[:1], y.dtype)
 
 
-class Unsqueeze(FlowStep):
+class Unsqueeze(Squeeze):
     """Depth-to-space by 2, the inverse of :class:`Squeeze`; log-det 0."""
 
     def __init__(self, name: str = "unsqueeze"):
-        super().__init__(name=name, is_constant_jacobian=True)
+        super().__init__(name=name)
 
     def forward_and_log_det(self, x):
-        return tf.nn.depth_to_space(x, 2), tf.zeros(tf.shape(x)[:1], x.dtype)
+        return super().inverse_and_log_det(x)
 
     def inverse_and_log_det(self, y):
-        return tf.nn.space_to_depth(y, 2), tf.zeros(tf.shape(y)[:1], y.dtype)
+        return super().forward_and_log_det(y)
 
 
 class FactorOut(FlowStep):
