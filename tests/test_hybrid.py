@@ -159,3 +159,16 @@ def test_gan_has_no_likelihood_and_unknown_names_are_errors():
         HybridConfig(posterior="vamp", **SMALL)
     with pytest.raises(ValueError, match="unknown gradient_penalty"):
         HybridConfig(gradient_penalty="r2", **SMALL)
+
+
+def test_spectral_normalization_is_active_in_the_discriminator():
+    from tfp_models.networks import Discriminator
+
+    disc = Discriminator(SHAPE, 4, spectral_norm=True)
+    x = images(4, seed=9)
+    for _ in range(30):  # one power iteration per training call
+        disc(x)
+    head = disc.head.layer.kernel.numpy().reshape(-1, 1)
+    stem = disc.stem.layer.kernel.numpy().reshape(-1, 4)
+    for kernel in (head, stem):
+        assert np.linalg.svd(kernel, compute_uv=False)[0] == pytest.approx(1.0, abs=0.05)

@@ -162,11 +162,13 @@ class Discriminator(keras.layers.Layer):
         self.flatten = keras.layers.Flatten()
         self.head = wrap(keras.layers.Dense(1))
 
-    def call(self, x):
-        h = tf.nn.leaky_relu(self.stem(2.0 * x - 1.0), 0.2)
+    def call(self, x, training=True):
+        # training=True by default: the discriminator only runs in training steps, and
+        # keras.layers.SpectralNormalization normalizes the kernel only when training.
+        h = tf.nn.leaky_relu(self.stem(2.0 * x - 1.0, training=training), 0.2)
         for down in self.downs:
-            h = tf.nn.leaky_relu(down(h), 0.2)
-        return tf.squeeze(self.head(self.flatten(h)), axis=-1)
+            h = tf.nn.leaky_relu(down(h, training=training), 0.2)
+        return tf.squeeze(self.head(self.flatten(h), training=training), axis=-1)
 
 
 class MaskedDense(keras.layers.Dense):
