@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slow"
+# The venv's console scripts (mlflow, uvicorn, saved_model_cli) for every recipe.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: venv quickstart test test-slow test-all clean
 

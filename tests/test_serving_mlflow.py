@@ -75,7 +75,10 @@ def test_mlflow_models_serve_answers_like_the_saved_model(cqf_export, loaded, tr
                                                           tmp_path):
     port = _free_port()
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, TF_CPP_MIN_LOG_LEVEL="2")
+    # mlflow starts `uvicorn` through the shell: the venv's bin must be on PATH even when
+    # the tests run as .venv/bin/python without an activated venv (as `make test` does).
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, TF_CPP_MIN_LOG_LEVEL="2",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
