@@ -86,6 +86,7 @@ def test_cli_prints_json_and_logs_to_the_models_run(vae_dir, digits16, tracking_
     assert run.info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_fid_of_model_samples_through_export_and_beam(vae_dir, digits16, tmp_path):
     """End to end with a small (untrained) MNIST-classifier extractor: FID is finite and
     positive, KID/IS are reported, the sample count is exact."""

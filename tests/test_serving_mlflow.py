@@ -71,6 +71,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve_answers_like_the_saved_model(cqf_export, loaded, tracking_uri,
                                                           tmp_path):
     port = _free_port()

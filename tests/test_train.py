@@ -46,6 +46,7 @@ def test_every_variant_trains_and_logs(variant, digits16, tmp_path, tracking_uri
     assert {"samples", "checkpoint", "model_config.json"} <= artifacts
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(digits16, tmp_path, tracking_uri):
     straight = tmp_path / "straight"
     trainer.train(*_cfgs(digits16, straight, tracking_uri, train_steps=6))
