@@ -14,6 +14,8 @@ image size, HTTP 400 / INVALID_ARGUMENT) raise :class:`ServingError` with the se
 """
 from __future__ import annotations
 
+import abc
+
 import argparse
 import json
 import sys
@@ -50,11 +52,12 @@ def _check_images(images: Any) -> np.ndarray:
     return arr
 
 
-class _Client:
+class _Client(abc.ABC):
     """Shared API; subclasses implement :meth:`predict`."""
 
+    @abc.abstractmethod
     def predict(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Runs ``signature`` on named inputs; returns its named outputs as arrays."""
 
     def score(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 [N, H, W, C] -> {'log_likelihood_nats': [N], 'bits_per_dim': [N]} float32."""
