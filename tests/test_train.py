@@ -133,11 +133,17 @@ def test_sigterm_marks_the_run_killed_and_checkpoints(digits16, tmp_path, tracki
     proc = subprocess.Popen(_train_cmd(digits16, model_dir, tracking_uri, 100000,
                                        ["--checkpoint_every=1000"]), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
-    deadline = time.time() + 240
+    deadline = time.time() + 300
     run_file = model_dir / "mlflow_run_id"
-    while time.time() < deadline and not run_file.exists():
+    # Wait until steps are done (metrics logged at --log_every=5; the first step compiles).
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        if run_file.exists() and "train/loss" in MlflowClient().get_run(
+                run_file.read_text()).data.metrics:
+            break
         time.sleep(0.5)
-    time.sleep(8)  # let it take some steps
+    else:
+        pytest.fail("the run logged no training metrics within 300 s")
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
     assert proc.returncode != 0
