@@ -338,8 +338,7 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
             bar.close()
         summary.update(step=step, metrics=values, checkpoint=manager.latest_checkpoint,
                        grid=write_grid(step), model_dir=os.path.abspath(cfg.model_dir))
-        for path in (os.path.join(cfg.model_dir, model_io.CONFIG_FILE),):
-            tracking.mlflow.log_artifact(path)
+        tracking.mlflow.log_artifact(os.path.join(cfg.model_dir, model_io.CONFIG_FILE))
         ckpt = manager.latest_checkpoint
         if ckpt:
             for name in os.listdir(cfg.model_dir):

@@ -21,7 +21,6 @@ import math
 from typing import Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -446,7 +445,3 @@ def dequantize_images(images: tf.Tensor, noise: tf.Tensor | None = None) -> tf.T
     x = tf.cast(images, tf.float32)
     return (x + (0.5 if noise is None else noise)) / 256.0
 
-
-def num_flow_parameters(flow: FeatureFlow) -> int:
-    """Total number of trainable scalars in the flow."""
-    return int(sum(np.prod(v.shape) for v in flow.trainable_variables))
