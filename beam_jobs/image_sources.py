@@ -2,12 +2,15 @@
 
 Every source kind has
 
-* a *planner* (runs on the driver, before Beam starts): validates the input, lists the
-  record keys (cheaply: LMDB keys only, zip central directory, file names, npz/IDX
-  headers and labels) and cuts them into small picklable *work units*;
-* a *reader* (runs in a Beam DoFn; opened once per worker in ``setup()``): turns one
-  unit into ``(key, label, payload)`` records, where payload is encoded image bytes, a
-  uint8 array, or a :class:`~beam_jobs.image_transform.BadImage` for an unreadable entry.
+* a *planner* (runs on the driver, before Beam starts): validates the input and lists
+  every record's key and a small picklable *locator* (cheaply: LMDB keys only, zip
+  central directory, file names, npz/IDX headers and labels);
+* a *reader* (runs in a Beam DoFn; opened once per worker in ``setup()``): reads any list
+  of locators, in the given order, as ``(key, label, payload)`` records, where payload is
+  encoded image bytes, a uint8 array, or a :class:`~beam_jobs.image_transform.BadImage`
+  for an unreadable entry. Every source allows random access (LMDB ``get``, zip members,
+  files, memory-mapped arrays), so the job can read each output shard's records directly
+  instead of shuffling encoded images between workers.
 
 Keys are unique strings within a source; labels are ints (-1 when unknown).
 """
@@ -16,9 +19,12 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import shutil
+import struct
+import tempfile
 import zipfile
 import zlib
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -29,26 +35,26 @@ from beam_jobs.records import UNKNOWN_LABEL
 
 SOURCE_KINDS = ("lsun_lmdb", "imagenet64_npz", "image_folder", "image_zip", "mnist_idx")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp")
-UNIT_SIZE = 256  # records per work unit (many more units than workers)
 
 Record = tuple  # (key: str, label: int, payload: bytes | np.ndarray | BadImage)
 
 
 @dataclasses.dataclass
 class SourcePlan:
-    """What the driver learned about an input: keys, work units and label names."""
+    """What the driver learned about an input: record keys, their locators, label names.
+
+    ``locators[i]`` tells a :class:`SourceReader` where record ``keys[i]`` is:
+    image_folder/image_zip ``(relative name, label)``, lsun_lmdb the raw LMDB key (bytes),
+    imagenet64_npz ``(npz path, row, 0-based label)``, mnist_idx ``(images path, row,
+    label)``.
+    """
 
     kind: str
     input_path: str  # absolute
     keys: list[str]
-    units: list[tuple]
+    locators: list
     label_names: list[str] | None
     info: dict  # extra facts for dataset.json["source"]
-
-
-def _chunks(seq: list, size: int = UNIT_SIZE) -> Iterator[list]:
-    for i in range(0, len(seq), size):
-        yield seq[i:i + size]
 
 
 def _progress(iterable, desc: str, total: int | None = None):
@@ -105,9 +111,8 @@ def plan_image_folder(path: str) -> SourcePlan:
     if not rel:
         raise _no_images(path, _FOLDER_WHAT)
     labels, names = _labels_from_parents(rel)
-    units = [("image_folder", [(k, lab) for k, lab in zip(c, lc)])
-             for c, lc in zip(_chunks(rel), _chunks(labels))]
-    return SourcePlan("image_folder", root, rel, units, names, {"skipped_non_image_files": skipped})
+    return SourcePlan("image_folder", root, rel, list(zip(rel, labels)), names,
+                      {"skipped_non_image_files": skipped})
 
 
 # -- image_zip ----------------------------------------------------------------------------
@@ -125,9 +130,7 @@ def plan_image_zip(path: str) -> SourcePlan:
     if not names:
         raise _no_images(path, _ZIP_WHAT)
     labels, label_names = _labels_from_parents(names)
-    units = [("image_zip", [(k, lab) for k, lab in zip(c, lc)])
-             for c, lc in zip(_chunks(names), _chunks(labels))]
-    return SourcePlan("image_zip", full, names, units, label_names,
+    return SourcePlan("image_zip", full, names, list(zip(names, labels)), label_names,
                       {"skipped_non_image_files": sum(not i.is_dir() for i in infos) - len(names)})
 
 
@@ -175,9 +178,7 @@ def plan_lsun_lmdb(path: str) -> SourcePlan:
         env.close()
     if not raw_keys:
         raise _no_images(path, _LMDB_WHAT)
-    # LMDB iterates in byte order, so a unit is the closed range [first, last] of keys.
-    units = [("lsun_lmdb", (c[0], c[-1], len(c))) for c in _chunks(raw_keys)]
-    return SourcePlan("lsun_lmdb", full, [lmdb_key_str(k) for k in raw_keys], units, None, {})
+    return SourcePlan("lsun_lmdb", full, [lmdb_key_str(k) for k in raw_keys], raw_keys, None, {})
 
 
 # -- imagenet64_npz -----------------------------------------------------------------------
@@ -205,7 +206,7 @@ def plan_imagenet64_npz(path: str) -> SourcePlan:
     if not files:
         raise _no_images(path, _NPZ_WHAT)
     keys: list[str] = []
-    units: list[tuple] = []
+    locators: list[tuple] = []
     side = None
     for f in files:
         try:
@@ -228,11 +229,10 @@ def plan_imagenet64_npz(path: str) -> SourcePlan:
             raise ValueError(f"{f!r}: labels must be 1-based (min is {labels.min()})")
         base = os.path.basename(f)
         keys.extend(f"{base}/{i:07d}" for i in range(shape[0]))
-        units.extend(("imagenet64_npz", (f, i, min(i + UNIT_SIZE * 4, shape[0])))
-                     for i in range(0, shape[0], UNIT_SIZE * 4))
+        locators.extend((f, i, int(label) - 1) for i, label in enumerate(labels))
     if not keys:
         raise _no_images(path, _NPZ_WHAT)
-    return SourcePlan("imagenet64_npz", full, keys, units, None,
+    return SourcePlan("imagenet64_npz", full, keys, locators, None,
                       {"files": [os.path.basename(f) for f in files], "stored_size": side})
 
 
@@ -261,16 +261,16 @@ def plan_mnist_idx(path: str) -> SourcePlan:
     pairs = _mnist_pairs(root)
     if not pairs:
         raise _no_images(path, _MNIST_WHAT)
-    keys, units = [], []
+    keys, locators = [], []
     for prefix, img, lab in pairs:
         labels = mnist_idx.read_idx(lab)
-        n = len(labels)
-        keys.extend(f"{prefix}/{i:05d}" for i in range(n))
-        units.extend(("mnist_idx", (prefix, img, lab, i, min(i + UNIT_SIZE * 4, n)))
-                     for i in range(0, n, UNIT_SIZE * 4))
+        if labels.ndim != 1:
+            raise ValueError(f"{lab!r}: labels have shape {labels.shape}; expected [N]")
+        keys.extend(f"{prefix}/{i:05d}" for i in range(len(labels)))
+        locators.extend((img, i, int(label)) for i, label in enumerate(labels))
     if not keys:
         raise _no_images(path, _MNIST_WHAT)
-    return SourcePlan("mnist_idx", root, keys, units, [str(d) for d in range(10)],
+    return SourcePlan("mnist_idx", root, keys, locators, [str(d) for d in range(10)],
                       {"files": [os.path.basename(p) for _, i, l in pairs for p in (i, l)]})
 
 
@@ -284,7 +284,7 @@ _PLANNERS = {
 
 
 def plan_source(kind: str, path: str) -> SourcePlan:
-    """Validates ``path`` as a ``kind`` input and plans its work units (driver side)."""
+    """Validates ``path`` as a ``kind`` input and lists its keys and locators (driver side)."""
     if kind not in _PLANNERS:
         raise ValueError(f"unknown source kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
     return _PLANNERS[kind](path)
@@ -292,16 +292,52 @@ def plan_source(kind: str, path: str) -> SourcePlan:
 
 # -- readers (worker side) ----------------------------------------------------------------
 
+def _read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    major, _ = np.lib.format.read_magic(f)
+    read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                   else np.lib.format.read_array_header_2_0)
+    return read_header(f)
+
+
+def npz_member_array(path: str, member: str, scratch_dir: str) -> np.ndarray:
+    """Read-only memory map of ``member`` (e.g. 'data.npy') of an npz, for random rows.
+
+    A stored member (``np.savez``) is mapped in place; a deflated one
+    (``np.savez_compressed``) is first extracted to ``scratch_dir`` (once per worker), so
+    a worker never holds a whole batch file in memory.
+    """
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(member)
+        if info.compress_type != zipfile.ZIP_STORED:
+            target = os.path.join(scratch_dir, f"{len(os.listdir(scratch_dir))}-{member}")
+            with zf.open(info) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 16 * 2 ** 20)
+            return np.load(target, mmap_mode="r")
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local_header = f.read(30)  # zip local file header; name and extra lengths at 26
+        if local_header[:4] != b"PK\x03\x04":
+            raise ValueError(f"{path!r}: corrupt zip local header of {member!r}")
+        name_len, extra_len = struct.unpack("<HH", local_header[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        shape, fortran, dtype = _read_npy_header(f)
+        offset = f.tell()
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset,
+                     order="F" if fortran else "C")
+
+
 class SourceReader:
-    """Reads work units of one input; create once per worker, ``close()`` at teardown."""
+    """Random-access reader of one input; create once per worker, ``close()`` at teardown."""
 
     def __init__(self, kind: str, input_path: str):
+        if kind not in SOURCE_KINDS:
+            raise ValueError(f"unknown source kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
         self.kind = kind
         self.input_path = input_path
         self._env = None
         self._zip = None
-        self._cache_name = None
-        self._cache = None
+        self._arrays: dict[str, np.ndarray] = {}
+        self._scratch: str | None = None
 
     def close(self) -> None:
         if self._env is not None:
@@ -310,16 +346,17 @@ class SourceReader:
         if self._zip is not None:
             self._zip.close()
             self._zip = None
-        self._cache = self._cache_name = None
+        self._arrays.clear()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
-    def read(self, unit: tuple) -> Iterator[Record]:
-        kind, spec = unit
-        if kind != self.kind:
-            raise ValueError(f"work unit of kind {kind!r} given to a {self.kind!r} reader")
-        return getattr(self, "_read_" + kind)(spec)
+    def read(self, locators: Sequence) -> Iterator[Record]:
+        """The records at ``locators`` (from this source's :class:`SourcePlan`), in order."""
+        return getattr(self, "_read_" + self.kind)(locators)
 
-    def _read_image_folder(self, spec) -> Iterator[Record]:
-        for rel, label in spec:
+    def _read_image_folder(self, locators) -> Iterator[Record]:
+        for rel, label in locators:
             try:
                 with open(os.path.join(self.input_path, rel), "rb") as f:
                     data = f.read()
@@ -327,64 +364,50 @@ class SourceReader:
                 data = BadImage(f"unreadable file ({type(e).__name__}: {e})")
             yield rel, label, data
 
-    def _read_image_zip(self, spec) -> Iterator[Record]:
+    def _read_image_zip(self, locators) -> Iterator[Record]:
         if self._zip is None:
             self._zip = zipfile.ZipFile(self.input_path)
-        for name, label in spec:
+        for name, label in locators:
             try:
                 data = self._zip.read(name)
             except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError,
-                    zlib.error) as e:
+                    zlib.error, KeyError) as e:
                 data = BadImage(f"unreadable zip member ({type(e).__name__}: {e})")
             yield name, label, data
 
-    def _read_lsun_lmdb(self, spec) -> Iterator[Record]:
-        first, last, expected = spec
+    def _read_lsun_lmdb(self, locators) -> Iterator[Record]:
         if self._env is None:
             self._env = _open_lmdb(self.input_path)
-        n = 0
         with self._env.begin(write=False, buffers=False) as txn:
-            cursor = txn.cursor()
-            if cursor.set_range(first):
-                for key, value in cursor:
-                    if key > last:
-                        break
-                    n += 1
-                    yield lmdb_key_str(bytes(key)), UNKNOWN_LABEL, bytes(value)
-        if n != expected:
-            raise RuntimeError(f"LMDB {self.input_path!r} changed while reading: key range "
-                               f"{first!r}..{last!r} held {n} entries, planned {expected}")
+            for raw_key in locators:
+                value = txn.get(raw_key)
+                if value is None:
+                    raise RuntimeError(f"LMDB {self.input_path!r} changed while reading: "
+                                       f"planned key {raw_key!r} is gone")
+                yield lmdb_key_str(raw_key), UNKNOWN_LABEL, value
 
-    def _load_cached(self, name: str, loader):
-        if self._cache_name != name:
-            self._cache = None  # free the previous arrays first
-            self._cache = loader()
-            self._cache_name = name
-        return self._cache
+    def _array(self, path: str, load) -> np.ndarray:
+        if path not in self._arrays:
+            self._arrays[path] = load()
+        return self._arrays[path]
 
-    def _read_imagenet64_npz(self, spec) -> Iterator[Record]:
-        path, start, stop = spec
+    def _read_imagenet64_npz(self, locators) -> Iterator[Record]:
+        if self._scratch is None:
+            self._scratch = tempfile.mkdtemp(prefix="imagenet64_npz_")
+        for path, row, label in locators:
+            data = self._array(path, lambda: npz_member_array(path, "data.npy", self._scratch))
+            s = int(round((data.shape[1] / 3) ** 0.5))
+            image = np.ascontiguousarray(np.asarray(data[row]).reshape(3, s, s).transpose(1, 2, 0))
+            yield f"{os.path.basename(path)}/{row:07d}", label, image
 
-        def load():
-            with np.load(path) as z:
-                return np.asarray(z["data"]), np.asarray(z["labels"]).astype(np.int64)
-
-        data, labels = self._load_cached(path, load)
-        s = int(round((data.shape[1] / 3) ** 0.5))
-        block = data[start:stop].reshape(-1, 3, s, s).transpose(0, 2, 3, 1)
-        base = os.path.basename(path)
-        for i in range(start, stop):
-            yield f"{base}/{i:07d}", int(labels[i]) - 1, block[i - start]
-
-    def _read_mnist_idx(self, spec) -> Iterator[Record]:
-        prefix, img, lab, start, stop = spec
-        images, labels = self._load_cached(
-            img, lambda: (mnist_idx.read_idx(img), mnist_idx.read_idx(lab)))
-        if images.ndim != 3 or len(images) != len(labels):
-            raise ValueError(f"MNIST files {img!r} / {lab!r} disagree: images "
-                             f"{images.shape}, labels {labels.shape}")
-        for i in range(start, stop):
-            yield f"{prefix}/{i:05d}", int(labels[i]), images[i]
+    def _read_mnist_idx(self, locators) -> Iterator[Record]:
+        for path, row, label in locators:
+            images = self._array(path, lambda: mnist_idx.read_idx(path))
+            if images.ndim != 3 or row >= len(images):
+                raise ValueError(f"MNIST images {path!r} have shape {images.shape}; expected "
+                                 f"[N, H, W] with N > {row} (as its labels file says)")
+            prefix = os.path.basename(path).split("-", 1)[0]
+            yield f"{prefix}/{row:05d}", label, images[row]
 
 
 __all__ = ["SOURCE_KINDS", "SourcePlan", "SourceReader", "plan_source", "lmdb_key_str",

@@ -8,12 +8,16 @@
 Sources (``--source``): ``lsun_lmdb``, ``imagenet64_npz``, ``image_folder``, ``image_zip``,
 ``mnist_idx`` (see :mod:`beam_jobs.image_sources`). Transform: :mod:`beam_jobs.image_transform`.
 
-Pipeline: the driver plans small work units (key ranges / file lists) -> Create (reshuffled)
--> read + decode + resize/crop + PNG + Example in one DoFn (records that fail go to a
-``bad`` output with the reason) -> key by (split, shard) where split and shard come from
-sha256(record key) -> GroupByKey -> each shard sorted by key, written to a temporary file
-and renamed. Shards are byte-identical for the same input on any runner. Everything is
-written into a temporary sibling of ``--output_dir`` that is moved into place on success.
+Pipeline: the driver lists every record's key and locator, assigns it to a split and a
+shard by sha256(key), sorts each shard by key, pickles the shard's locators next to the
+output and cuts it into work units of RECORDS_PER_PART records -> Create (reshuffled over
+the workers) -> one DoFn reads its records by random access, decodes, resizes/crops,
+encodes PNG + Example and writes a fragment file (records that fail go to a ``bad`` output
+with the reason) -> GroupByKey of the fragment *names* by shard -> each shard is the
+concatenation of its fragments in order, written to a temporary file and renamed. Encoded
+images are never shuffled through the runner. Shards are byte-identical for the same
+input on any runner. Everything is written into a temporary sibling of ``--output_dir``
+(a local or mounted path every worker can reach) that is moved into place on success.
 
 Without ``--runner`` the job runs locally on Beam's ``FnApiRunner`` (Beam 2.77's
 DirectRunner first tries to download the Prism runner, which fails offline) with a running
@@ -22,12 +26,14 @@ mode chosen by input size unless ``--direct_running_mode`` is given.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import hashlib
 import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -47,7 +53,11 @@ TARGET_SHARD_PIXEL_BYTES = 64 * 2 ** 20  # default shard size: ~64 MiB of raw ui
 MAX_DEFAULT_SHARDS = 4096
 IN_MEMORY_MAX_RECORDS = 2_000  # below: one thread, no worker start-up at all
 THREADS_MAX_RECORDS = 20_000  # below: threads; above: processes (~1-2 s start-up each)
+RECORDS_PER_PART = 256  # records per work unit: many more units than workers
+_COPY_CHUNK = 8 * 2 ** 20
 _META_DIR = "_meta"
+_PLAN_DIR = "_plan"
+_PARTS_DIR = "_parts"
 _LOCAL_RUNNERS = ("fnapirunner", "fnapi")
 
 log = logging.getLogger(__name__)
@@ -74,21 +84,51 @@ def default_num_shards(count: int, image_shape: Sequence[int]) -> int:
     return max(1, min(MAX_DEFAULT_SHARDS, math.ceil(count * per_record / TARGET_SHARD_PIXEL_BYTES)))
 
 
-# -- Beam transforms ----------------------------------------------------------------------
+def plan_parts(plan: SourcePlan, validation_fraction: float, shards: dict[str, int],
+               plan_dir: str, records_per_part: int | None = None) -> list[tuple]:
+    """Driver side: assigns every record to its (split, shard) and cuts shards into parts.
 
-class ProcessUnitFn(beam.DoFn):
-    """Work unit -> ((split, shard), (key, serialized Example)); bad records -> 'bad'."""
+    Each shard's locators, sorted by record key, are pickled to
+    ``plan_dir/<split>-<shard>.pkl`` (so the pipeline graph stays small on any runner).
+    Returns the work units ``(split, shard, start, stop, part, num_parts)``: records
+    ``[start, stop)`` of that shard's sorted list.
+    """
+    records_per_part = records_per_part or RECORDS_PER_PART
+    by_shard: dict[tuple[str, int], list] = {}
+    for key, locator in zip(plan.keys, plan.locators):
+        split = split_of(key, validation_fraction)
+        by_shard.setdefault((split, shard_of(key, shards[split])), []).append((key, locator))
+    units = []
+    for (split, index), items in sorted(by_shard.items()):
+        items.sort(key=lambda item: item[0])  # stable: equal keys keep the source order
+        with open(os.path.join(plan_dir, f"{split}-{index:05d}.pkl"), "wb") as f:
+            pickle.dump([locator for _, locator in items], f, protocol=pickle.HIGHEST_PROTOCOL)
+        num_parts = math.ceil(len(items) / records_per_part)
+        units.extend((split, index, i * records_per_part,
+                      min(len(items), (i + 1) * records_per_part), i, num_parts)
+                     for i in range(num_parts))
+    return units
+
+
+class EncodePartFn(beam.DoFn):
+    """Work unit -> one fragment file of framed Examples (in key order) on local disk.
+
+    Yields ``((split, shard), (part, num_parts, fragment file, count))``; records that
+    cannot be read or decoded go to the ``bad`` output as ``(key, reason)``. Encoded
+    images never travel through the runner, only these small tuples do.
+    """
 
     BAD = "bad"
 
-    def __init__(self, kind: str, input_path: str, transform: ImageTransform,
-                 validation_fraction: float, num_shards: dict[str, int]):
+    def __init__(self, kind: str, input_path: str, transform: ImageTransform, plan_dir: str,
+                 parts_dir: str):
         self._kind = kind
         self._input_path = input_path
         self._transform = transform
-        self._fraction = validation_fraction
-        self._num_shards = dict(num_shards)
+        self._plan_dir = plan_dir
+        self._parts_dir = parts_dir
         self._reader = None
+        self._cached: tuple[str, list] | None = None  # (shard plan file, its locators)
         self._good = beam.metrics.Metrics.counter("preprocess", "images_written")
         self._bad = beam.metrics.Metrics.counter("preprocess", "bad_records")
 
@@ -99,51 +139,77 @@ class ProcessUnitFn(beam.DoFn):
         if self._reader is not None:
             self._reader.close()
 
+    def _shard_locators(self, split: str, index: int) -> list:
+        path = os.path.join(self._plan_dir, f"{split}-{index:05d}.pkl")
+        if self._cached is None or self._cached[0] != path:
+            with open(path, "rb") as f:
+                self._cached = (path, pickle.load(f))
+        return self._cached[1]
+
     def process(self, unit: tuple) -> Iterable:
-        for key, label, payload in self._reader.read(unit):
-            try:
-                if isinstance(payload, BadImage):
-                    raise payload
-                if isinstance(payload, (bytes, bytearray, memoryview)):
-                    png = self._transform.from_bytes(bytes(payload))
-                else:
-                    png = self._transform.from_array(payload)
-            except BadImage as e:
-                self._bad.inc()
-                yield beam.pvalue.TaggedOutput(self.BAD, (key, str(e)))
-                continue
-            split = split_of(key, self._fraction)
-            shard = shard_of(key, self._num_shards[split])
-            self._good.inc()
-            yield (split, shard), (key, records.encode_example_fast(png, label, key))
+        split, index, start, stop, part, num_parts = unit
+        locators = self._shard_locators(split, index)[start:stop]
+        name = f"{split}-{index:05d}-part-{part:05d}"
+        count = 0
+        with _atomic_file(os.path.join(self._parts_dir, name)) as f:
+            for key, label, payload in self._reader.read(locators):
+                try:
+                    if isinstance(payload, BadImage):
+                        raise payload
+                    if isinstance(payload, (bytes, bytearray, memoryview)):
+                        png = self._transform.from_bytes(bytes(payload))
+                    else:
+                        png = self._transform.from_array(payload)
+                except BadImage as e:
+                    self._bad.inc()
+                    yield beam.pvalue.TaggedOutput(self.BAD, (key, str(e)))
+                    continue
+                f.write(records.frame_tfrecord(records.encode_example_fast(png, label, key)))
+                count += 1
+        self._good.inc(count)
+        yield (split, index), (part, num_parts, name, count)
 
 
-class WriteShardFn(beam.DoFn):
-    """((split, shard), [(key, example)]) -> shard file sorted by key; yields its metadata."""
+class ConcatShardFn(beam.DoFn):
+    """((split, shard), fragments) -> the shard file (fragments in part order); its metadata."""
 
-    def __init__(self, out_dir: str, num_shards: dict[str, int]):
+    def __init__(self, out_dir: str, parts_dir: str, num_shards: dict[str, int]):
         self._out_dir = out_dir
+        self._parts_dir = parts_dir
         self._num_shards = dict(num_shards)
 
     def process(self, element) -> Iterable[dict]:
-        (split, index), items = element
-        items = sorted(items)  # by key; ties (duplicate keys) by the record bytes
+        (split, index), fragments = element
+        fragments = sorted(fragments)
         name = records.shard_name(split, index, self._num_shards[split])
-        final = os.path.join(self._out_dir, name)
-        partial = os.path.join(self._out_dir, f".{name}.partial-{uuid.uuid4().hex}")
+        expected = fragments[0][1]
+        if [p for p, *_ in fragments] != list(range(expected)):
+            raise RuntimeError(f"shard {name}: got parts {[p for p, *_ in fragments]} of "
+                               f"{expected}; refusing to write an incomplete shard")
         sha = hashlib.sha256()
-        try:
-            with open(partial, "wb") as f:
-                for _, example in items:
-                    frame = records.frame_tfrecord(example)
-                    sha.update(frame)
-                    f.write(frame)
-            os.replace(partial, final)  # atomic: retried bundles rewrite identical bytes
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
-        yield {"split": split, "index": index, "file": name, "count": len(items),
-               "sha256": sha.hexdigest()}
+        with _atomic_file(os.path.join(self._out_dir, name)) as out:
+            for _, _, fragment, _ in fragments:
+                with open(os.path.join(self._parts_dir, fragment), "rb") as f:
+                    while chunk := f.read(_COPY_CHUNK):
+                        sha.update(chunk)
+                        out.write(chunk)
+        yield {"split": split, "index": index, "file": name,
+               "count": sum(c for *_, c in fragments), "sha256": sha.hexdigest()}
+
+
+@contextlib.contextmanager
+def _atomic_file(final: str):
+    """Binary file written under a temporary name and renamed to ``final`` on success
+    (retried bundles rewrite identical bytes; a failed one leaves nothing behind)."""
+    directory, base = os.path.split(final)
+    partial = os.path.join(directory, f".{base}.partial-{uuid.uuid4().hex}")
+    try:
+        with open(partial, "wb") as f:
+            yield f
+        os.replace(partial, final)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
 
 
 def _write_json(obj, path: str) -> None:
@@ -285,17 +351,20 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
     shards = {s: (num_shards or default_num_shards(n, image_shape)) for s, n in planned.items()}
     runner, options = build_pipeline(pipeline_args, len(plan.keys))
     mode = options.view_as(DirectOptions).direct_running_mode if runner else "n/a"
-    log.info("preprocess %s %r: %d records in %d units -> %s (%s, mode %s), shards %s",
-             source, plan.input_path, len(plan.keys), len(plan.units), output_dir,
-             type(runner).__name__ if runner else options.view_as(StandardOptions).runner,
-             mode, shards)
 
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
     tmp_dir = os.path.join(parent, f".{os.path.basename(output_dir)}.tmp-{uuid.uuid4().hex[:8]}")
-    os.makedirs(os.path.join(tmp_dir, _META_DIR))
+    meta = os.path.join(tmp_dir, _META_DIR)
+    for d in (_PLAN_DIR, _PARTS_DIR):
+        os.makedirs(os.path.join(meta, d))
     try:
-        _run_beam(plan, transform, validation_fraction, shards, tmp_dir, runner, options)
+        units = plan_parts(plan, validation_fraction, shards, os.path.join(meta, _PLAN_DIR))
+        log.info("preprocess %s %r: %d records in %d work units -> %s (%s, mode %s), shards %s",
+                 source, plan.input_path, len(plan.keys), len(units), output_dir,
+                 type(runner).__name__ if runner else options.view_as(StandardOptions).runner,
+                 mode, shards)
+        _run_beam(plan, transform, units, shards, tmp_dir, runner, options)
         info = _finalize(plan, transform, validation_fraction, shards, tmp_dir, image_shape)
         _move_into_place(tmp_dir, output_dir)
     except BaseException:
@@ -304,21 +373,23 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
     return info
 
 
-def _run_beam(plan: SourcePlan, transform: ImageTransform, validation_fraction: float,
+def _run_beam(plan: SourcePlan, transform: ImageTransform, units: list[tuple],
               shards: dict[str, int], tmp_dir: str, runner, options: PipelineOptions) -> None:
     meta = os.path.join(tmp_dir, _META_DIR)
+    parts_dir = os.path.join(meta, _PARTS_DIR)
     with beam.Pipeline(runner=runner, options=options) as p:
         outputs = (p
-                   | "WorkUnits" >> beam.Create(plan.units)
-                   | "DecodeResizeEncode" >> beam.ParDo(ProcessUnitFn(
-                       plan.kind, plan.input_path, transform, validation_fraction, shards))
-                   .with_outputs(ProcessUnitFn.BAD, main="good"))
+                   | "WorkUnits" >> beam.Create(units)  # reshuffled: spread over workers
+                   | "DecodeResizeEncode" >> beam.ParDo(EncodePartFn(
+                       plan.kind, plan.input_path, transform, os.path.join(meta, _PLAN_DIR),
+                       parts_dir))
+                   .with_outputs(EncodePartFn.BAD, main="good"))
         _ = (outputs.good
-             | "GroupByShard" >> beam.GroupByKey()
-             | "WriteShards" >> beam.ParDo(WriteShardFn(tmp_dir, shards))
+             | "GroupPartsByShard" >> beam.GroupByKey()
+             | "ConcatShards" >> beam.ParDo(ConcatShardFn(tmp_dir, parts_dir, shards))
              | "ListShards" >> beam.combiners.ToList()
              | "SaveShardList" >> beam.Map(_write_json, os.path.join(meta, "shards.json")))
-        _ = (outputs[ProcessUnitFn.BAD]
+        _ = (outputs[EncodePartFn.BAD]
              | "ListBad" >> beam.combiners.ToList()
              | "SaveBadList" >> beam.Map(_write_json, os.path.join(meta, "bad.json")))
 
@@ -331,7 +402,7 @@ def _finalize(plan: SourcePlan, transform: ImageTransform, validation_fraction: 
     with open(os.path.join(meta, "bad.json")) as f:
         bad = sorted((str(k), str(r)) for k, r in json.load(f))
     shutil.rmtree(meta)
-    if not written:
+    if not any(m["count"] for m in written):
         examples = "; ".join(f"{k}: {r}" for k, r in bad[:5])
         raise ValueError(f"input {plan.input_path!r} ({plan.kind}) holds no decodable images: "
                          f"all {len(bad)} records are bad (e.g. {examples})")

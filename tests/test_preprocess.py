@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from beam_jobs import image_sources, mnist_idx, records
+from beam_jobs import image_sources, mnist_idx, preprocess, records
 from beam_jobs.image_transform import BadImage, ImageTransform
 from beam_jobs.preprocess import run_preprocess, shard_of, split_of
 
@@ -192,7 +192,7 @@ def test_zip_subset_bad_records_labels_and_determinism(tmp_path, cifar_subset_zi
 def test_lsun_lmdb_webp_key_ranges(tmp_path, monkeypatch):
     import lmdb
 
-    monkeypatch.setattr(image_sources, "UNIT_SIZE", 7)  # many key ranges on 40 keys
+    monkeypatch.setattr(preprocess, "RECORDS_PER_PART", 7)  # shards of many fragments
     rng = np.random.default_rng(3)
     db = str(tmp_path / "church_outdoor_train_lmdb")
     sources = {}
@@ -247,6 +247,37 @@ def test_imagenet64_npz_folder_channel_first_and_one_based_labels(tmp_path):
     with pytest.raises(ValueError, match="1-based"):
         np.savez(folder / "zero.npz", data=np.zeros((2, 12288), np.uint8), labels=[0, 1])
         run_preprocess("imagenet64_npz", str(folder), str(tmp_path / "z"), 64)
+
+
+def test_npz_member_array_maps_stored_and_extracts_compressed(tmp_path):
+    rng = np.random.default_rng(8)
+    data = rng_image(rng, 7 * 48, 4).reshape(7, -1)
+    np.savez(tmp_path / "stored.npz", labels=np.arange(7), data=data)
+    np.savez_compressed(tmp_path / "deflated.npz", data=data, labels=np.arange(7))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    stored = image_sources.npz_member_array(str(tmp_path / "stored.npz"), "data.npy", str(scratch))
+    assert isinstance(stored, np.memmap) and not os.listdir(scratch)  # mapped in place
+    deflated = image_sources.npz_member_array(str(tmp_path / "deflated.npz"), "data.npy",
+                                              str(scratch))
+    assert len(os.listdir(scratch)) == 1  # extracted once, then memory-mapped
+    for got in (stored, deflated):
+        assert got.shape == data.shape and np.array_equal(np.asarray(got[[5, 0, 3]]), data[[5, 0, 3]])
+
+
+def test_imagenet64_compressed_npz_reads_like_stored(tmp_path):
+    rng = np.random.default_rng(9)
+    images = rng_image(rng, 9 * 16, 16).reshape(9, 16, 16, 3)
+    flat = images.transpose(0, 3, 1, 2).reshape(9, -1)
+    for name, save in (("a", np.savez), ("b", np.savez_compressed)):
+        (tmp_path / name).mkdir()
+        save(tmp_path / name / "val_data.npz", data=flat, labels=np.arange(1, 10))
+    infos = [run_preprocess("imagenet64_npz", str(tmp_path / name), str(tmp_path / f"{name}_out"),
+                            16, num_shards=2, pipeline_args=IN_MEMORY) for name in "ab"]
+    assert ([s["sha256"] for s in infos[0]["splits"]["train"]["shards"]]
+            == [s["sha256"] for s in infos[1]["splits"]["train"]["shards"]])
+    got = read_split(tmp_path / "b_out", infos[1], "train")
+    assert all(np.array_equal(got[f"val_data.npz/{i:07d}"][0], images[i]) for i in range(9))
 
 
 # -- image folder with many formats and modes --------------------------------------------
