@@ -52,7 +52,10 @@ SPLITS = ("train", "validation")
 TARGET_SHARD_PIXEL_BYTES = 64 * 2 ** 20  # default shard size: ~64 MiB of raw uint8 pixels
 MAX_DEFAULT_SHARDS = 4096
 IN_MEMORY_MAX_RECORDS = 2_000  # below: one thread, no worker start-up at all
-THREADS_MAX_RECORDS = 20_000  # below: threads; above: processes (~1-2 s start-up each)
+# below: threads; above: processes. Threads start in ~0 s (processes ~3 s) and, as PIL
+# releases the GIL while decoding/resizing/encoding, process CIFAR JPEGs -> 64x64 PNG only
+# ~2% slower per image (benchmarks/bench_preprocess.py): break-even near 150k images.
+THREADS_MAX_RECORDS = 100_000
 RECORDS_PER_PART = 256  # records per work unit: many more units than workers
 _COPY_CHUNK = 8 * 2 ** 20
 _META_DIR = "_meta"
