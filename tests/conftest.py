@@ -3,6 +3,8 @@
 * Two logical CPU devices are configured before TensorFlow initialises, so tests can
   exercise MirroredStrategy with 2 replicas on a CPU-only machine.
 * ``shared_data`` points to the real image sets in ``../shared/data``.
+* Every test starts from the same Python / NumPy / TensorFlow seeds (Keras weight inits
+  included), so a test's outcome does not depend on which tests ran before it.
 """
 from __future__ import annotations
 
@@ -25,6 +27,13 @@ if _cpus:
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything() -> None:
+    import keras
+
+    keras.utils.set_random_seed(0)
 
 
 @pytest.fixture(scope="session")

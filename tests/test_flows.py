@@ -123,6 +123,8 @@ def test_factor_out_passes_half_through_inner():
 
 @pytest.fixture(scope="module")
 def perturbed_flow():
+    # Seeded: with some random Keras inits the x -> 1 edge loses ~1e-3 in float32 (seen in CI).
+    keras.utils.set_random_seed(0)
     flow = flows.build_feature_flow(SHAPE, num_scales=3, hidden_channels=8, num_res_blocks=1)
     flow.data_init(uniform_images(16, seed=7))
     perturb(flow.trainable_variables, 0.05)
