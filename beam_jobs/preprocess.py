@@ -87,9 +87,9 @@ def default_num_shards(count: int, image_shape: Sequence[int]) -> int:
     return max(1, min(MAX_DEFAULT_SHARDS, math.ceil(count * per_record / TARGET_SHARD_PIXEL_BYTES)))
 
 
-def plan_parts(plan: SourcePlan, validation_fraction: float, shards: dict[str, int],
+def plan_parts(plan: SourcePlan, splits: Sequence[str], shards: dict[str, int],
                plan_dir: str, records_per_part: int | None = None) -> list[tuple]:
-    """Driver side: assigns every record to its (split, shard) and cuts shards into parts.
+    """Driver side: puts every record (``splits[i]``: its split) in its shard, cuts shards into parts.
 
     Each shard's locators, sorted by record key, are pickled to
     ``plan_dir/<split>-<shard>.pkl`` (so the pipeline graph stays small on any runner).
@@ -98,8 +98,7 @@ def plan_parts(plan: SourcePlan, validation_fraction: float, shards: dict[str, i
     """
     records_per_part = records_per_part or RECORDS_PER_PART
     by_shard: dict[tuple[str, int], list] = {}
-    for key, locator in zip(plan.keys, plan.locators):
-        split = split_of(key, validation_fraction)
+    for key, locator, split in zip(plan.keys, plan.locators, splits):
         by_shard.setdefault((split, shard_of(key, shards[split])), []).append((key, locator))
     units = []
     for (split, index), items in sorted(by_shard.items()):
@@ -348,10 +347,8 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
     plan = plan_source(source, input_path)
     image_shape = (image_size, image_size, transform.channels)
 
-    planned = {s: 0 for s in SPLITS}
-    for key in plan.keys:
-        planned[split_of(key, validation_fraction)] += 1
-    shards = {s: (num_shards or default_num_shards(n, image_shape)) for s, n in planned.items()}
+    splits = [split_of(key, validation_fraction) for key in plan.keys]
+    shards = {s: (num_shards or default_num_shards(splits.count(s), image_shape)) for s in SPLITS}
     runner, options = build_pipeline(pipeline_args, len(plan.keys))
     mode = options.view_as(DirectOptions).direct_running_mode if runner else "n/a"
 
@@ -362,7 +359,7 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
     for d in (_PLAN_DIR, _PARTS_DIR):
         os.makedirs(os.path.join(meta, d))
     try:
-        units = plan_parts(plan, validation_fraction, shards, os.path.join(meta, _PLAN_DIR))
+        units = plan_parts(plan, splits, shards, os.path.join(meta, _PLAN_DIR))
         log.info("preprocess %s %r: %d records in %d work units -> %s (%s, mode %s), shards %s",
                  source, plan.input_path, len(plan.keys), len(units), output_dir,
                  type(runner).__name__ if runner else options.view_as(StandardOptions).runner,
