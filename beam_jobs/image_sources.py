@@ -331,7 +331,8 @@ class SourceReader:
 
     def __init__(self, kind: str, input_path: str):
         if kind not in SOURCE_KINDS:
-            raise ValueError(f"unknown source kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
+            raise ValueError(f"unknown source kind {kind!r}; expected one of "
+                             f"{', '.join(SOURCE_KINDS)}")
         self.kind = kind
         self.input_path = input_path
         self._env = None

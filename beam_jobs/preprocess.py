@@ -89,7 +89,9 @@ def default_num_shards(count: int, image_shape: Sequence[int]) -> int:
 
 def plan_parts(plan: SourcePlan, splits: Sequence[str], shards: dict[str, int],
                plan_dir: str, records_per_part: int | None = None) -> list[tuple]:
-    """Driver side: puts every record (``splits[i]``: its split) in its shard, cuts shards into parts.
+    """Driver side: puts every record in its shard and cuts shards into parts.
+
+    ``splits[i]`` is the split of record i (``split_of`` of its key).
 
     Each shard's locators, sorted by record key, are pickled to
     ``plan_dir/<split>-<shard>.pkl`` (so the pipeline graph stays small on any runner).

@@ -4,8 +4,9 @@
         [--workers=2] [--repeats=2] [--modes=multi_processing,multi_threading]
 
 Every side reads the same CIFAR-10 JPEGs (N members of the shared zip, copied to a
-temporary zip; beyond its 10,000 images the members repeat under ``copyK/`` names), decodes, resizes the shorter side to image_size with the same
-transform, encodes PNG, serializes the Example and writes framed TFRecords:
+temporary zip; beyond its 10,000 images the members repeat under ``copyK/`` names),
+decodes, resizes the shorter side to image_size with the same transform, encodes PNG,
+serializes the Example and writes framed TFRecords:
 
 * ``loop``: one Python process, one output file (the baseline);
 * ``pool``: the same loop split over ``--workers`` processes of an already started

@@ -262,7 +262,8 @@ def test_npz_member_array_maps_stored_and_extracts_compressed(tmp_path):
                                               str(scratch))
     assert len(os.listdir(scratch)) == 1  # extracted once, then memory-mapped
     for got in (stored, deflated):
-        assert got.shape == data.shape and np.array_equal(np.asarray(got[[5, 0, 3]]), data[[5, 0, 3]])
+        assert got.shape == data.shape
+        assert np.array_equal(np.asarray(got[[5, 0, 3]]), data[[5, 0, 3]])
 
 
 def test_imagenet64_compressed_npz_reads_like_stored(tmp_path):
