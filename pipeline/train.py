@@ -30,7 +30,11 @@ flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate of encoder/decoder
 flags.DEFINE_float("disc_learning_rate", 2e-4, "Adam learning rate of the discriminator.")
 flags.DEFINE_float("adam_beta1", 0.9, "Adam beta_1 of the generator side.")
 flags.DEFINE_float("disc_adam_beta1", 0.5, "Adam beta_1 of the discriminator.")
+flags.DEFINE_float("disc_adam_beta2", 0.999, "Adam beta_2 of the discriminator.")
 flags.DEFINE_integer("disc_steps", 1, "Discriminator updates per generator update.")
+flags.DEFINE_integer("kl_warmup_steps", 0,
+                     "If > 0, the KL term's weight rises linearly from 0 to 1 over this many "
+                     "steps (deviation from the paper's objective; 0 = exact L_MLE).")
 flags.DEFINE_boolean("random_flip", False, "Random horizontal flips at train time.")
 flags.DEFINE_integer("resize_with_crop_or_pad", 0,
                      "If > 0, center-crop or zero-pad images to this square size.")
@@ -67,6 +71,17 @@ flags.DEFINE_float("lambda_adv", 1.0, "Weight of L_adv against L_MLE (nats per i
 flags.DEFINE_enum("gradient_penalty", "none", ["none", "r1", "wgan-gp"],
                   "Gradient penalty of the discriminator.")
 flags.DEFINE_float("gp_weight", 10.0, "Weight of the gradient penalty.")
+flags.DEFINE_enum("disc_inputs", "quantized", ["quantized", "dequantized"],
+                  "How images meet the discriminator: 'quantized' = real images at bin "
+                  "centres, samples quantized to bin centres with a straight-through "
+                  "gradient; 'dequantized' = real (x+u)/256 vs samples clipped to [0, 1].")
+flags.DEFINE_float("free_bits", 0.0,
+                   "Free bits per latent dimension in nats: the training loss uses "
+                   "max(free_bits, KL_j) per example and dimension (deviation from the "
+                   "paper; 0 = exact L_MLE). Reported bounds use the true KL.")
+flags.DEFINE_boolean("decoder_data_init", True,
+                     "Initialize the decoder's per-dimension mean and log sigma from the "
+                     "features of the first batch (else sigma starts at 1).")
 
 flags.mark_flags_as_required(["data_dir", "model_dir"])
 

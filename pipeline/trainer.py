@@ -54,7 +54,9 @@ class TrainConfig:
     disc_learning_rate: float = 2e-4
     adam_beta1: float = 0.9
     disc_adam_beta1: float = 0.5
+    disc_adam_beta2: float = 0.999
     disc_steps: int = 1
+    kl_warmup_steps: int = 0
     random_flip: bool = False
     resize_with_crop_or_pad: int = 0
     log_every: int = 50
@@ -76,6 +78,8 @@ class TrainConfig:
                      "sample_every", "disc_steps", "data_init_batch", "keep_checkpoints"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"--{name}={getattr(self, name)}: expected a positive integer")
+        if int(self.kl_warmup_steps) < 0:
+            raise ValueError(f"--kl_warmup_steps={self.kl_warmup_steps}: expected >= 0")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy={self.strategy!r}: expected one of {STRATEGIES}")
 
@@ -104,18 +108,31 @@ def add_step_noise(batch: dict, step: tf.Tensor, seed: int, shapes: dict[str, tu
     return batch
 
 
+def kl_weight(step: tf.Tensor, warmup_steps: int) -> tf.Tensor:
+    """The KL term's weight in step ``step`` (0-based): min(1, (step + 1) / warmup_steps),
+    1 without warm-up (a deviation from the paper's objective when warmup_steps > 0)."""
+    if warmup_steps <= 0:
+        return tf.constant(1.0)
+    return tf.minimum(1.0, tf.cast(step + 1, tf.float32) / float(warmup_steps))
+
+
 def make_train_dataset(info: data_lib.DatasetInfo, cfg: TrainConfig, start_step: int,
                        noise_shapes: dict[str, tuple]) -> tf.data.Dataset:
-    """Batches {'images': uint8 [B, H, W, C], <noise>: [B, ...]} from step ``start_step``."""
+    """Batches {'images': uint8 [B, H, W, C], <noise>: [B, ...], 'kl_weight': [B]} from
+    step ``start_step``."""
     ds = data_lib.make_image_dataset(info, "train", cfg.batch_size, shuffle=True, repeat=True,
                                      seed=cfg.seed, random_flip=cfg.random_flip)
     if cfg.resize_with_crop_or_pad:
         size = cfg.resize_with_crop_or_pad
         ds = ds.map(lambda x: tf.image.resize_with_crop_or_pad(x, size, size))
     ds = ds.skip(start_step).enumerate(start=start_step)
-    return ds.map(lambda step, images: add_step_noise({"images": images}, step, cfg.seed,
-                                                       noise_shapes),
-                  num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def add_noise(step, images):
+        batch = add_step_noise({"images": images}, step, cfg.seed, noise_shapes)
+        batch["kl_weight"] = tf.fill(tf.shape(images)[:1], kl_weight(step, cfg.kl_warmup_steps))
+        return batch
+
+    return ds.map(add_noise, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def data_image_shape(info: data_lib.DatasetInfo, cfg: TrainConfig) -> tuple[int, int, int]:
@@ -150,16 +167,17 @@ class StepFunctions:
         with tf.GradientTape() as tape:
             total = tf.zeros(tf.shape(x)[:1])
             if spec.mle:
-                terms = model.mle_terms(x, batch.get("posterior"))
-                total += terms["nll"]
+                terms = model.mle_training_loss(x, batch.get("posterior"), batch["kl_weight"])
+                total += terms["loss"]
             if spec.adversarial:
                 # One batch of samples x_s serves both updates: D learns on it first (no
                 # gradient to G), then G's loss uses the updated D (alternating updates).
                 fake = model.adversarial_samples(batch["prior"])
+                real = model.discriminator_real_inputs(batch["images"], x)
                 for _ in range(self.cfg.disc_steps):
                     with tf.GradientTape() as d_tape:
                         d_loss = tf.reduce_sum(
-                            model.discriminator_losses(x, fake, batch["mix"])) * scale
+                            model.discriminator_losses(real, fake, batch["mix"])) * scale
                     d_grads = d_tape.gradient(d_loss, model.discriminator_variables)
                     self.d_opt.apply_gradients(zip(d_grads, model.discriminator_variables))
                 out["d_loss"] = d_loss
@@ -262,7 +280,8 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
         g_opt.build(model.generator_variables)
         d_opt = None
         if model.spec.adversarial:
-            d_opt = keras.optimizers.Adam(cfg.disc_learning_rate, beta_1=cfg.disc_adam_beta1)
+            d_opt = keras.optimizers.Adam(cfg.disc_learning_rate, beta_1=cfg.disc_adam_beta1,
+                                          beta_2=cfg.disc_adam_beta2)
             d_opt.build(model.discriminator_variables)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     optimizers = {"generator_optimizer": g_opt}
@@ -280,8 +299,10 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
         init_ds = make_train_dataset(info, dataclasses.replace(
             cfg, batch_size=min(cfg.data_init_batch, info.split_counts["train"])), 0, noise_shapes)
         first = next(iter(init_ds))
+        n_init = int(first["images"].shape[0])
+        prior = tf.random.stateless_normal((n_init, model_config.latent_dim), seed=(cfg.seed, 7))
         with strategy.scope():
-            model.data_init(flows.dequantize_images(first["images"], first["dequant"]))
+            model.data_init(flows.dequantize_images(first["images"], first["dequant"]), prior)
     model_io.save_model_config(cfg.model_dir, model_config, {
         "data_dir": os.path.abspath(cfg.data_dir), "dataset": info.raw.get("source"),
         "label_names": info.label_names})

@@ -122,7 +122,9 @@ def test_adversarial_gradients_reach_decoder_and_flow_not_discriminator_step():
     g_flow = tape.gradient(l_adv, model.flow.trainable_variables)
     g_dec = tape.gradient(l_adv, model.decoder.trainable_variables)
     assert all(g is not None for g in g_flow) and any(float(tf.reduce_sum(tf.abs(g))) > 0 for g in g_flow)
-    assert all(g is not None for g in g_dec)
+    # Every decoder weight but the log-sigma bias (L_adv uses the mean mu(z) only).
+    for v, g in zip(model.decoder.trainable_variables, g_dec):
+        assert (g is None) == ("sigma_bias" in v.path), v.path
     # The discriminator loss does not train the generator (fake is stopped).
     assert all(g is None for g in tape.gradient(l_d, model.generator_variables))
     assert all(g is not None for g in tape.gradient(l_d, model.discriminator_variables))
@@ -172,3 +174,79 @@ def test_spectral_normalization_is_active_in_the_discriminator():
     stem = disc.stem.layer.kernel.numpy().reshape(-1, 4)
     for kernel in (head, stem):
         assert np.linalg.svd(kernel, compute_uv=False)[0] == pytest.approx(1.0, abs=0.05)
+
+
+def test_straight_through_quantize_is_bin_centres_forward_identity_backward():
+    x = tf.constant([[-0.2, 0.0, 0.3, 0.99999, 1.3]])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        q = flows.straight_through_quantize(x)
+        out = tf.reduce_sum(q * tf.constant([[1.0, 2.0, 3.0, 4.0, 5.0]]))
+    expected = flows.dequantize_images(flows.quantize_images(x))
+    np.testing.assert_allclose(q.numpy(), expected.numpy(), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(tape.gradient(out, x).numpy(), [[1.0, 2.0, 3.0, 4.0, 5.0]])
+
+
+@pytest.mark.parametrize("disc_inputs", ["quantized", "dequantized"])
+def test_discriminator_inputs_real_and_fake_meet_on_one_lattice(disc_inputs):
+    """'quantized': both real and fake inputs are bin centres (k + 0.5) / 256 and the
+    adversarial gradient reaches pixels that f^-1 puts outside [0, 1]; 'dequantized': the
+    real input is the noisy training image and clipped pixels get no gradient."""
+    model = HybridModel(HybridConfig(variant="cqf", disc_inputs=disc_inputs, **SMALL))
+    uint8 = tf.constant(np.random.default_rng(0).integers(0, 256, (4,) + SHAPE), tf.uint8)
+    x = flows.dequantize_images(uint8, tf.random.stateless_uniform((4,) + SHAPE, seed=(1, 2)))
+    model.data_init(x)
+    real = model.discriminator_real_inputs(uint8, x)
+    # Features that f^-1 maps outside [0, 1]: sigmoid(+-4) -> x = 1.036 and -0.036.
+    y = tf.Variable(tf.where(tf.range(64) % 2 == 0, -4.0, 4.0)[None, :] * tf.ones((2, 1)))
+    with tf.GradientTape() as tape:
+        fake_in = tf.reshape(y, (2,) + SHAPE)
+        if disc_inputs == "quantized":
+            fake = flows.straight_through_quantize(model.features_to_images(fake_in, clip=False))
+        else:
+            fake = model.features_to_images(fake_in)
+        loss = tf.reduce_sum(model.generator_adversarial_losses(fake))
+    grad = tape.gradient(loss, y)
+    if disc_inputs == "quantized":
+        for t in (real, fake):
+            k = t.numpy() * 256.0 - 0.5
+            np.testing.assert_allclose(k, np.round(k), atol=1e-4)
+        assert float(tf.reduce_min(tf.abs(grad))) > 0.0
+    else:
+        np.testing.assert_allclose(real.numpy(), x.numpy())
+        assert float(tf.reduce_max(tf.abs(grad))) == 0.0
+
+
+def test_free_bits_and_kl_weight_change_the_training_loss_not_the_bound():
+    model = HybridModel(HybridConfig(variant="vae_f", free_bits=0.5, **SMALL))
+    x = images(6, seed=9)
+    model.data_init(x)
+    eps = tf.random.stateless_normal((6, 1, 3), seed=(2, 3))
+    terms = model.mle_training_loss(x, eps, kl_weight=0.25)
+    kl_dims = terms["kl_dims"].numpy()
+    np.testing.assert_allclose(terms["kl"].numpy(), kl_dims.sum(-1), rtol=1e-5)
+    hinge = np.maximum(kl_dims, 0.5).sum(-1)
+    expected = terms["recon"].numpy() + 0.25 * hinge - terms["log_det"].numpy()
+    np.testing.assert_allclose(terms["loss"].numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(-model.log_prob_bound(x, 1, eps).numpy(), terms["nll"].numpy(),
+                               rtol=1e-6)
+    exact = HybridModel(HybridConfig(variant="vae_f", **SMALL))
+    exact.data_init(x)
+    plain = exact.mle_training_loss(x, eps)
+    np.testing.assert_allclose(plain["loss"].numpy(), plain["nll"].numpy(), rtol=1e-6)
+
+
+def test_decoder_data_init_matches_the_feature_mean_and_std():
+    model = HybridModel(HybridConfig(variant="vae", **SMALL))
+    uint8 = tf.constant(np.random.default_rng(1).integers(0, 256, (256,) + SHAPE), tf.uint8)
+    x = flows.dequantize_images(uint8, tf.random.stateless_uniform((256,) + SHAPE, seed=(4, 5)))
+    z = tf.random.stateless_normal((256, 3), seed=(6, 7))
+    model.data_init(x, z)
+    y, _ = model.flow.forward_and_log_det(x)
+    mu, log_sigma = model.decoder(z)
+    np.testing.assert_allclose(tf.reduce_mean(mu, 0).numpy(), tf.reduce_mean(y, 0).numpy(),
+                               atol=1e-4)
+    # softplus is convex, so the batch mean of log sigma is at least the target; with the
+    # small spread of a fresh decoder's raw output it is close to it.
+    target = 0.5 * np.log(np.var(y.numpy(), axis=0))
+    np.testing.assert_allclose(tf.reduce_mean(log_sigma, 0).numpy(), target, atol=0.05)

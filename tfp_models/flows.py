@@ -445,3 +445,15 @@ def dequantize_images(images: tf.Tensor, noise: tf.Tensor | None = None) -> tf.T
     x = tf.cast(images, tf.float32)
     return (x + (0.5 if noise is None else noise)) / 256.0
 
+
+
+def straight_through_quantize(x: tf.Tensor) -> tf.Tensor:
+    """Continuous images [N, H, W, C] (any real values) -> the bin centres (k + 0.5) / 256
+    of the uint8 image they quantize to (clipped to k in [0, 255]), with the gradient of
+    the identity (straight-through estimator, Bengio et al. 2013).
+
+    The forward value equals ``dequantize_images(quantize_images(x))``; the backward pass
+    lets gradients reach pixels that the clip or the rounding would otherwise cut.
+    """
+    centres = (tf.clip_by_value(tf.floor(x * 256.0), 0.0, 255.0) + 0.5) / 256.0
+    return x + tf.stop_gradient(centres - x)

@@ -9,6 +9,19 @@ latent z with prior N(0, I), encoder q(z|x), decoder mu(z), sigma(z) in feature 
     L_adv    = -E_{z~p}[logit D(f^-1(mu(z)))]                         (log-ratio loss)
     L_G      = L_MLE + lambda_adv * L_adv;   L_D = BCE(real, fake) [+ R1 / WGAN-GP]
 
+How images meet the discriminator (``disc_inputs``): 'quantized' (default) shows D the
+real images at their bin centres (x + 0.5) / 256 and the samples quantized to bin centres
+with a straight-through gradient, so both live on the same 256-level lattice and D cannot
+separate them by dequantization noise or sub-bin values, while the generator still gets
+D's gradient everywhere (also where f^-1 leaves [0, 1]). 'dequantized' is the earlier
+behaviour: real images with the training dequantization noise (x + u) / 256 against
+samples clipped to [0, 1] (zero gradient outside).
+
+Deviations from the paper's objective, off by default (``free_bits`` = 0, and the
+trainer's ``kl_warmup_steps`` = 0 give L_MLE exactly): free bits (Kingma et al., 2016)
+replace each example's KL_j of latent dimension j by max(free_bits, KL_j) in the
+training loss only; reported bounds always use the true KL.
+
 All log-likelihoods are in nats per image; :func:`tfp_models.metrics.bits_per_dim`
 turns them into bits/dim. Random noise can be passed in explicitly (``noise`` dicts):
 the training pipeline draws it per example so results do not depend on how a batch is
@@ -60,6 +73,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
 ]}
 
 
+DISC_INPUTS = ("quantized", "dequantized")
+
+
 @dataclasses.dataclass
 class HybridConfig:
     """Architecture and loss settings; serializable to JSON (stored with checkpoints)."""
@@ -82,6 +98,9 @@ class HybridConfig:
     lambda_adv: float = 1.0
     gradient_penalty: str = "none"
     gp_weight: float = 10.0
+    disc_inputs: str = "quantized"
+    free_bits: float = 0.0
+    decoder_data_init: bool = True
 
     def __post_init__(self):
         self.image_shape = tuple(int(d) for d in self.image_shape)
@@ -92,6 +111,11 @@ class HybridConfig:
         if self.gradient_penalty not in ("none", "r1", "wgan-gp"):
             raise ValueError(
                 f"unknown gradient_penalty {self.gradient_penalty!r}; expected none, r1 or wgan-gp")
+        if self.disc_inputs not in DISC_INPUTS:
+            raise ValueError(f"unknown disc_inputs {self.disc_inputs!r}; expected one of "
+                             f"{DISC_INPUTS}")
+        if self.free_bits < 0:
+            raise ValueError(f"free_bits={self.free_bits}: expected >= 0 (nats per latent dim)")
         if len(self.image_shape) != 3:
             raise ValueError(f"image_shape must be (H, W, C), got {self.image_shape}")
         if self.spec.learned_flow:
@@ -171,9 +195,16 @@ class HybridModel(keras.Model):
     def discriminator_variables(self) -> list:
         return list(self.discriminator.trainable_variables) if self.discriminator else []
 
-    def data_init(self, x: tf.Tensor) -> None:
-        """Data-dependent init (ActNorm) from a dequantized batch [N, H, W, C]."""
+    def data_init(self, x: tf.Tensor, prior_noise: tf.Tensor | None = None) -> None:
+        """Data-dependent init from a dequantized batch x [N, H, W, C]: ActNorm, then
+        (``decoder_data_init``) the decoder's per-dimension mean and log sigma from the
+        features f(x), with latents ``prior_noise`` [N, d] (default: N(0, I) draws)."""
         self.flow.data_init(x)
+        if self.decoder is not None and self.config.decoder_data_init:
+            y, _ = self.flow.forward_and_log_det(x)
+            if prior_noise is None:
+                prior_noise = tf.random.normal((tf.shape(x)[0], self.config.latent_dim))
+            self.decoder.initialize_from(y, prior_noise)
 
     def noise_shapes(self, num_samples: int = 1) -> dict[str, tuple]:
         """Per-example shapes of the noise one training step consumes."""
@@ -221,11 +252,31 @@ class HybridModel(keras.Model):
         terms = self.log_weights(x, 1, eps)
         recon = terms["recon"][0]
         if self.posterior.has_analytic_kl:
-            kl = self.posterior.analytic_kl(terms["params"])
+            kl_dims = self.posterior.analytic_kl_per_dim(terms["params"])
+            kl = tf.reduce_sum(kl_dims, axis=-1)
         else:  # single-sample Monte Carlo KL for flow posteriors
             kl = terms["log_q"][0] - terms["log_prior"][0]
+            kl_dims = None
         return {"nll": -recon + kl - terms["log_det"], "recon": -recon, "kl": kl,
-                "log_det": terms["log_det"]}
+                "log_det": terms["log_det"], "kl_dims": kl_dims}
+
+    def mle_training_loss(self, x: tf.Tensor, eps: tf.Tensor | None = None,
+                          kl_weight: tf.Tensor | float = 1.0) -> dict[str, tf.Tensor]:
+        """:meth:`mle_terms` plus ``loss`` [N] nats, the MLE part of the training objective:
+        -recon + kl_weight * KL_fb - log_det, where KL_fb = sum_j max(free_bits, KL_j)
+        (for flow posteriors, without per-dimension KLs: max(free_bits * d, KL)).
+        With kl_weight = 1 and free_bits = 0 it is ``nll`` = L_MLE exactly."""
+        terms = self.mle_terms(x, eps)
+        if not self.spec.latent:
+            return {**terms, "loss": terms["nll"]}
+        kl, fb = terms["kl"], self.config.free_bits
+        if fb > 0:
+            if terms["kl_dims"] is not None:
+                kl = tf.reduce_sum(tf.maximum(terms["kl_dims"], fb), axis=-1)
+            else:
+                kl = tf.maximum(kl, fb * self.config.latent_dim)
+        loss = terms["recon"] + tf.cast(kl_weight, kl.dtype) * kl - terms["log_det"]
+        return {**terms, "loss": loss}
 
     def log_prob_bound(self, x: tf.Tensor, num_samples: int = 1,
                        eps: tf.Tensor | None = None) -> tf.Tensor:
@@ -253,9 +304,11 @@ class HybridModel(keras.Model):
             eps = tf.random.normal(tf.shape(mu))
         return self.features_to_images(mu + t * tf.exp(log_sigma) * eps)
 
-    def features_to_images(self, y: tf.Tensor) -> tf.Tensor:
-        """f^-1(y) clipped to [0, 1]: [N, H, W, C]."""
-        return tf.clip_by_value(self.flow.inverse(y), 0.0, 1.0)
+    def features_to_images(self, y: tf.Tensor, clip: bool = True) -> tf.Tensor:
+        """f^-1(y) [N, H, W, C], clipped to [0, 1] unless ``clip`` is False (then in
+        about (-a / (1 - 2a), 1 + a / (1 - 2a)) for the logit step's a)."""
+        x = self.flow.inverse(y)
+        return tf.clip_by_value(x, 0.0, 1.0) if clip else x
 
     def generate(self, prior_noise: tf.Tensor, temperature: tf.Tensor | float = 1.0,
                  eps: tf.Tensor | None = None) -> tf.Tensor:
@@ -277,8 +330,24 @@ class HybridModel(keras.Model):
         return flows.quantize_images(self.generate(z, temperature, eps))
 
     def adversarial_samples(self, prior_noise: tf.Tensor) -> tf.Tensor:
-        """x_s = f^-1(mu(z)) for latent variants, f^-1(eps) for flows: [N, H, W, C]."""
-        return self.generate(prior_noise, temperature=0.0 if self.spec.latent else 1.0)
+        """The discriminator's fakes [N, H, W, C]: x_s = f^-1(mu(z)) for latent variants,
+        f^-1(eps) for flows, prepared as ``disc_inputs`` says (module docstring):
+        straight-through quantized to bin centres, or clipped to [0, 1]."""
+        if self.spec.latent:
+            y, _ = self.decoder(prior_noise)
+        else:
+            y = prior_noise
+        if self.config.disc_inputs == "quantized":
+            return flows.straight_through_quantize(self.features_to_images(y, clip=False))
+        return self.features_to_images(y)
+
+    def discriminator_real_inputs(self, images: tf.Tensor, dequantized: tf.Tensor) -> tf.Tensor:
+        """The discriminator's real inputs [N, H, W, C] from uint8 ``images`` and their
+        training dequantization ``dequantized``: bin centres for 'quantized' inputs, the
+        dequantized images for 'dequantized'."""
+        if self.config.disc_inputs == "quantized":
+            return flows.dequantize_images(images)
+        return dequantized
 
     def encode_mean(self, x: tf.Tensor) -> tf.Tensor:
         """A point latent per image [N, d] (posterior mean pushed through its flow)."""

@@ -62,11 +62,14 @@ class DiagonalGaussian(keras.layers.Layer):
         """A point latent for x, [N, d]: the posterior mean (for interpolation)."""
         return self.base(params)[0]
 
+    def analytic_kl_per_dim(self, params) -> tf.Tensor:
+        """KL(q(z_j|x) || N(0, 1)) per latent dimension, [N, d] nats."""
+        mu, sigma = self.base(params)
+        return tfd.kl_divergence(tfd.Normal(mu, sigma), tfd.Normal(0.0, 1.0))
+
     def analytic_kl(self, params) -> tf.Tensor:
         """KL(q(z|x) || N(0, I)) [N] nats."""
-        mu, sigma = self.base(params)
-        return tf.reduce_sum(
-            tfd.kl_divergence(tfd.Normal(mu, sigma), tfd.Normal(0.0, 1.0)), axis=-1)
+        return tf.reduce_sum(self.analytic_kl_per_dim(params), axis=-1)
 
 
 class InverseAutoregressiveFlow(DiagonalGaussian):
