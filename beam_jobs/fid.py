@@ -268,9 +268,10 @@ def _write_npz(value: Any, path: str, kind: str) -> None:
         if value.count:
             arrays.update(sum=value.sum, sum_outer=value.sum_outer)
     elif kind == "is":
-        arrays = {"count": value.count, "sum_plogp": value.sum_plogp}
+        arrays = {"count": value.count, "sum_plogp": value.sum_plogp,
+                  "confident": value.confident}
         if value.sum_p is not None:
-            arrays["sum_p"] = value.sum_p
+            arrays.update(sum_p=value.sum_p, label_hist=value.label_hist)
     else:
         arrays = {"features": (fid_math.stack_features(value) if len(value)
                                else np.zeros((0, 0), np.float32))}
@@ -293,6 +294,8 @@ class FeatureResult:
     statistics: FeatureStatistics
     is_mean: float
     is_std: float
+    confident_rate: float  # share of images with top class probability >= 0.9
+    label_coverage: float  # entropy of the predicted-label histogram / ln K
     kid_features: Optional[np.ndarray]  # float32 [n <= kid_samples, d]
     undecodable: int
     seconds: float
@@ -373,6 +376,7 @@ def run_features(source: Source, extractor: extractors.ExtractorInfo, *,
     is_stats = fid_math.InceptionScoreStatistics(num_splits)
     is_stats.count, is_stats.sum_plogp, is_stats.sum_p = (
         raw_is["count"], raw_is["sum_plogp"], raw_is["sum_p"])
+    is_stats.confident, is_stats.label_hist = raw_is["confident"], raw_is["label_hist"]
     is_mean, is_std = is_stats.score()
     kid = _read_npz(paths["kid"])["features"] if kid_samples > 0 else None
     seconds = time.time() - start
@@ -382,7 +386,8 @@ def run_features(source: Source, extractor: extractors.ExtractorInfo, *,
         FileSystems.delete([run_dir])
     except Exception:  # noqa: BLE001 - leftovers in a temp dir are harmless
         pass
-    return FeatureResult(stats, is_mean, is_std, kid, undecodable, seconds)
+    return FeatureResult(stats, is_mean, is_std, is_stats.confident_rate(),
+                         is_stats.label_coverage(), kid, undecodable, seconds)
 
 
 # --------------------------------------------------------------------------------------
@@ -439,6 +444,8 @@ def evaluate(source: Source, extractor: str, extractor_path: str, *,
         log.info("wrote statistics of %d images to %s", stats.count, output_stats)
     out: dict[str, Any] = {"fid": None, "kid_mean": None, "kid_std": None,
                            "is_mean": res.is_mean, "is_std": res.is_std,
+                           "confident_rate": res.confident_rate,
+                           "label_coverage": res.label_coverage,
                            "num_samples": stats.count, "feature_dim": stats.dim,
                            "extractor": info.name, "resize_protocol": info.resize_protocol}
     if reference is not None:
@@ -472,7 +479,8 @@ def evaluate_samples(saved_model_dir: str, num_samples: int, reference_stats_pat
                      **kwargs) -> dict:
     """FID/KID/IS of ``num_samples`` samples of a generator SavedModel (see :func:`evaluate`).
 
-    Returns {"fid", "kid_mean", "kid_std", "is_mean", "is_std", "num_samples",
+    Returns {"fid", "kid_mean", "kid_std", "is_mean", "is_std", "confident_rate"
+    (top class probability >= 0.9), "label_coverage" (predicted-label entropy / ln K), "num_samples",
     "feature_dim", "extractor", "resize_protocol", ...}.
     """
     source = SampleSource(saved_model_dir, num_samples, temperature, seed, batch_size)

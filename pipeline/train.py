@@ -43,6 +43,10 @@ flags.DEFINE_integer("sample_every", 500, "Steps between sample grids (PNG).")
 flags.DEFINE_integer("num_grid_samples", 64, "Images in a sample grid.")
 flags.DEFINE_float("sample_temperature", 1.0, "Temperature of grid samples.")
 flags.DEFINE_integer("data_init_batch", 256, "Images for ActNorm's data-dependent init.")
+flags.DEFINE_integer("validation_every", 0,
+                     "If > 0, log the validation bits/dim (ELBO bound, fixed noise) of the "
+                     "first --validation_examples images every this many steps.")
+flags.DEFINE_integer("validation_examples", 500, "Validation images for --validation_every.")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept on disk.")
 flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored", "multi_worker"],
                   "tf.distribute strategy; auto = MirroredStrategy if GPUs are visible.")

@@ -64,6 +64,8 @@ class TrainConfig:
     num_grid_samples: int = 64
     sample_temperature: float = 1.0
     data_init_batch: int = 256
+    validation_every: int = 0
+    validation_examples: int = 500
     keep_checkpoints: int = 3
     strategy: str = "auto"
     devices: tuple = ()
@@ -133,6 +135,40 @@ def make_train_dataset(info: data_lib.DatasetInfo, cfg: TrainConfig, start_step:
         return batch
 
     return ds.map(add_noise, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+class ValidationBound:
+    """The ELBO bound in bits/dim (exact for flows) of the first ``num_examples`` images
+    of the validation split, with dequantization and posterior noise fixed by ``seed``,
+    so successive calls during training are comparable (the curves of a run)."""
+
+    def __init__(self, model: HybridModel, info: data_lib.DatasetInfo, num_examples: int,
+                 seed: int, batch_size: int = 100):
+        self.model = model
+        count = min(num_examples, info.split_counts.get("validation", 0))
+        if count == 0:
+            raise ValueError(f"--validation_every needs a 'validation' split in {info.data_dir!r}")
+        ds = data_lib.make_image_dataset(info, "validation", batch_size, shuffle=False,
+                                         repeat=False, drop_remainder=False)
+        self.batches = list(ds.unbatch().take(count).batch(batch_size))
+        self.num_examples, self.seed = count, seed
+        self._bound = tf.function(self._batch_bound)
+
+    def _batch_bound(self, images, index):
+        key = tf.stack([tf.constant(self.seed, tf.int32), -1000 - index])
+        x = flows.dequantize_images(images, tf.random.stateless_uniform(tf.shape(images), seed=key))
+        eps = None
+        if self.model.encoder is not None:
+            eps = tf.random.stateless_normal(
+                [tf.shape(images)[0], 1, self.model.config.latent_dim], seed=key + 1)
+        return self.model.log_prob_bound(x, 1, eps)
+
+    def bits_per_dim(self) -> float:
+        total = 0.0
+        for i, images in enumerate(self.batches):
+            log_p = self._bound(images, tf.constant(i, tf.int32))
+            total += float(tf.reduce_sum(metrics.bits_per_dim(log_p, self.model.config.image_shape)))
+        return total / self.num_examples
 
 
 def data_image_shape(info: data_lib.DatasetInfo, cfg: TrainConfig) -> tuple[int, int, int]:
@@ -331,6 +367,9 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
         bar = tqdm(total=cfg.train_steps, initial=start_step, desc=f"train {model_config.variant}",
                    unit="step", disable=not cfg.show_progress, dynamic_ncols=True)
         iterator = iter(dataset)
+        validation = None
+        if cfg.validation_every and model.spec.has_likelihood:
+            validation = ValidationBound(model, info, cfg.validation_examples, cfg.seed)
         try:
             while step < cfg.train_steps:
                 out = steps.step_fn(next(iterator))
@@ -347,6 +386,9 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
                     on_step(step, values)
                 if step % cfg.log_every == 0 or step == cfg.train_steps:
                     tracking.mlflow.log_metrics({f"train/{k}": v for k, v in values.items()}, step)
+                if validation is not None and (step % cfg.validation_every == 0
+                                               or step == cfg.train_steps):
+                    tracking.mlflow.log_metric("validation/bpd", validation.bits_per_dim(), step)
                 if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
                     last_good = manager.save(checkpoint_number=step)
                 if step % cfg.sample_every == 0 and step != cfg.train_steps:
