@@ -1,32 +1,42 @@
 """The paper's ablation ("impact of training objectives and NVP decoder") at CPU scale on
-real data: every variant trained with the same budget and architecture
-(configs/quickstart.cfg), then validation bits/dim and FID/KID/IS of its samples.
+real data: every variant trained with the same budget and architecture (a flagfile,
+default configs/quickstart.cfg), then the same evaluation for every row.
 
-    python benchmarks/ablation.py [--variants vae,vae_f,cq,cqf,gan,flow] [--seeds 0,1] \
-        [--train_steps 800] [--fid_samples 2000] [--out benchmarks/results/ablation.md]
+    python benchmarks/ablation.py [--variants vae,vae_f,cq,cqf,gan,flow,flow_wgan] \
+        [--seeds 0] [--more_seeds 1,2 --more_seeds_variants vae_f,cqf] \
+        [--train_steps 800] [--fid_samples 2000] [--extra_flags="--free_bits=1.0"] \
+        [--tag NAME] [--out benchmarks/results/ablation.md]
 
-Uses the quickstart's data set, MNIST classifier and reference statistics
-(``make quickstart`` creates them under work/quickstart; they are made here if missing).
-Each run is the project's real CLI (pipeline.train, pipeline.evaluate) in a subprocess,
-so a finished (variant, seed) is skipped when the script is run again.
+Per run: validation bits/dim (ELBO bound, exact for flows; IW bound with K samples), the
+latent's use (mean KL in nats, active units), and for samples at temperature 0
+(x = f^-1(mu(z)), what L_adv trains) and 1: FID/KID/IS, the confident-sample rate and
+the label coverage, all in the features of the project's MNIST classifier. The table,
+a JSON of every number, the validation-BPD curves (PNG) and temperature-0/1 sample grids
+of each variant's first seed are written next to ``--out``.
+
+Uses the quickstart's data set, MNIST classifier and reference statistics (made here
+if missing). Each run is the project's real CLI (pipeline.train, pipeline.evaluate) in
+a subprocess; a finished (variant, seed) is skipped when the script is run again, so the
+table is regenerated from the stored results.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from pipeline.quickstart import DEFAULT_MNIST, PROJECT_ROOT, last_json, run_stage
 
-from pipeline.quickstart import DEFAULT_MNIST, PROJECT_ROOT, last_json, run_stage  # noqa: E402
-
+ALL_VARIANTS = "vae,vae_f,cq,cqf,gan,flow,flow_wgan"
 PAPER_CIFAR10 = {  # Lucas et al. 2019, table "impact of training objectives and NVP decoder"
     "vae": ("4.4", "171"), "vae_f": ("3.5", "112"), "cq": ("4.4", "58.6"),
     "cqf": ("3.9", "28.0"), "gan": ("—", "31.4"), "flow": ("3.5 (Real NVP)", "—"),
 }
+TEMPERATURES = (0.0, 1.0)
 
 
 def prepare(work: str, mnist_dir: str) -> tuple[str, str, str]:
@@ -51,7 +61,7 @@ def prepare(work: str, mnist_dir: str) -> tuple[str, str, str]:
     return data_dir, classifier, ref_stats
 
 
-def fmt(values: list[float], digits: int) -> str:
+def fmt(values: list, digits: int) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "—"
@@ -60,82 +70,190 @@ def fmt(values: list[float], digits: int) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def run_one(variant: str, seed: int, args, data_dir: str, classifier: str, ref_stats: str,
+            index: int, total: int) -> dict:
+    """Trains and evaluates one (variant, seed); returns its stored result row."""
+    py = sys.executable
+    model_dir = os.path.join(args.runs_dir, f"{variant}_seed{seed}")
+    result_file = os.path.join(model_dir, "ablation_result.json")
+    if os.path.isfile(result_file):
+        with open(result_file) as f:
+            return json.load(f)
+    start = time.time()
+    run_stage(index, total, f"train {variant} seed {seed}", [
+        py, "-m", "pipeline.train", f"--flagfile={args.flagfile}", f"--data_dir={data_dir}",
+        f"--model_dir={model_dir}", f"--variant={variant}", f"--seed={seed}",
+        f"--train_steps={args.train_steps}", f"--validation_every={args.validation_every}",
+        f"--run_name=ablation-{args.tag}-{variant}-{seed}", f"--experiment=ablation-{args.tag}",
+        f"--mlflow_tracking_uri={args.mlflow_tracking_uri}", "--show_progress=false",
+        *shlex.split(args.extra_flags)], capture=True)
+    train_seconds = time.time() - start
+    row = {"variant": variant, "seed": seed, "train_seconds": round(train_seconds, 1),
+           "extra_flags": args.extra_flags, "train_steps": args.train_steps}
+    for t in TEMPERATURES:
+        cmd = [py, "-m", "pipeline.evaluate", f"--model_dir={model_dir}",
+               f"--fid_samples={args.fid_samples}", f"--temperature={t}",
+               "--extractor=mnist_classifier", f"--extractor_path={classifier}",
+               f"--reference_stats={ref_stats}", f"--seed={seed}",
+               f"--mlflow_tracking_uri={args.mlflow_tracking_uri}"]
+        if t == TEMPERATURES[0]:  # BPD and latent once
+            cmd += [f"--data_dir={data_dir}", "--split=validation",
+                    f"--importance_samples={args.importance_samples}"]
+        evaluation = last_json(run_stage(index, total, f"evaluate {variant} seed {seed} T={t:g}",
+                                         cmd, capture=True))
+        row.setdefault("bpd", evaluation.get("bpd", {}))
+        row.setdefault("latent", evaluation.get("latent", {}))
+        row[f"samples_t{t:g}"] = evaluation.get("samples", {})
+    with open(result_file, "w") as f:
+        json.dump(row, f, indent=2)
+    return row
+
+
+def validation_curves(rows: dict[str, list[dict]], args, path: str) -> str | None:
+    """Validation bits/dim over training of every run (from MLflow) as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import tracking
+
+    client = MlflowClient(tracking_uri=args.mlflow_tracking_uri)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = 0
+    for variant, runs in rows.items():
+        for r in runs:
+            run_id = tracking.run_id_of(os.path.join(args.runs_dir, f"{variant}_seed{r['seed']}"))
+            if not run_id:
+                continue
+            hist = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "validation/bpd"))
+            if hist:
+                ax.plot(*zip(*hist), label=f"{variant} s{r['seed']}", lw=1.2)
+                drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation bits/dim (ELBO bound; exact for flows)")
+    ax.set_ylim(top=min(ax.get_ylim()[1], 8.5))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def sample_grids(rows: dict[str, list[dict]], args, prefix: str) -> list[str]:
+    """64 samples at temperature 0 and 1 of each variant's first seed, as PNG grids."""
+    from pipeline import images as images_lib
+    from pipeline import model_io
+
+    paths = []
+    for variant, runs in rows.items():
+        if not runs:
+            continue
+        model, _ = model_io.load_trained_model(
+            os.path.join(args.runs_dir, f"{variant}_seed{runs[0]['seed']}"))
+        for t in TEMPERATURES:
+            path = f"{prefix}_{variant}_t{t:g}.png"
+            images_lib.save_grid(model.sample(64, t, seed=0).numpy(), path)
+            paths.append(path)
+    return paths
+
+
+def table(rows: dict[str, list[dict]], args) -> list[str]:
+    def col(runs, key, sub):
+        return [r.get(key, {}).get(sub) for r in runs]
+
+    lines = [
+        f"# Ablation on MNIST 28x28 (CPU scale): {args.train_steps} steps of batch 32 per run",
+        "",
+        f"Command: `python benchmarks/ablation.py {' '.join(sys.argv[1:])}`",
+        "",
+        f"Architecture and optimizer: `{os.path.relpath(args.flagfile, PROJECT_ROOT)}` for every "
+        f"variant{', plus `' + args.extra_flags + '`' if args.extra_flags else ''}. "
+        f"BPD: validation split (946 images), ELBO bound (exact for the flows) and "
+        f"importance-weighted bound with K={args.importance_samples}. KL: mean KL(q(z|x)||p(z)) "
+        "on the validation split in nats; AU: active latent units (Cov_x E_q[z_u] > 0.01). "
+        f"Samples: {args.fid_samples} at temperature 0 (x = f^-1(mu(z)), for the flows f^-1(0)"
+        " times noise scaled by 0, i.e. one image) and 1, FID/KID/IS in the features of the "
+        "project's MNIST classifier against the training split (not Inception: not comparable "
+        "to published FIDs); conf: share of samples the classifier gives >= 0.9 to one class; "
+        "cov: entropy of the predicted-label histogram / ln 10. Mean ± std over seeds where "
+        "there are several (n in the seeds column).",
+        "",
+        "| variant | seeds | BPD (bound) | BPD (IW) | KL nats | AU | FID T=0 | conf T=0 | cov T=0 "
+        "| FID T=1 | KID T=1 | IS T=1 | conf T=1 | cov T=1 | train s | paper CIFAR-10 BPD / FID |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for variant, runs in rows.items():
+        if not runs:
+            continue
+        paper = PAPER_CIFAR10.get(variant, ("—", "—"))
+        t0, t1 = "samples_t0", "samples_t1"
+        lines.append(" | ".join([
+            f"| {variant}", str(len(runs)),
+            fmt(col(runs, "bpd", "bpd"), 3), fmt(col(runs, "bpd", "bpd_iw"), 3),
+            fmt(col(runs, "latent", "kl_mean"), 1), fmt(col(runs, "latent", "active_units"), 1),
+            fmt(col(runs, t0, "fid"), 1), fmt(col(runs, t0, "confident_rate"), 2),
+            fmt(col(runs, t0, "label_coverage"), 2),
+            fmt(col(runs, t1, "fid"), 1), fmt(col(runs, t1, "kid_mean"), 3),
+            fmt(col(runs, t1, "is_mean"), 2), fmt(col(runs, t1, "confident_rate"), 2),
+            fmt(col(runs, t1, "label_coverage"), 2),
+            fmt([r["train_seconds"] for r in runs], 0), f"{paper[0]} / {paper[1]} |"]))
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", default="vae,vae_f,cq,cqf,gan,flow")
-    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--variants", default=ALL_VARIANTS)
+    parser.add_argument("--seeds", default="0", help="seeds of every variant")
+    parser.add_argument("--more_seeds", default="", help="further seeds of --more_seeds_variants")
+    parser.add_argument("--more_seeds_variants", default="vae_f,cqf")
     parser.add_argument("--train_steps", type=int, default=800)
+    parser.add_argument("--validation_every", type=int, default=100)
     parser.add_argument("--fid_samples", type=int, default=2000)
     parser.add_argument("--importance_samples", type=int, default=8)
     parser.add_argument("--flagfile", default=os.path.join(PROJECT_ROOT, "configs", "quickstart.cfg"))
+    parser.add_argument("--extra_flags", default="", help="more pipeline.train flags, e.g. "
+                        "'--free_bits=1.0' (applied to every run and named in the table)")
+    parser.add_argument("--tag", default="main", help="names the runs directory and MLflow experiment")
     parser.add_argument("--work_dir", default=os.path.join(PROJECT_ROOT, "work", "quickstart"))
-    parser.add_argument("--runs_dir", default=os.path.join(PROJECT_ROOT, "work", "ablation"))
+    parser.add_argument("--runs_dir", default=None, help="default: work/ablation/<tag>")
     parser.add_argument("--mnist_dir", default=DEFAULT_MNIST)
+    parser.add_argument("--mlflow_tracking_uri",
+                        default=f"sqlite:///{os.path.join(PROJECT_ROOT, 'mlflow.db')}")
+    parser.add_argument("--no_grids", action="store_true", help="skip the sample grid PNGs")
     parser.add_argument("--out", default=os.path.join(PROJECT_ROOT, "benchmarks", "results", "ablation.md"))
     args = parser.parse_args()
-    variants = args.variants.split(",")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    args.runs_dir = args.runs_dir or os.path.join(PROJECT_ROOT, "work", "ablation", args.tag)
+    variants = [v for v in args.variants.split(",") if v]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    more = [int(s) for s in args.more_seeds.split(",") if s]
+    more_variants = set(args.more_seeds_variants.split(","))
+    jobs = [(v, s) for v in variants for s in seeds + (more if v in more_variants else [])]
     data_dir, classifier, ref_stats = prepare(os.path.abspath(args.work_dir), args.mnist_dir)
-    py = sys.executable
-    results: dict[str, list[dict]] = {v: [] for v in variants}
-    total = len(variants) * len(seeds)
-    for i, (variant, seed) in enumerate(((v, s) for v in variants for s in seeds), 1):
-        model_dir = os.path.join(args.runs_dir, f"{variant}_seed{seed}")
-        result_file = os.path.join(model_dir, "ablation_result.json")
-        if os.path.isfile(result_file):
-            with open(result_file) as f:
-                results[variant].append(json.load(f))
-            continue
-        start = time.time()
-        run_stage(i, total, f"train {variant} seed {seed}", [
-            py, "-m", "pipeline.train", f"--flagfile={args.flagfile}", f"--data_dir={data_dir}",
-            f"--model_dir={model_dir}", f"--variant={variant}", f"--seed={seed}",
-            f"--train_steps={args.train_steps}", f"--run_name=ablation-{variant}-{seed}",
-            "--experiment=ablation"], capture=True)
-        train_seconds = time.time() - start
-        evaluation = last_json(run_stage(i, total, f"evaluate {variant} seed {seed}", [
-            py, "-m", "pipeline.evaluate", f"--model_dir={model_dir}", f"--data_dir={data_dir}",
-            "--split=validation", f"--importance_samples={args.importance_samples}",
-            f"--fid_samples={args.fid_samples}", "--extractor=mnist_classifier",
-            f"--extractor_path={classifier}", f"--reference_stats={ref_stats}",
-            f"--seed={seed}"], capture=True))
-        row = {"variant": variant, "seed": seed, "train_seconds": round(train_seconds, 1),
-               "bpd": evaluation.get("bpd", {}), "samples": evaluation.get("samples", {})}
-        with open(result_file, "w") as f:
-            json.dump(row, f, indent=2)
-        results[variant].append(row)
+    rows: dict[str, list[dict]] = {v: [] for v in variants}
+    for i, (variant, seed) in enumerate(jobs, 1):
+        rows[variant].append(run_one(variant, seed, args, data_dir, classifier, ref_stats,
+                                     i, len(jobs)))
 
-    lines = [
-        f"# Ablation on MNIST 28x28 (CPU scale): {args.train_steps} steps of batch 32 per run, "
-        f"seeds {args.seeds}",
-        "",
-        f"Architecture and optimizer: `{os.path.relpath(args.flagfile, PROJECT_ROOT)}` for every "
-        f"variant. BPD: validation split (946 images), ELBO bound (exact for `flow`) and "
-        f"importance-weighted bound with K={args.importance_samples}. FID/KID/IS: "
-        f"{args.fid_samples} samples at temperature 1 against the training split, features of "
-        "the project's MNIST classifier (not Inception: not comparable to published FIDs). "
-        "Mean ± std over seeds where there are several.",
-        "",
-        "| variant | BPD (bound) | BPD (IW bound) | FID | KID | IS | train s | paper CIFAR-10 BPD / FID |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for variant in variants:
-        rows = results[variant]
-        bpd = [r["bpd"].get("bpd") for r in rows if r["bpd"]]
-        iw = [r["bpd"].get("bpd_iw") for r in rows if r["bpd"]]
-        fid = [r["samples"].get("fid") for r in rows]
-        kid = [r["samples"].get("kid_mean") for r in rows]
-        inception = [r["samples"].get("is_mean") for r in rows]
-        secs = [r["train_seconds"] for r in rows]
-        paper = PAPER_CIFAR10.get(variant, ("—", "—"))
-        lines.append(f"| {variant} | {fmt(bpd, 3)} | {fmt(iw, 3)} | {fmt(fid, 2)} | "
-                     f"{fmt(kid, 4)} | {fmt(inception, 2)} | {fmt(secs, 0)} | "
-                     f"{paper[0]} / {paper[1]} |")
+    stem = os.path.splitext(args.out)[0]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    lines = table(rows, args)
+    curves = validation_curves(rows, args, stem + "_validation_bpd.png")
+    if curves:
+        lines += ["", f"Validation-BPD curves: `{os.path.relpath(curves, os.path.dirname(args.out))}`"]
+    if not args.no_grids:
+        grids = sample_grids(rows, args, stem)
+        lines += ["", "Sample grids (64 samples, seed 0, first seed's model): " +
+                  ", ".join(f"`{os.path.basename(g)}`" for g in grids)]
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump(results, f, indent=2)
+    with open(stem + ".json", "w") as f:
+        json.dump(rows, f, indent=2)
     print("\n".join(lines))
     print(f"\nwritten to {args.out}")
     return 0

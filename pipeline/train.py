@@ -84,8 +84,9 @@ flags.DEFINE_float("free_bits", 0.0,
                    "max(free_bits, KL_j) per example and dimension (deviation from the "
                    "paper; 0 = exact L_MLE). Reported bounds use the true KL.")
 flags.DEFINE_boolean("decoder_data_init", True,
-                     "Initialize the decoder's per-dimension mean and log sigma from the "
-                     "features of the first batch (else sigma starts at 1).")
+                     "Variants without a learned flow (vae, cq, gan): initialize the "
+                     "decoder's per-dimension mean and log sigma from the logit features "
+                     "of the first batch (else sigma starts at 1).")
 
 flags.mark_flags_as_required(["data_dir", "model_dir"])
 

@@ -83,6 +83,9 @@ def test_cli_prints_json_and_logs_to_the_models_run(vae_dir, digits16, tracking_
     assert out["variant"] == "vae_f" and out["bpd"]["importance_samples"] == 4
     run = MlflowClient().get_run(open(os.path.join(vae_dir, "mlflow_run_id")).read())
     assert run.data.metrics["eval/validation/bpd_iw"] == pytest.approx(out["bpd"]["bpd_iw"])
+    assert run.data.metrics["eval/validation/latent/kl_mean"] == pytest.approx(
+        out["latent"]["kl_mean"])
+    assert 0 <= out["latent"]["active_units"] <= out["latent"]["latent_dim"]
     assert run.info.status == "FINISHED"
 
 
@@ -102,3 +105,27 @@ def test_fid_of_model_samples_through_export_and_beam(vae_dir, digits16, tmp_pat
     assert out["num_samples"] == 37
     assert np.isfinite(out["fid"]) and out["fid"] > 0
     assert out["is_mean"] >= 1.0
+
+
+def test_latent_use_matches_brute_force(vae_dir, digits16):
+    """Mean KL and active units (Burda et al.: Cov_x(E_q[z_u]) > 0.01) recomputed by hand
+    from the encoder on the same seeded dequantization."""
+    model, _ = model_io.load_trained_model(vae_dir)
+    result = evaluate.evaluate_latent(model, digits16, "validation", batch_size=9, seed=2,
+                                      show_progress=False)
+    images = np.concatenate(list(data_lib.make_image_dataset(
+        digits16, "validation", 9, shuffle=False, repeat=False, drop_remainder=False)))
+    kls, means = [], []
+    for i in range(0, len(images), 9):
+        batch = tf.constant(images[i:i + 9])
+        noise = tf.random.stateless_uniform(tf.shape(batch), seed=tf.stack([2, i // 9]))
+        params = model.encoder(flows.dequantize_images(batch, noise)).numpy()
+        d = model.config.latent_dim
+        mu, sigma = params[:, :d], np.log1p(np.exp(params[:, d:2 * d])) + 1e-4
+        kls.append(0.5 * (mu ** 2 + sigma ** 2 - 1.0 - 2.0 * np.log(sigma)).sum(axis=1))
+        means.append(mu)
+    kls, means = np.concatenate(kls), np.concatenate(means)
+    assert result["num_examples"] == len(images) and result["latent_dim"] == d
+    np.testing.assert_allclose(result["kl_mean"], kls.mean(), rtol=1e-4)
+    assert result["active_units"] == int((means.var(axis=0, ddof=1) > 0.01).sum())
+    np.testing.assert_allclose(sum(result["kl_per_dim"]), result["kl_mean"], rtol=1e-4)

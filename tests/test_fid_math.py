@@ -205,3 +205,25 @@ def test_inception_score_combine_fn_in_beam(tmp_path):
     for i in range(120):
         direct.add(i % 10, logits[i])
     assert out[0].score() == pytest.approx(direct.score(), rel=1e-10)
+
+
+def test_confident_rate_and_label_coverage_against_hand_computed_values():
+    """Five images over 4 classes: softmax top probabilities 0.97, 0.97, 0.47, 0.97, 0.25
+    (the last ties, argmax picks class 0); predicted labels 0, 0, 1, 2, 0."""
+    big = np.log(0.97 / 0.01)  # logits [big, 0, 0, 0] give p = (0.97, 0.01, 0.01, 0.01)
+    logits = np.array([[big, 0, 0, 0], [big, 0, 0, 0], [0, np.log(0.47 / 0.53 * 3), 0, 0],
+                       [0, 0, big, 0], [0, 0, 0, 0]])
+    stats = fid_math.InceptionScoreStatistics(3)
+    stats.add(0, logits[:2]).add(1, logits[2:4])
+    other = fid_math.InceptionScoreStatistics(3).add(2, logits[4])
+    stats.merge(other)
+    assert stats.confident_rate() == pytest.approx(3 / 5)
+    q = np.array([3, 1, 1, 0]) / 5
+    expected = -(q[q > 0] * np.log(q[q > 0])).sum() / np.log(4)
+    assert stats.label_coverage() == pytest.approx(expected, rel=1e-12)
+    uniform = fid_math.InceptionScoreStatistics(1).add(0, np.eye(4) * 20)
+    assert uniform.label_coverage() == pytest.approx(1.0)
+    single = fid_math.InceptionScoreStatistics(1).add(0, np.tile([20.0, 0, 0, 0], (6, 1)))
+    assert single.label_coverage() == 0.0 and single.confident_rate() == 1.0
+    with pytest.raises(ValueError, match="no logits"):
+        fid_math.InceptionScoreStatistics(2).confident_rate()

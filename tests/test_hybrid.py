@@ -250,3 +250,7 @@ def test_decoder_data_init_matches_the_feature_mean_and_std():
     # small spread of a fresh decoder's raw output it is close to it.
     target = 0.5 * np.log(np.var(y.numpy(), axis=0))
     np.testing.assert_allclose(tf.reduce_mean(log_sigma, 0).numpy(), target, atol=0.05)
+    # With a learned flow the decoder keeps sigma = 1 (its features move with the flow).
+    flow_model = HybridModel(HybridConfig(variant="vae_f", **SMALL))
+    flow_model.data_init(x, z)
+    np.testing.assert_allclose(flow_model.decoder(z)[1].numpy().mean(), 0.0, atol=0.3)

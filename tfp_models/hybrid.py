@@ -187,9 +187,12 @@ class HybridModel(keras.Model):
 
     @property
     def generator_variables(self) -> list:
-        """Encoder, decoder, posterior and flow weights (everything but D)."""
-        d_ids = {id(v) for v in self.discriminator_variables}
-        return [v for v in self.trainable_variables if id(v) not in d_ids]
+        """Encoder, decoder, posterior and flow weights (everything but D); without an MLE
+        term ('gan') the decoder's log-sigma bias is unused and left out."""
+        skip = {id(v) for v in self.discriminator_variables}
+        if self.decoder is not None and not self.spec.mle:
+            skip.add(id(self.decoder.sigma_bias))
+        return [v for v in self.trainable_variables if id(v) not in skip]
 
     @property
     def discriminator_variables(self) -> list:
@@ -197,10 +200,17 @@ class HybridModel(keras.Model):
 
     def data_init(self, x: tf.Tensor, prior_noise: tf.Tensor | None = None) -> None:
         """Data-dependent init from a dequantized batch x [N, H, W, C]: ActNorm, then
-        (``decoder_data_init``) the decoder's per-dimension mean and log sigma from the
-        features f(x), with latents ``prior_noise`` [N, d] (default: N(0, I) draws)."""
+        (``decoder_data_init``, variants without a learned flow) the decoder's
+        per-dimension mean and log sigma from the features f(x), with latents
+        ``prior_noise`` [N, d] (default: N(0, I) draws).
+
+        With a learned flow the decoder keeps sigma = 1: the features move as the flow
+        trains, and per-pixel sigmas fitted to the initial features (down to ~0.01 for
+        MNIST's background) make every flow update expensive; measured on the quickstart
+        `cqf`, validation bits/dim 3.88 after 500 steps with that init."""
         self.flow.data_init(x)
-        if self.decoder is not None and self.config.decoder_data_init:
+        if (self.decoder is not None and self.config.decoder_data_init
+                and not self.spec.learned_flow):
             y, _ = self.flow.forward_and_log_det(x)
             if prior_noise is None:
                 prior_noise = tf.random.normal((tf.shape(x)[0], self.config.latent_dim))
