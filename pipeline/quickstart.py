@@ -5,7 +5,9 @@
 2. the project's MNIST classifier (FID/KID/IS features) and the reference statistics of
    the training split (Beam FID job);
 3. training of the main model (``cqf``) with ``configs/quickstart.cfg``;
-4. validation bits/dim (ELBO and importance-weighted bounds) and FID/KID/IS of samples;
+4. validation bits/dim (ELBO and importance-weighted bounds), the latent's use (KL,
+   active units) and the samples' quality at temperature 0 and 1 (FID/KID/IS, the
+   confident-sample rate and the label coverage of the MNIST classifier);
 5. SavedModel export (TF Serving layout, registered in MLflow);
 6. scoring of held-out digits and a sample grid through the exported SavedModel.
 
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     export_dir = os.path.join(work, "export")
     grid = os.path.join(work, f"samples_{args.variant}.png")
     os.makedirs(work, exist_ok=True)
-    total, started = 7, time.time()
+    total, started = 8, time.time()
 
     if not os.path.isfile(os.path.join(data_dir, "dataset.json")):
         run_stage(1, total, "Beam preprocessing: MNIST IDX -> TFRecords", [
@@ -96,21 +98,26 @@ def main(argv: list[str] | None = None) -> int:
         train_cmd.append(f"--train_steps={args.train_steps}")
     summary = last_json(run_stage(4, total, f"training {args.variant} ({args.flagfile})",
                                   train_cmd, capture=True))
-    evaluation = last_json(run_stage(5, total, "validation bits/dim and FID/KID/IS", [
+    evaluation = last_json(run_stage(5, total, "validation bits/dim, latent use, samples at T=0", [
         py, "-m", "pipeline.evaluate", f"--model_dir={model_dir}", f"--data_dir={data_dir}",
         "--split=validation", "--importance_samples=8", f"--fid_samples={args.fid_samples}",
-        "--extractor=mnist_classifier", f"--extractor_path={classifier}",
+        "--temperature=0", "--extractor=mnist_classifier", f"--extractor_path={classifier}",
         f"--reference_stats={ref_stats}"], capture=True))
-    export_out = run_stage(6, total, "SavedModel export (TF Serving layout, MLflow registry)", [
+    samples_t1 = last_json(run_stage(6, total, "samples at T=1", [
+        py, "-m", "pipeline.evaluate", f"--model_dir={model_dir}",
+        f"--fid_samples={args.fid_samples}", "--temperature=1", "--extractor=mnist_classifier",
+        f"--extractor_path={classifier}", f"--reference_stats={ref_stats}"],
+        capture=True)).get("samples", {})
+    export_out = run_stage(7, total, "SavedModel export (TF Serving layout, MLflow registry)", [
         py, "-m", "serving.export", f"--model_dir={model_dir}", f"--export_dir={export_dir}",
         f"--model_name=mnist_{args.variant}"], capture=True)
     version_dir = last_json(export_out)["version_dir"]
-    scored = last_json(run_stage(7, total, "score held-out digits and sample a grid via the export", [
+    scored = last_json(run_stage(8, total, "score held-out digits and sample a grid via the export", [
         py, "-m", "pipeline.quickstart_check", f"--saved_model={version_dir}",
         f"--data_dir={data_dir}", f"--grid={grid}"], capture=True))
 
     bpd = evaluation.get("bpd", {})
-    samples = evaluation.get("samples", {})
+    latent = evaluation.get("latent", {})
     print("\n" + "=" * 72)
     print(f"quickstart finished in {(time.time() - started) / 60:.1f} min")
     print(f"  data set          {data_dir}")
@@ -120,12 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     if bpd:
         iw = f", IW-{bpd['importance_samples']} bound {bpd['bpd_iw']:.3f}" if "bpd_iw" in bpd else ""
         print(f"  validation BPD    {bpd['bpd']:.3f} +- {bpd['bpd_stderr']:.3f} ({bpd['kind']}){iw}")
-    if samples:
-        print(f"  FID / KID / IS    {samples['fid']:.2f} / {samples['kid_mean']:.4f} / "
-              f"{samples['is_mean']:.2f}  ({samples['num_samples']} samples, MNIST classifier)")
+    if latent:
+        print(f"  latent            KL {latent['kl_mean']:.1f} nats, {latent['active_units']} of "
+              f"{latent['latent_dim']} units active")
+    for t, samples in ((0, evaluation.get("samples", {})), (1, samples_t1)):
+        if samples:
+            print(f"  samples T={t}       FID {samples['fid']:.2f}, KID {samples['kid_mean']:.4f}, "
+                  f"IS {samples['is_mean']:.2f}, confident {samples['confident_rate']:.2f}, "
+                  f"label coverage {samples['label_coverage']:.2f}  ({samples['num_samples']} "
+                  "samples, MNIST classifier)")
     print(f"  export            {version_dir}")
     print(f"  held-out scores   {', '.join(f'{v:.3f}' for v in scored['bits_per_dim'])} bits/dim")
-    print(f"  sample grid       {scored['grid']}")
+    for t, path in scored["grids"].items():
+        print(f"  sample grid T={t}   {path}")
     return 0
 
 

@@ -1,10 +1,12 @@
 """Uses an exported SavedModel as a deployment would: scores held-out images with the
-``score`` signature and writes a grid of ``sample`` signature outputs (last quickstart
-stage). Prints JSON {"bits_per_dim": [...], "log_likelihood_nats": [...], "grid": path}."""
+``score`` signature and writes grids of ``sample`` signature outputs at each temperature
+(last quickstart stage). Prints JSON {"bits_per_dim": [...], "log_likelihood_nats": [...],
+"grids": {temperature: path}}."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -21,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="validation")
     parser.add_argument("--num_score", type=int, default=8)
     parser.add_argument("--num_samples", type=int, default=64)
-    parser.add_argument("--grid", required=True, help="PNG path of the sample grid")
+    parser.add_argument("--grid", required=True,
+                        help="PNG path of the sample grids; _t<T> is added before .png")
+    parser.add_argument("--temperatures", default="0,1", help="comma-separated temperatures")
     args = parser.parse_args(argv)
     loaded = tf.saved_model.load(args.saved_model)
     out: dict = {}
@@ -32,9 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         out["bits_per_dim"] = [float(v) for v in scores["bits_per_dim"].numpy()]
         out["log_likelihood_nats"] = [float(v) for v in scores["log_likelihood_nats"].numpy()]
     seeds = tf.range(args.num_samples, dtype=tf.int64)
-    temps = tf.fill([args.num_samples], 1.0)
-    samples = loaded.signatures["sample"](seed=seeds, temperature=temps)["images"].numpy()
-    out["grid"] = images_lib.save_grid(np.asarray(samples), args.grid)
+    stem, ext = os.path.splitext(args.grid)
+    out["grids"] = {}
+    for t in (float(v) for v in args.temperatures.split(",")):
+        temps = tf.fill([args.num_samples], t)
+        samples = loaded.signatures["sample"](seed=seeds, temperature=temps)["images"].numpy()
+        out["grids"][f"{t:g}"] = images_lib.save_grid(np.asarray(samples),
+                                                      f"{stem}_t{t:g}{ext or '.png'}")
     print(json.dumps(out))
     return 0
 
