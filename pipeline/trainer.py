@@ -224,6 +224,12 @@ class StepFunctions:
         grads = tape.gradient(loss, g_vars)
         self.g_opt.apply_gradients(zip(grads, g_vars))
         out["loss"] = loss
+        if self.strategy.num_replicas_in_sync == 1:  # per-replica norms would not add up
+            for group, variables in model.generator_variable_groups().items():
+                ids = {id(v) for v in variables}
+                chosen = [g for v, g in zip(g_vars, grads) if id(v) in ids and g is not None]
+                if chosen:
+                    out[f"grad_norm_{group}"] = tf.linalg.global_norm(chosen)
         if spec.has_likelihood:
             if not spec.mle:  # monitor the exact likelihood of an adversarially trained flow
                 terms = model.mle_terms(x)

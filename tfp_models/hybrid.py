@@ -194,6 +194,19 @@ class HybridModel(keras.Model):
             skip.add(id(self.decoder.sigma_bias))
         return [v for v in self.trainable_variables if id(v) not in skip]
 
+    def generator_variable_groups(self) -> dict[str, list]:
+        """The generator's trainable weights by network: 'encoder' (with the posterior's
+        own weights), 'decoder', 'flow' (only the networks the variant has)."""
+        groups = {}
+        if self.encoder is not None:
+            groups["encoder"] = (list(self.encoder.trainable_variables)
+                                 + list(self.posterior.trainable_variables))
+        if self.decoder is not None:
+            groups["decoder"] = list(self.decoder.trainable_variables)
+        if self.flow.trainable_variables:
+            groups["flow"] = list(self.flow.trainable_variables)
+        return groups
+
     @property
     def discriminator_variables(self) -> list:
         return list(self.discriminator.trainable_variables) if self.discriminator else []
