@@ -30,6 +30,10 @@ flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate of encoder/decoder
 flags.DEFINE_float("disc_learning_rate", 2e-4, "Adam learning rate of the discriminator.")
 flags.DEFINE_float("adam_beta1", 0.9, "Adam beta_1 of the generator side.")
 flags.DEFINE_float("disc_adam_beta1", 0.5, "Adam beta_1 of the discriminator.")
+flags.DEFINE_integer("flow_warmup_steps", 0,
+                     "If > 0, the flow's networks are not updated for the first this many "
+                     "steps (its ActNorm keeps the data-dependent init), so the VAE learns "
+                     "to use its latent in logit space first (deviation from the paper).")
 flags.DEFINE_float("disc_adam_beta2", 0.999, "Adam beta_2 of the discriminator.")
 flags.DEFINE_integer("disc_steps", 1, "Discriminator updates per generator update.")
 flags.DEFINE_integer("kl_warmup_steps", 0,

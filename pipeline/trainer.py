@@ -57,6 +57,7 @@ class TrainConfig:
     disc_adam_beta2: float = 0.999
     disc_steps: int = 1
     kl_warmup_steps: int = 0
+    flow_warmup_steps: int = 0
     random_flip: bool = False
     resize_with_crop_or_pad: int = 0
     log_every: int = 50
@@ -80,8 +81,9 @@ class TrainConfig:
                      "sample_every", "disc_steps", "data_init_batch", "keep_checkpoints"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"--{name}={getattr(self, name)}: expected a positive integer")
-        if int(self.kl_warmup_steps) < 0:
-            raise ValueError(f"--kl_warmup_steps={self.kl_warmup_steps}: expected >= 0")
+        for name in ("kl_warmup_steps", "flow_warmup_steps"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"--{name}={getattr(self, name)}: expected >= 0")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy={self.strategy!r}: expected one of {STRATEGIES}")
 
@@ -120,8 +122,8 @@ def kl_weight(step: tf.Tensor, warmup_steps: int) -> tf.Tensor:
 
 def make_train_dataset(info: data_lib.DatasetInfo, cfg: TrainConfig, start_step: int,
                        noise_shapes: dict[str, tuple]) -> tf.data.Dataset:
-    """Batches {'images': uint8 [B, H, W, C], <noise>: [B, ...], 'kl_weight': [B]} from
-    step ``start_step``."""
+    """Batches {'images': uint8 [B, H, W, C], <noise>: [B, ...], 'kl_weight': [B],
+    'flow_on': [B] (0 during the flow warm-up, else 1)} from step ``start_step``."""
     ds = data_lib.make_image_dataset(info, "train", cfg.batch_size, shuffle=True, repeat=True,
                                      seed=cfg.seed, random_flip=cfg.random_flip)
     if cfg.resize_with_crop_or_pad:
@@ -132,6 +134,8 @@ def make_train_dataset(info: data_lib.DatasetInfo, cfg: TrainConfig, start_step:
     def add_noise(step, images):
         batch = add_step_noise({"images": images}, step, cfg.seed, noise_shapes)
         batch["kl_weight"] = tf.fill(tf.shape(images)[:1], kl_weight(step, cfg.kl_warmup_steps))
+        batch["flow_on"] = tf.fill(tf.shape(images)[:1],
+                                   tf.cast(step >= cfg.flow_warmup_steps, tf.float32))
         return batch
 
     return ds.map(add_noise, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -222,6 +226,11 @@ class StepFunctions:
                 out["adv"] = tf.reduce_sum(adv) * scale
             loss = tf.reduce_sum(total) * scale
         grads = tape.gradient(loss, g_vars)
+        if self.cfg.flow_warmup_steps:  # the flow's nets stay fixed while flow_on is 0
+            flow_ids = {id(v) for v in model.flow.trainable_variables}
+            flow_on = tf.reduce_max(batch["flow_on"])
+            grads = [g * flow_on if g is not None and id(v) in flow_ids else g
+                     for v, g in zip(g_vars, grads)]
         self.g_opt.apply_gradients(zip(grads, g_vars))
         out["loss"] = loss
         if self.strategy.num_replicas_in_sync == 1:  # per-replica norms would not add up

@@ -184,3 +184,26 @@ def test_cli_rejects_unknown_variant(digits16, tmp_path):
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
     assert result.returncode != 0
     assert "variant" in result.stderr and "cqf" in result.stderr
+
+
+def test_flow_warmup_keeps_the_flow_fixed_then_trains_it(digits16, tmp_path, tracking_uri):
+    """--flow_warmup_steps=2: after 2 steps the coupling nets equal their (data-initialized)
+    start, the decoder has moved; after 4 steps the flow has moved too."""
+    def flow_and_decoder(model_dir):
+        model, _ = model_io.load_trained_model(str(model_dir))
+        return ([v.numpy() for v in model.flow.trainable_variables],
+                [v.numpy() for v in model.decoder.trainable_variables])
+
+    runs = {}
+    for steps in (2, 4):
+        trainer.train(*_cfgs(digits16, tmp_path / "run", tracking_uri, "vae_f",
+                             train_steps=steps, flow_warmup_steps=2))
+        runs[steps] = flow_and_decoder(tmp_path / "run")
+    # The coupling nets' output convs are zero-initialised: still zero after 2 warm-up steps
+    # means no update reached the flow (any step would have moved them).
+    flow2, dec2 = runs[2]
+    flow4, dec4 = runs[4]
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(flow2, flow4))
+    zero_out = [w for w in flow2 if w.ndim == 4 and not np.any(w)]
+    assert zero_out, "the coupling nets' zero-initialised output convs should still be zero"
+    assert any(np.abs(d2 - d4).max() > 0 for d2, d4 in zip(dec2, dec4))
