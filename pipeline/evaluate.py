@@ -37,15 +37,10 @@ from tfp_models.hybrid import HybridModel
 log = logging.getLogger(__name__)
 
 
-def evaluate_bpd(model: HybridModel, data_dir: str, split: str = "validation",
-                 batch_size: int = 100, importance_samples: int = 1, seed: int = 0,
-                 max_examples: int | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Bits/dim of a split: {"bpd" (ELBO bound, or exact for flows), "bpd_stderr",
-    ["bpd_iw", "bpd_iw_stderr", "importance_samples"], "num_examples", "kind"}."""
-    if not model.spec.has_likelihood:
-        raise ValueError(f"variant {model.spec.name!r} defines no likelihood; no BPD to report")
-    if importance_samples < 1:
-        raise ValueError(f"importance_samples={importance_samples}: expected >= 1")
+def split_batches(model: HybridModel, data_dir: str, split: str, batch_size: int,
+                  max_examples: int | None = None) -> tuple[tf.data.Dataset, int]:
+    """(uint8 batches [B, H, W, C] of the first ``max_examples`` images of ``split`` in
+    file order, their count), after checking the split exists and matches the model."""
     info = data_lib.read_dataset_info(data_dir)
     if tuple(info.image_shape) != tuple(model.config.image_shape):
         raise ValueError(f"data set {data_dir!r} holds {tuple(info.image_shape)} images, the "
@@ -55,9 +50,21 @@ def evaluate_bpd(model: HybridModel, data_dir: str, split: str = "validation",
     total = info.split_counts[split] if max_examples is None else min(max_examples, info.split_counts[split])
     ds = data_lib.make_image_dataset(info, split, batch_size, shuffle=False, repeat=False,
                                      drop_remainder=False).unbatch().take(total).batch(batch_size)
+    return ds, total
+
+
+def evaluate_bpd(model: HybridModel, data_dir: str, split: str = "validation",
+                 batch_size: int = 100, importance_samples: int = 1, seed: int = 0,
+                 max_examples: int | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Bits/dim of a split: {"bpd" (ELBO bound, or exact for flows), "bpd_stderr",
+    ["bpd_iw", "bpd_iw_stderr", "importance_samples"], "num_examples", "kind"}."""
+    if not model.spec.has_likelihood:
+        raise ValueError(f"variant {model.spec.name!r} defines no likelihood; no BPD to report")
+    if importance_samples < 1:
+        raise ValueError(f"importance_samples={importance_samples}: expected >= 1")
+    ds, total = split_batches(model, data_dir, split, batch_size, max_examples)
     shape = model.config.image_shape
     iw = model.spec.latent and importance_samples > 1
-
     latent_dim = model.config.latent_dim
 
     @tf.function
@@ -107,12 +114,7 @@ def evaluate_latent(model: HybridModel, data_dir: str, split: str = "validation"
     for flow posteriors the mean pushed through the flow), "latent_dim", "num_examples"}."""
     if model.encoder is None:
         raise ValueError(f"variant {model.spec.name!r} has no encoder; no latent to measure")
-    info = data_lib.read_dataset_info(data_dir)
-    if split not in info.split_counts:
-        raise ValueError(f"split {split!r} not in {data_dir!r}; available: {sorted(info.split_counts)}")
-    total = info.split_counts[split] if max_examples is None else min(max_examples, info.split_counts[split])
-    ds = data_lib.make_image_dataset(info, split, batch_size, shuffle=False, repeat=False,
-                                     drop_remainder=False).unbatch().take(total).batch(batch_size)
+    ds, total = split_batches(model, data_dir, split, batch_size, max_examples)
     d = model.config.latent_dim
 
     @tf.function
