@@ -24,6 +24,10 @@ declare -A ROWS=(
   [cqf_s1]="--flow_scales=1"
   [cqf_s1r0c32]="--flow_scales=1 --flow_res_blocks=0 --enc_dec_channels=32"
   [cqf_l5]="--lambda_adv=5"
+  # Flow warm-up: encoder/decoder train first with the flow's nets fixed, so z is used
+  # before the flow can explain the data alone.
+  [vae_f_fw400]="--variant=vae_f --flow_warmup_steps=400"
+  [cqf_fw400]="--flow_warmup_steps=400"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${!ROWS[@]}")
