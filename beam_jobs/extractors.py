@@ -16,13 +16,15 @@ Extractors (``--extractor``):
   with the ``features`` signature is built from it once and cached by the file's SHA-256.
 * ``saved_model``: any directory that already satisfies the contract.
 
+Every resolved extractor carries a content fingerprint (:mod:`beam_jobs.identity`):
+statistics files record it, and statistics of different fingerprints are never compared.
+
 Nothing is ever downloaded.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +36,8 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
+
+from beam_jobs import identity
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +69,18 @@ _IMAGES_SPEC = tf.TensorSpec([None, None, None, None], tf.uint8, name="images")
 
 @dataclasses.dataclass(frozen=True)
 class ExtractorInfo:
-    """A ready extractor SavedModel: its directory and what it computes."""
+    """A ready extractor SavedModel: its directory, what it computes and its identity.
+
+    ``fingerprint`` is the content hash of :func:`beam_jobs.identity.extractor_fingerprint`
+    (the Inception source file, or the SavedModel's graph and variables).
+    """
 
     saved_model_dir: str
     name: str
     resize_protocol: str
     feature_dim: int
     num_classes: int
+    fingerprint: str
 
 
 # --------------------------------------------------------------------------------------
@@ -248,14 +257,6 @@ class _FrozenGraphInception(tf.Module):
         return {"pool": tf.cast(pool, tf.float32), "logits": tf.cast(logits, tf.float32)}
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(functools.partial(f.read, 1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def default_cache_dir() -> str:
     """``$ADE_EXTRACTOR_CACHE`` or ``<tmp>/adaptive_density_extractors``."""
     return os.environ.get("ADE_EXTRACTOR_CACHE",
@@ -265,26 +266,26 @@ def default_cache_dir() -> str:
 def build_inception_saved_model(path: str, cache_dir: Optional[str] = None) -> str:
     """Builds (or reuses) the extractor SavedModel of an Inception-v3 ``.pb`` or ``.h5``.
 
-    Returns the SavedModel directory ``<cache_dir>/inception_v3-<sha256[:16]>``.
+    Returns the SavedModel directory ``<cache_dir>/inception_v3-<kind>-<sha256[:16]>``.
     """
+    return _build_inception(path, cache_dir)[0]
+
+
+def _build_inception(path: str, cache_dir: Optional[str]) -> tuple[str, str]:
+    """(SavedModel directory, hex SHA-256 of the source file) of an Inception-v3 file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"Inception-v3 file {path!r} does not exist. Supply a local copy of the TF "
             "frozen graph classify_image_graph_def.pb or Keras InceptionV3 weights .h5; "
             "nothing is downloaded")
-    lower = path.lower()
-    if lower.endswith(".pb"):
-        kind, protocol, classes = "pb", INCEPTION_PB_PROTOCOL, 1008
-    elif lower.endswith(".h5"):
-        kind, protocol, classes = "keras_h5", INCEPTION_KERAS_PROTOCOL, 1000
-    else:
-        raise ValueError(f"Inception-v3 file {path!r}: expected a frozen graph '.pb' or "
-                         "Keras weights '.h5'")
-    digest = _sha256(path)
+    kind = identity.source_kind(path)
+    protocol, classes = ((INCEPTION_PB_PROTOCOL, 1008) if kind == "pb"
+                         else (INCEPTION_KERAS_PROTOCOL, 1000))
+    digest = identity.file_sha256(path)
     out = os.path.join(cache_dir or default_cache_dir(), f"inception_v3-{kind}-{digest[:16]}")
     if os.path.isfile(os.path.join(out, EXTRACTOR_JSON)):
         log.info("using cached Inception-v3 extractor %s", out)
-        return out
+        return out, digest
     log.info("building the Inception-v3 extractor SavedModel from %s into %s", path, out)
     module = _KerasInception(path) if kind == "keras_h5" else _FrozenGraphInception(path)
     # Trace once on a tiny batch: checks the graph end to end and fixes the dimensions.
@@ -292,7 +293,7 @@ def build_inception_saved_model(path: str, cache_dir: Optional[str] = None) -> s
     dim, classes = int(probe["pool"].shape[-1]), int(probe["logits"].shape[-1])
     _save_atomically(module, out, "inception_v3", protocol, dim, classes,
                      source=os.path.abspath(path), sha256=digest)
-    return out
+    return out, digest
 
 
 # --------------------------------------------------------------------------------------
@@ -334,7 +335,8 @@ def resolve_extractor(name: str, path: str, cache_dir: Optional[str] = None) -> 
     if not path:
         raise ValueError(f"--extractor={name} needs --extractor_path")
     if name == "inception_v3":
-        directory = build_inception_saved_model(path, cache_dir)
+        directory, digest = _build_inception(path, cache_dir)
+        fingerprint = identity.source_file_fingerprint(path, digest)
     else:
         if not os.path.isdir(path):
             hint = (" (train one with `python -m beam_jobs.train_mnist_classifier "
@@ -342,7 +344,9 @@ def resolve_extractor(name: str, path: str, cache_dir: Optional[str] = None) -> 
             raise FileNotFoundError(f"extractor SavedModel directory {path!r} does not "
                                     f"exist{hint}")
         directory = path
+        fingerprint = ""
     check_signature(directory, FEATURES_SIGNATURE, {"images": "uint8"})
+    fingerprint = fingerprint or identity.saved_model_fingerprint(directory)
     info_path = os.path.join(directory, EXTRACTOR_JSON)
     info: dict[str, Any] = {}
     if os.path.isfile(info_path):
@@ -354,7 +358,8 @@ def resolve_extractor(name: str, path: str, cache_dir: Optional[str] = None) -> 
     return ExtractorInfo(saved_model_dir=directory, name=info.get("name", name),
                          resize_protocol=info.get("resize_protocol", "unknown (custom SavedModel)"),
                          feature_dim=int(info.get("feature_dim", -1)),
-                         num_classes=int(info.get("num_classes", -1)))
+                         num_classes=int(info.get("num_classes", -1)),
+                         fingerprint=fingerprint)
 
 
 # --------------------------------------------------------------------------------------

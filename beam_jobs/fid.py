@@ -26,6 +26,12 @@ Examples::
     # FID of two statistics files
     python -m beam_jobs.fid --compare_stats=a.npz,b.npz
 
+Statistics files record the extractor's identity (name, content fingerprint, resize
+protocol), the image shape and the sample count; statistics that differ in any of them,
+or that record no fingerprint (files of older versions, plain TTUR mu/sigma files), are
+refused with a one-line error. Regenerate old files; ``--allow_unverified_stats`` uses a
+file without a fingerprint anyway (what both sides record is still checked).
+
 Unknown flags are passed to Beam (``--runner``, ``--direct_running_mode``, ...); the
 default is ``--runner=FnApiRunner`` (DirectRunner's Prism path needs the network).
 """
@@ -50,7 +56,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs import extractors, fid_math, records
+from beam_jobs import extractors, fid_math, identity, records
 from beam_jobs.fid_math import FeatureStatistics
 
 log = logging.getLogger(__name__)
@@ -260,6 +266,31 @@ class _Progress(beam.DoFn):
         yield element
 
 
+class DistinctShapesCombineFn(beam.CombineFn):
+    """Combines image shapes (H, W, C) into their distinct set, at most ``limit + 1`` kept
+    (enough to tell "one shape" from "mixed" and to list a few)."""
+
+    def __init__(self, limit: int = 8):
+        self._limit = limit
+
+    def create_accumulator(self) -> set:
+        return set()
+
+    def add_input(self, acc: set, shape) -> set:
+        if len(acc) <= self._limit:
+            acc.add(tuple(int(v) for v in shape))
+        return acc
+
+    def merge_accumulators(self, accs) -> set:
+        out: set = set()
+        for a in accs:
+            out |= a
+        return set(sorted(out)[:self._limit + 1])
+
+    def extract_output(self, acc: set) -> list:
+        return sorted(acc)
+
+
 def _write_npz(value: Any, path: str, kind: str) -> None:
     """Writes a pipeline result to ``path`` (any Beam filesystem) as .npz."""
     if kind == "stats":
@@ -267,6 +298,8 @@ def _write_npz(value: Any, path: str, kind: str) -> None:
         arrays = {"count": np.int64(value.count), "dim": np.int64(value.dim or 0)}
         if value.count:
             arrays.update(sum=value.sum, sum_outer=value.sum_outer)
+    elif kind == "shapes":
+        arrays = {"shapes": np.asarray(value, np.int64).reshape(-1, 3)}
     elif kind == "is":
         arrays = {"count": value.count, "sum_plogp": value.sum_plogp,
                   "confident": value.confident}
@@ -329,7 +362,7 @@ def run_features(source: Source, extractor: extractors.ExtractorInfo, *,
     start = time.time()
     work = work_dir or tempfile.mkdtemp(prefix="fid-")
     run_dir = FileSystems.join(work, f"run-{uuid.uuid4().hex[:12]}")
-    paths = {k: FileSystems.join(run_dir, f"{k}.npz") for k in ("stats", "is", "kid")}
+    paths = {k: FileSystems.join(run_dir, f"{k}.npz") for k in ("stats", "is", "kid", "shapes")}
     size = source.size_hint()
     log.info("FID features of %s with %s (%s); %d image(s) expected", source.describe(),
              extractor.name, extractor.saved_model_dir, size)
@@ -340,17 +373,21 @@ def run_features(source: Source, extractor: extractors.ExtractorInfo, *,
         feats = (p | "Read" >> ReadImages(source)
                  | "Features" >> RunInference(handler)
                  | "Unpack" >> beam.MapTuple(
-                     lambda key, r: (key, r.inference["pool"], r.inference["logits"]))
+                     lambda key, r: (key, r.inference["pool"], r.inference["logits"],
+                                     np.shape(r.example)))
                  | "Progress" >> beam.ParDo(_Progress()))
-        (feats | "Pool" >> beam.MapTuple(lambda key, pool, logits: pool)
+        (feats | "Shape" >> beam.MapTuple(lambda key, pool, logits, shape: shape)
+         | "DistinctShapes" >> beam.CombineGlobally(DistinctShapesCombineFn())
+         | "WriteShapes" >> beam.Map(_write_npz, paths["shapes"], "shapes"))
+        (feats | "Pool" >> beam.MapTuple(lambda key, pool, logits, shape: pool)
          | "MeanCov" >> beam.CombineGlobally(fid_math.MeanCovCombineFn())
          | "WriteStats" >> beam.Map(_write_npz, paths["stats"], "stats"))
         (feats | "SplitLogits" >> beam.MapTuple(
-            lambda key, pool, logits, s=num_splits: (_split_index(key, s), logits))
+            lambda key, pool, logits, shape, s=num_splits: (_split_index(key, s), logits))
          | "IS" >> beam.CombineGlobally(fid_math.InceptionScoreCombineFn(num_splits))
          | "WriteIS" >> beam.Map(_write_npz, paths["is"], "is"))
         if kid_samples > 0:
-            (feats | "PoolForKID" >> beam.MapTuple(lambda key, pool, logits: pool)
+            (feats | "PoolForKID" >> beam.MapTuple(lambda key, pool, logits, shape: pool)
              | "Reservoir" >> beam.combiners.Sample.FixedSizeGlobally(kid_samples)
              | "WriteKID" >> beam.Map(_write_npz, paths["kid"], "kid"))
         result = p.run()
@@ -370,8 +407,11 @@ def run_features(source: Source, extractor: extractors.ExtractorInfo, *,
                          f"({undecodable} undecodable)")
     suff = fid_math.SufficientStatistics(int(raw["dim"]))
     suff.count, suff.sum, suff.sum_outer = count, raw["sum"], raw["sum_outer"]
-    stats = FeatureStatistics.from_sufficient(suff, extractor=extractor.name,
-                                              resize_protocol=extractor.resize_protocol)
+    shapes = [tuple(s) for s in _read_npz(paths["shapes"])["shapes"]]
+    stats = FeatureStatistics.from_sufficient(
+        suff, extractor=extractor.name, resize_protocol=extractor.resize_protocol,
+        extractor_fingerprint=extractor.fingerprint,
+        image_shape=identity.image_shape_label(shapes))
     raw_is = _read_npz(paths["is"])
     is_stats = fid_math.InceptionScoreStatistics(num_splits)
     is_stats.count, is_stats.sum_plogp, is_stats.sum_p = (
@@ -409,10 +449,29 @@ def compute_statistics(source: Source, extractor: str, extractor_path: str, *,
     return res.statistics
 
 
-def compare_stats(path_a: str, path_b: str) -> float:
-    """FID of two ``.npz`` statistics files (keys ``mu`` and ``sigma``)."""
+def compare_stats(path_a: str, path_b: str, *, allow_unverified: bool = False) -> float:
+    """FID of two ``.npz`` statistics files, refused (:class:`fid_math.StatisticsError`)
+    if their extractor identities differ or one has none (unless ``allow_unverified``)."""
     return fid_math.fid_from_statistics(FeatureStatistics.load(path_a),
-                                        FeatureStatistics.load(path_b))
+                                        FeatureStatistics.load(path_b),
+                                        allow_unverified=allow_unverified)
+
+
+def check_reference_stats(path: str, extractor: Union[str, extractors.ExtractorInfo],
+                          extractor_path: str = "", *, cache_dir: Optional[str] = None,
+                          allow_unverified: bool = False) -> FeatureStatistics:
+    """Loads reference statistics and checks, before any feature is computed, that they
+    were made with this extractor (name, fingerprint, resize protocol, feature dimension);
+    raises :class:`fid_math.StatisticsError` otherwise. The image shape is checked when
+    the FID is computed (:func:`fid_math.fid_from_statistics`)."""
+    info = (extractor if isinstance(extractor, extractors.ExtractorInfo)
+            else extractors.resolve_extractor(extractor, extractor_path, cache_dir))
+    reference = FeatureStatistics.load(path)
+    fid_math.check_identity(
+        reference, against=f"extractor {info.saved_model_dir!r}", extractor=info.name,
+        fingerprint=info.fingerprint, resize_protocol=info.resize_protocol,
+        dim=info.feature_dim, allow_unverified=allow_unverified)
+    return reference
 
 
 def evaluate(source: Source, extractor: str, extractor_path: str, *,
@@ -421,19 +480,22 @@ def evaluate(source: Source, extractor: str, extractor_path: str, *,
              batch_size: int = DEFAULT_BATCH_SIZE, kid_samples: int = DEFAULT_KID_SAMPLES,
              kid_subset_size: int = 1000, kid_num_subsets: int = 100,
              output_stats: Optional[str] = None, save_kid_features: bool = False,
-             cache_dir: Optional[str] = None,
+             cache_dir: Optional[str] = None, allow_unverified: bool = False,
              pipeline_args: Optional[Sequence[str]] = None) -> dict:
     """FID (vs reference statistics), KID (vs reference features) and IS of a source.
 
     KID reference features come from ``reference_data_dir`` (run through the same
     extractor) or else from the reference ``.npz``'s ``kid_features``; without either
-    KID is None. Returns the JSON-able dict of the CLI.
+    KID is None. Reference statistics of another extractor (fingerprint), resize
+    protocol or image shape, or without a fingerprint (unless ``allow_unverified``), are
+    refused with :class:`fid_math.StatisticsError`: the extractor's identity is checked
+    before the pipeline runs, the image shape after it (``output_stats`` is written
+    first). Returns the JSON-able dict of the CLI.
     """
     info = extractors.resolve_extractor(extractor, extractor_path, cache_dir)
-    reference = FeatureStatistics.load(reference_stats_path) if reference_stats_path else None
-    if reference is not None and reference.extractor and reference.extractor != info.name:
-        raise ValueError(f"reference statistics {reference_stats_path!r} were computed with "
-                         f"extractor {reference.extractor!r}, not {info.name!r}")
+    reference = (check_reference_stats(reference_stats_path, info,
+                                       allow_unverified=allow_unverified)
+                 if reference_stats_path else None)
     res = run_features(source, info, batch_size=batch_size, kid_samples=kid_samples,
                        pipeline_args=pipeline_args)
     stats = res.statistics
@@ -447,13 +509,14 @@ def evaluate(source: Source, extractor: str, extractor_path: str, *,
                            "confident_rate": res.confident_rate,
                            "label_coverage": res.label_coverage,
                            "num_samples": stats.count, "feature_dim": stats.dim,
-                           "extractor": info.name, "resize_protocol": info.resize_protocol}
+                           "extractor": info.name, "resize_protocol": info.resize_protocol,
+                           "extractor_fingerprint": info.fingerprint,
+                           "image_shape": stats.image_shape}
     if reference is not None:
-        if reference.dim != stats.dim:
-            raise ValueError(f"reference statistics {reference_stats_path!r} have dimension "
-                             f"{reference.dim}, the extractor gives {stats.dim}")
         log.info("computing FID against %s", reference_stats_path)
-        out["fid"] = fid_math.fid_from_statistics(stats, reference)
+        out["fid"] = fid_math.fid_from_statistics(stats, reference,
+                                                  allow_unverified=allow_unverified)
+        out["reference_num_samples"] = reference.count
     ref_features = None
     if reference_data_dir:
         ref = run_features(TFRecordSource(reference_data_dir, reference_split), info,
@@ -518,17 +581,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save_kid_features", action="store_true",
                    help="store the KID reservoir in --output_stats (a KID reference)")
     p.add_argument("--compare_stats", help="A.npz,B.npz: print the FID of two statistics files")
+    p.add_argument("--allow_unverified_stats", action="store_true",
+                   help="accept statistics files without an extractor fingerprint (plain "
+                        "TTUR/pytorch-fid mu/sigma files, or files of older versions); "
+                        "identities that both sides record are still checked")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The CLI; user errors (missing files, statistics that cannot be compared) print one
+    ``error: ...`` line on stderr and return 2."""
     args, pipeline_args = _parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        return _run(args, pipeline_args)
+    except (fid_math.StatisticsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
     if args.compare_stats:
         parts = args.compare_stats.split(",")
         if len(parts) != 2 or not all(parts):
             raise SystemExit(f"--compare_stats expects A.npz,B.npz, got {args.compare_stats!r}")
-        print(json.dumps({"fid": compare_stats(*parts)}))
+        print(json.dumps({"fid": compare_stats(*parts,
+                                               allow_unverified=args.allow_unverified_stats)}))
         return 0
     chosen = [n for n in ("data_dir", "saved_model", "image_folder") if getattr(args, n)]
     if len(chosen) != 1:
@@ -550,7 +628,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    kid_samples=args.kid_samples, kid_subset_size=args.kid_subset_size,
                    kid_num_subsets=args.kid_num_subsets, output_stats=args.output_stats,
                    save_kid_features=args.save_kid_features, cache_dir=args.extractor_cache,
-                   pipeline_args=pipeline_args)
+                   allow_unverified=args.allow_unverified_stats, pipeline_args=pipeline_args)
     print(json.dumps(out))
     return 0
 

@@ -156,10 +156,14 @@ def evaluate_samples(model_dir: str, num_samples: int, extractor: str, extractor
                      export_dir: str | None = None, pipeline_args: list[str] | None = None
                      ) -> dict[str, Any]:
     """FID/KID/IS of ``num_samples`` samples: exports the model (``sample`` signature) to
-    ``export_dir`` (a temporary directory if None) and runs the Beam FID job on it."""
+    ``export_dir`` (a temporary directory if None) and runs the Beam FID job on it.
+    Reference statistics of another extractor (fingerprint), protocol or image shape, or
+    without a fingerprint, raise ``beam_jobs.fid_math.StatisticsError``; the extractor's
+    identity is checked before the export."""
     from beam_jobs import fid
     from serving.export import export_model
 
+    fid.check_reference_stats(reference_stats, extractor, extractor_path)
     with tempfile.TemporaryDirectory(prefix="eval-export-") as tmp:
         version_dir = export_model(model_dir, export_dir or tmp, "evaluation", log_to_mlflow=False)
         return fid.evaluate_samples(version_dir, num_samples, reference_stats, extractor,
@@ -221,9 +225,14 @@ def main(argv):
     if FLAGS.fid_samples > 0:
         if not (FLAGS.extractor_path and FLAGS.reference_stats):
             raise app.UsageError("--fid_samples needs --extractor_path and --reference_stats")
-        results["samples"] = evaluate_samples(
-            FLAGS.model_dir, FLAGS.fid_samples, FLAGS.extractor, FLAGS.extractor_path,
-            FLAGS.reference_stats, FLAGS.temperature, FLAGS.seed)
+        from beam_jobs.fid_math import StatisticsError
+
+        try:
+            results["samples"] = evaluate_samples(
+                FLAGS.model_dir, FLAGS.fid_samples, FLAGS.extractor, FLAGS.extractor_path,
+                FLAGS.reference_stats, FLAGS.temperature, FLAGS.seed)
+        except StatisticsError as e:  # a user error: one line, no traceback
+            raise SystemExit(f"error: {e}") from None
         results["samples"]["temperature"] = FLAGS.temperature
         log_results(FLAGS.model_dir, results["samples"],
                     f"eval/samples_t{FLAGS.temperature:g}")

@@ -3,7 +3,8 @@
 
 1. Beam preprocessing of the MNIST IDX files into TFRecords (90% train / 10% validation);
 2. the project's MNIST classifier (FID/KID/IS features) and the reference statistics of
-   the training split (Beam FID job);
+   the training split (Beam FID job; regenerated when they are missing or were made with
+   another classifier, i.e. their recorded fingerprint differs);
 3. training of the main model (``cqf``) with ``configs/quickstart.cfg``;
 4. validation bits/dim (ELBO and importance-weighted bounds), the latent's use (KL,
    active units) and the samples' quality at temperature 0 and 1 (FID/KID/IS, the
@@ -85,13 +86,18 @@ def main(argv: list[str] | None = None) -> int:
             f"--output={classifier}"])
     else:
         print(f"\n=== [2/{total}] classifier exists: {classifier}")
-    if not os.path.isfile(ref_stats):
+    from beam_jobs.identity import stale_statistics_reason
+
+    stale = stale_statistics_reason(ref_stats, "mnist_classifier", classifier)
+    if stale:  # missing, or made with another classifier (fingerprint): (re)generate
+        print(f"\n    reference statistics needed: {stale}")
         run_stage(3, total, "reference statistics of the training split (Beam FID job)", [
             py, "-m", "beam_jobs.fid", f"--data_dir={data_dir}", "--split=train",
             "--extractor=mnist_classifier", f"--extractor_path={classifier}",
             f"--output_stats={ref_stats}", "--save_kid_features"], capture=True)
     else:
-        print(f"\n=== [3/{total}] reference statistics exist: {ref_stats}")
+        print(f"\n=== [3/{total}] reference statistics exist and match the classifier: "
+              f"{ref_stats}")
     train_cmd = [py, "-m", "pipeline.train", f"--flagfile={args.flagfile}",
                  f"--data_dir={data_dir}", f"--model_dir={model_dir}", f"--variant={args.variant}"]
     if args.train_steps:

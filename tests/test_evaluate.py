@@ -129,3 +129,26 @@ def test_latent_use_matches_brute_force(vae_dir, digits16):
     np.testing.assert_allclose(result["kl_mean"], kls.mean(), rtol=1e-4)
     assert result["active_units"] == int((means.var(axis=0, ddof=1) > 0.01).sum())
     np.testing.assert_allclose(sum(result["kl_per_dim"]), result["kl_mean"], rtol=1e-4)
+
+
+def test_cli_refuses_reference_stats_without_fingerprint(vae_dir, tmp_path, tracking_uri):
+    """An old reference file (no extractor fingerprint) is a user error: one line on
+    stderr, a non-zero exit, no traceback, and no model export or sampling first."""
+    from beam_jobs import extractors
+
+    _, features_model = extractors.build_mnist_classifier(feature_dim=16, seed=0)
+    clf = extractors.export_mnist_classifier(features_model, str(tmp_path / "clf"))
+    old = tmp_path / "old_ref.npz"
+    np.savez(old, mu=np.zeros(16), sigma=np.eye(16), count=np.int64(100),
+             extractor=np.str_("mnist_classifier"), resize_protocol=np.str_("p"))
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.evaluate", f"--model_dir={vae_dir}",
+         "--fid_samples=5", f"--extractor_path={clf}", f"--reference_stats={old}",
+         f"--mlflow_tracking_uri={tracking_uri}"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: statistics") and "no extractor fingerprint" in last
+    assert "regenerate" in last

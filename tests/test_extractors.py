@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_jobs import extractors, train_mnist_classifier
+from beam_jobs import extractors, identity, train_mnist_classifier
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +126,12 @@ def test_inception_frozen_graph_path(tmp_path):
     # Cached by content: a second resolve reuses the SavedModel.
     again = extractors.resolve_extractor("inception_v3", pb, cache_dir=str(tmp_path / "cache"))
     assert again.saved_model_dir == info.saved_model_dir
+    # The identity is the source file's: a rebuilt cache keeps it.
+    assert info.fingerprint == identity.extractor_fingerprint("inception_v3", pb)
+    assert info.fingerprint.startswith("pb-sha256:")
+    rebuilt = extractors.resolve_extractor("inception_v3", pb, cache_dir=str(tmp_path / "c2"))
+    assert rebuilt.saved_model_dir != info.saved_model_dir
+    assert rebuilt.fingerprint == info.fingerprint
 
 
 @pytest.mark.slow  # ~45-60 s on 2 cores: builds, saves and reloads the full InceptionV3
@@ -140,6 +146,8 @@ def test_inception_keras_h5_path(tmp_path):
     info = extractors.resolve_extractor("inception_v3", h5, cache_dir=str(tmp_path / "cache"))
     assert info.feature_dim == 2048 and info.num_classes == 1000
     assert "[-1,1]" in info.resize_protocol
+    assert info.fingerprint == identity.extractor_fingerprint("inception_v3", h5)
+    assert info.fingerprint.startswith("keras_h5-sha256:")
     rng = np.random.default_rng(2)
     images = rng.integers(0, 255, (2, 40, 40, 3), dtype=np.uint8)
     fn = tf.saved_model.load(info.saved_model_dir).signatures["features"]

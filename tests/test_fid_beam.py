@@ -13,7 +13,7 @@ import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from beam_jobs import extractors, fid, fid_math, mnist_idx, records
+from beam_jobs import extractors, fid, fid_math, identity, mnist_idx, records
 from beam_jobs.fid_math import FeatureStatistics
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,7 +104,9 @@ def test_tfrecord_statistics_match_direct_computation(extractor_dir, mnist_recor
     np.testing.assert_allclose(stats.sigma, direct.sigma, rtol=1e-5, atol=1e-6)
     assert stats.kid_features.shape == (50, 32)
     assert stats.extractor == "mnist_classifier" and "28x28" in stats.resize_protocol
-    assert abs(fid_math.fid_from_statistics(stats, direct)) < 1e-4
+    assert stats.extractor_fingerprint == identity.saved_model_fingerprint(extractor_dir)
+    assert stats.image_shape == "28x28x1"
+    assert abs(fid_math.fid_from_statistics(stats, direct, allow_unverified=True)) < 1e-4
 
 
 def test_evaluate_samples_end_to_end(tmp_path, generator_dir, extractor_dir, mnist_records):
@@ -118,13 +120,15 @@ def test_evaluate_samples_end_to_end(tmp_path, generator_dir, extractor_dir, mni
                                reference_data_dir=data_dir, reference_split="train")
     assert out["num_samples"] == 37 and out["feature_dim"] == 32
     assert set(out) >= {"fid", "kid_mean", "kid_std", "is_mean", "is_std", "extractor",
-                        "resize_protocol"}
+                        "resize_protocol", "extractor_fingerprint", "image_shape"}
+    assert out["reference_num_samples"] == NUM_REAL and out["image_shape"] == "28x28x1"
     # The same numbers computed directly from the same images.
     samples = _generate(generator_dir, np.arange(5, 5 + 37))
     s_pool, s_logits = _direct_features(extractor_dir, samples)
     r_pool, _ = _direct_features(extractor_dir, images)
-    expected_fid = fid_math.fid_from_statistics(FeatureStatistics.from_features(s_pool),
-                                                FeatureStatistics.from_features(r_pool))
+    s_stats, r_stats = (FeatureStatistics.from_features(s_pool),
+                        FeatureStatistics.from_features(r_pool))
+    expected_fid = fid_math.frechet_distance(s_stats.mu, s_stats.sigma, r_stats.mu, r_stats.sigma)
     assert out["fid"] == pytest.approx(expected_fid, rel=1e-4)
     assert out["fid"] > 1e-3
     ipd = fid_math.InceptionScoreStatistics(10)
@@ -147,6 +151,7 @@ def test_image_folder_counts_and_skips_bad_files(tmp_path, extractor_dir):
                            extractors.resolve_extractor("mnist_classifier", extractor_dir),
                            kid_samples=0)
     assert res.statistics.count == 7 and res.undecodable == 1
+    assert res.statistics.image_shape == "mixed:28x28x1,32x32x3"
 
 
 def test_bad_inputs_have_clear_errors(tmp_path, extractor_dir, generator_dir, mnist_records):
@@ -167,15 +172,75 @@ def _run_cli(*args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_compare_stats_cli(tmp_path):
+def _run_cli_failing(*args: str) -> str:
+    """Runs the CLI expecting a user error; returns its one stderr line."""
+    proc = subprocess.run([sys.executable, "-m", "beam_jobs.fid", *args], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+def _main_failing(capsys, *args: str) -> str:
+    """``fid.main`` in process (a CLI start-up costs ~6 s of TensorFlow import) expecting
+    a user error: exit code 2 and exactly one ``error:`` line on stderr."""
+    capsys.readouterr()
+    assert fid.main(list(args)) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_compare_stats_cli(tmp_path, capsys):
     rng = np.random.default_rng(3)
-    a = FeatureStatistics.from_features(rng.normal(size=(300, 6)))
-    b = FeatureStatistics.from_features(rng.normal(0.3, 1.2, size=(300, 6)))
+    ident = dict(extractor="mnist_classifier", resize_protocol="p", image_shape="28x28x1",
+                 extractor_fingerprint="savedmodel-sha256:" + "1" * 64)
+    a = FeatureStatistics.from_features(rng.normal(size=(300, 6)), **ident)
+    b = FeatureStatistics.from_features(rng.normal(0.3, 1.2, size=(300, 6)), **ident)
     a.save(str(tmp_path / "a.npz"))
-    np.savez(tmp_path / "b.npz", mu=b.mu, sigma=b.sigma)  # plain TTUR format
+    b.save(str(tmp_path / "b.npz"))
     out = _run_cli(f"--compare_stats={tmp_path / 'a.npz'},{tmp_path / 'b.npz'}")
     assert out["fid"] == pytest.approx(fid_math.fid_from_statistics(a, b), rel=1e-9)
     assert out["fid"] > 0.1
+    # Another classifier's statistics: refused in one line, no traceback.
+    other = dict(ident, extractor_fingerprint="savedmodel-sha256:" + "2" * 64)
+    FeatureStatistics(b.mu, b.sigma, b.count, **other).save(str(tmp_path / "c.npz"))
+    line = _run_cli_failing(f"--compare_stats={tmp_path / 'a.npz'},{tmp_path / 'c.npz'}")
+    assert "different mnist_classifier" in line
+    # A plain TTUR file (mu, sigma only): refused unless explicitly allowed.
+    np.savez(tmp_path / "ttur.npz", mu=b.mu, sigma=b.sigma)
+    pair = f"--compare_stats={tmp_path / 'a.npz'},{tmp_path / 'ttur.npz'}"
+    assert "no extractor fingerprint" in _main_failing(capsys, pair)
+    assert fid.main([pair, "--allow_unverified_stats"]) == 0
+    allowed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert allowed["fid"] == pytest.approx(out["fid"], rel=1e-9)
+    assert "does not exist" in _main_failing(capsys, f"--compare_stats={tmp_path / 'a.npz'},nope.npz")
+
+
+def test_reference_of_another_extractor_is_refused_before_features(
+        tmp_path, capsys, extractor_dir, generator_dir, mnist_records):
+    """Reference statistics made with another classifier (other weights, same name and
+    protocol) are refused by the API before the pipeline runs, and by the CLI in one
+    line; the same reference with its own extractor is accepted."""
+    data_dir, _ = mnist_records
+    _, other_model = extractors.build_mnist_classifier(feature_dim=32, seed=2)
+    other_dir = extractors.export_mnist_classifier(other_model, str(tmp_path / "other"))
+    assert identity.saved_model_fingerprint(other_dir) != identity.saved_model_fingerprint(
+        extractor_dir)
+    ref = str(tmp_path / "ref.npz")
+    fid.evaluate(fid.TFRecordSource(data_dir, "train"), "mnist_classifier", other_dir,
+                 output_stats=ref, kid_samples=0)
+    with pytest.raises(fid_math.StatisticsMismatchError, match="different mnist_classifier"):
+        fid.evaluate(fid.SampleSource(generator_dir, 5), "mnist_classifier", extractor_dir,
+                     reference_stats_path=ref, kid_samples=0)
+    assert fid.check_reference_stats(ref, "mnist_classifier", other_dir).count == NUM_REAL
+    line = _main_failing(capsys, f"--saved_model={generator_dir}", "--num_samples=5",
+                            f"--reference_stats={ref}", "--extractor=mnist_classifier",
+                            f"--extractor_path={extractor_dir}")
+    assert "different mnist_classifier" in line and "ref.npz" in line
 
 
 def test_full_cli_run(tmp_path, generator_dir, extractor_dir, mnist_records):

@@ -57,7 +57,7 @@ def test_beam_combine_matches_numpy(tmp_path):
     np.testing.assert_allclose(stats.sigma, np.cov(x, rowvar=False), rtol=1e-6, atol=1e-9)
     y = _features(n=500, d=24, seed=2, offset=99.0).astype(np.float64)
     other = FeatureStatistics.from_features(y)
-    fid = fid_math.fid_from_statistics(stats, other)
+    fid = fid_math.frechet_distance(stats.mu, stats.sigma, other.mu, other.sigma)
     assert fid == pytest.approx(_numpy_fid(x, y), rel=1e-6)
 
 
@@ -81,7 +81,7 @@ def test_merge_of_split_batches_equals_whole():
 def test_fid_of_set_with_itself_is_zero():
     x = _features(n=400, d=12, seed=5)
     s = FeatureStatistics.from_features(x)
-    assert abs(fid_math.fid_from_statistics(s, s)) < 1e-6
+    assert abs(fid_math.frechet_distance(s.mu, s.sigma, s.mu, s.sigma)) < 1e-6
 
 
 def test_fid_closed_form_for_diagonal_gaussians():
@@ -103,6 +103,135 @@ def test_fid_closed_form_for_rotated_gaussians():
     assert fid_math.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
 
 
+def _correlated_features(n: int, d: int, seed: int, shift: float = 0.0) -> np.ndarray:
+    """Inception-like features [n, d]: a 64-factor low-rank part plus noise, rectified
+    (exact zeros, as after a ReLU) and offset; float64."""
+    rng = np.random.default_rng(seed)
+    mix = np.random.default_rng(d).normal(size=(min(64, d), d)) / 8.0
+    low = rng.normal(size=(n, mix.shape[0])) @ mix
+    return np.maximum(low + 0.5 * rng.normal(size=(n, d)) + shift, 0.0)
+
+
+def _fit(x: np.ndarray) -> FeatureStatistics:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # N < d: singular on purpose
+        return FeatureStatistics.from_features(x)
+
+
+def _random_psd(d: int, rank: int, rng: np.random.Generator) -> np.ndarray:
+    a = rng.normal(size=(d, rank)) * rng.uniform(0.1, 3.0, size=rank)
+    return a @ a.T
+
+
+@pytest.mark.parametrize("d,rank1,rank2", [(1, 1, 1), (2, 2, 1), (5, 5, 5), (8, 3, 8),
+                                           (12, 4, 6), (12, 12, 12)])
+def test_trace_sqrt_product_matches_brute_force(d, rank1, rank2):
+    """Against the eigenvalues of the non-symmetric product itself (numpy's general
+    eig) and against scipy's sqrtm, full rank and singular."""
+    rng = np.random.default_rng(100 + d + rank1)
+    s1, s2 = _random_psd(d, rank1, rng), _random_psd(d, rank2, rng)
+    eig = np.linalg.eigvals(s1 @ s2)
+    assert np.abs(eig.imag).max() <= 1e-8 * np.abs(eig).max()  # real, as the theory says
+    brute = np.sqrt(np.clip(eig.real, 0, None)).sum()
+    got = fid_math.trace_sqrt_product(s1, s2)
+    assert got == pytest.approx(brute, rel=1e-7, abs=1e-9)
+    assert got == pytest.approx(np.trace(scipy.linalg.sqrtm(s1 @ s2)).real, rel=1e-6)
+    assert fid_math.trace_sqrt_product(s2, s1) == pytest.approx(got, rel=1e-7)
+    root = fid_math.psd_sqrt(s1)
+    np.testing.assert_allclose(root @ root, s1, atol=1e-9 * np.abs(s1).max())
+    np.testing.assert_allclose(root, root.T, atol=0)
+
+
+@pytest.mark.parametrize("d,n1,n2", [
+    (64, 1000, 800),    # full rank
+    (64, 40, 30),       # both singular (N < d)
+    (256, 2000, 1500),
+    (256, 100, 200),    # both singular
+    (512, 300, 5000),   # one singular
+])
+def test_fid_agrees_with_sqrtm_on_correlated_features(d, n1, n2):
+    a = _fit(_correlated_features(n1, d, seed=1))
+    b = _fit(_correlated_features(n2, d, seed=2, shift=0.05))
+    fast = fid_math.frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    reference = fid_math.frechet_distance_sqrtm(a.mu, a.sigma, b.mu, b.sigma)
+    assert fast == pytest.approx(reference, rel=1e-6)
+    assert fast > 0
+
+
+def test_singular_trace_term_matches_exact_low_rank_formula():
+    """S1 = Xc^T Xc / (n - 1) with n < d: the non-zero eigenvalues of S1 S2 are those of
+    the small symmetric Xc S2 Xc^T / (n - 1) [n, n], an independent exact computation.
+    The d - n zero eigenvalues come back as rounding noise whose square roots bias the
+    trace by ~5e-8 relative (sqrtm's bias is of the same size)."""
+    d, n = 384, 60
+    x = _correlated_features(n, d, seed=3)
+    s1 = _fit(x).sigma
+    s2 = _fit(_correlated_features(2000, d, seed=4, shift=0.1)).sigma
+    xc = x - x.mean(0)
+    small = np.linalg.eigvalsh(xc @ s2 @ xc.T / (n - 1))
+    exact = np.sqrt(np.clip(small, 0, None)).sum()
+    assert fid_math.trace_sqrt_product(s1, s2) == pytest.approx(exact, rel=2e-7)
+    assert fid_math.trace_sqrt_product(s2, s1) == pytest.approx(exact, rel=2e-7)
+    sqrtm_value = np.trace(scipy.linalg.sqrtm(s1 @ s2)).real
+    assert abs(fid_math.trace_sqrt_product(s1, s2) - exact) <= 2 * abs(sqrtm_value - exact)
+
+
+def test_fid_agrees_with_sqrtm_on_mnist_classifier_features(mnist_dir):
+    """Real features: the project's MNIST-classifier architecture (128-d ReLU layer, some
+    units dead: exactly singular covariances) on the real digits, N > d and N < d."""
+    from beam_jobs import extractors, mnist_idx
+
+    images, _ = mnist_idx.load_mnist(str(mnist_dir))
+    _, features_model = extractors.build_mnist_classifier(seed=0)
+    x = images[:3000, :, :, None].astype(np.float32) / 255.0
+    pool = np.asarray(features_model.predict(x, batch_size=500, verbose=0)[0], np.float64)
+    assert pool.shape == (3000, 128)
+    cases = [(pool[:1500], pool[1500:]), (pool[:100], pool[1500:]), (pool[:60], pool[100:150])]
+    for xa, xb in cases:
+        a, b = _fit(xa), _fit(xb)
+        fast = fid_math.frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+        reference = fid_math.frechet_distance_sqrtm(a.mu, a.sigma, b.mu, b.sigma)
+        assert fast == pytest.approx(reference, rel=1e-6), (len(xa), len(xb))
+
+
+@pytest.mark.slow  # two scipy sqrtm of 2048 x 2048: one to several minutes on 2 cores
+@pytest.mark.parametrize("n1,n2", [(3000, 2500), (1000, 3000)])
+def test_fid_agrees_with_sqrtm_at_inception_dimension(n1, n2):
+    a = _fit(_correlated_features(n1, 2048, seed=5))
+    b = _fit(_correlated_features(n2, 2048, seed=6, shift=0.05))
+    fast = fid_math.frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    reference = fid_math.frechet_distance_sqrtm(a.mu, a.sigma, b.mu, b.sigma)
+    assert fast == pytest.approx(reference, rel=1e-6)
+
+
+def test_frechet_distance_refuses_non_covariances():
+    with pytest.raises(ValueError, match="not positive semi-definite"):
+        fid_math.frechet_distance(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))
+    with pytest.raises(ValueError, match="sigma2 contains NaN"):
+        fid_math.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.full((2, 2), np.nan))
+
+
+def test_sum_outer_is_symmetric_and_survives_pickling():
+    x = _features(n=FLUSH_PLUS, d=7, seed=14)
+    s = fid_math.SufficientStatistics()
+    for row in x:  # row by row: several syrk blocks plus a pending remainder
+        s.add(row)
+    expected = x.astype(np.float64).T @ x.astype(np.float64)
+    np.testing.assert_allclose(s.sum_outer, expected, rtol=1e-12)
+    np.testing.assert_array_equal(s.sum_outer, s.sum_outer.T)
+    back = pickle.loads(pickle.dumps(s))
+    np.testing.assert_array_equal(back.sum_outer, s.sum_outer)
+    assert back.count == len(x)
+    copy = fid_math.SufficientStatistics(7)
+    copy.count, copy.sum, copy.sum_outer = s.count, s.sum, s.sum_outer
+    np.testing.assert_array_equal(copy.gaussian()[1], s.gaussian()[1])
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        fid_math.SufficientStatistics().add(np.array([[1.0, np.inf]])).flush()
+
+
+FLUSH_PLUS = fid_math.FLUSH_ROWS * 2 + 37
+
+
 def test_fewer_samples_than_dimensions_warns():
     x = _features(n=10, d=32, seed=7)
     with pytest.warns(RuntimeWarning, match=r"only 10 feature vectors for dimension 32"):
@@ -115,13 +244,95 @@ def test_enough_samples_do_not_warn():
         FeatureStatistics.from_features(_features(n=100, d=8, seed=8))
 
 
+def _identified(seed: int = 0, **identity) -> FeatureStatistics:
+    """Statistics of random features with a full identity (overridable per field)."""
+    fields = dict(extractor="inception_v3", extractor_fingerprint="pb-sha256:" + "ab" * 32,
+                  resize_protocol="protocol A", image_shape="64x64x3")
+    fields.update(identity)
+    return FeatureStatistics.from_features(_features(n=200, d=6, seed=seed), **fields)
+
+
 def test_fid_rejects_mismatched_shapes_and_extractors():
     with pytest.raises(ValueError, match="different shapes"):
         fid_math.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
-    a = FeatureStatistics(np.zeros(2), np.eye(2), 5, extractor="mnist_classifier")
-    b = FeatureStatistics(np.zeros(2), np.eye(2), 5, extractor="inception_v3")
-    with pytest.raises(ValueError, match="different extractors"):
+    a = FeatureStatistics(np.zeros(2), np.eye(2), 5, extractor="mnist_classifier",
+                          extractor_fingerprint="savedmodel-sha256:" + "0" * 64)
+    b = FeatureStatistics(np.zeros(2), np.eye(2), 5, extractor="inception_v3",
+                          extractor_fingerprint="pb-sha256:" + "0" * 64)
+    with pytest.raises(fid_math.StatisticsMismatchError, match="different extractors"):
         fid_math.fid_from_statistics(a, b)
+    with pytest.raises(fid_math.StatisticsMismatchError, match="different extractors"):
+        fid_math.fid_from_statistics(a, b, allow_unverified=True)
+
+
+def test_same_identity_is_compared():
+    a, b = _identified(seed=1), _identified(seed=2)
+    assert fid_math.fid_from_statistics(a, b) == pytest.approx(
+        fid_math.frechet_distance(a.mu, a.sigma, b.mu, b.sigma), rel=1e-12)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    # Same name, other weights: e.g. the TTUR .pb vs the Keras .h5 Inception.
+    ("extractor_fingerprint", "keras_h5-sha256:" + "cd" * 32, "different inception_v3"),
+    ("extractor_fingerprint", "pb-sha256:" + "ef" * 32, "different inception_v3"),
+    ("resize_protocol", "protocol B", "resize protocol"),
+    ("image_shape", "32x32x3", "64x64x3 images"),
+    ("extractor", "mnist_classifier", "different extractors"),
+])
+def test_statistics_of_different_identities_are_refused(field, value, message):
+    a, b = _identified(seed=1), _identified(seed=2, **{field: value})
+    for x, y in ((a, b), (b, a)):
+        with pytest.raises(fid_math.StatisticsMismatchError, match=message) as err:
+            fid_math.fid_from_statistics(x, y)
+        assert "\n" not in str(err.value)  # one line, printable by a CLI
+        with pytest.raises(fid_math.StatisticsMismatchError):  # not an "unverified" issue
+            fid_math.fid_from_statistics(x, y, allow_unverified=True)
+
+
+def test_identity_survives_save_and_load(tmp_path):
+    a = _identified(seed=3)
+    path = str(tmp_path / "a.npz")
+    a.save(path)
+    back = FeatureStatistics.load(path)
+    assert (back.extractor, back.extractor_fingerprint, back.resize_protocol,
+            back.image_shape, back.count) == (a.extractor, a.extractor_fingerprint,
+                                              a.resize_protocol, a.image_shape, 200)
+    assert back.source == path
+    with np.load(path) as data:
+        assert int(data["format_version"]) == fid_math.STATS_FORMAT_VERSION
+    other = str(tmp_path / "b.npz")
+    _identified(seed=4, extractor_fingerprint="keras_h5-sha256:" + "12" * 32).save(other)
+    with pytest.raises(fid_math.StatisticsMismatchError, match=r"statistics '.*a\.npz'"):
+        fid_math.fid_from_statistics(FeatureStatistics.load(path), FeatureStatistics.load(other))
+
+
+def test_statistics_without_fingerprint_must_be_regenerated(tmp_path):
+    """Old project files (name and protocol, no fingerprint) and plain TTUR files are
+    refused with a message saying to regenerate; explicitly allowed, they are compared,
+    but what both sides record is still checked."""
+    good = _identified(seed=5)
+    x = _features(n=200, d=6, seed=6)
+    old = str(tmp_path / "old.npz")
+    np.savez(old, mu=x.mean(0), sigma=np.cov(x.astype(np.float64), rowvar=False),
+             count=np.int64(200), extractor=np.str_("inception_v3"),
+             resize_protocol=np.str_("protocol A"))
+    ttur = str(tmp_path / "ttur.npz")
+    np.savez(ttur, mu=x.mean(0), sigma=np.cov(x.astype(np.float64), rowvar=False))
+    for path in (old, ttur):
+        loaded = FeatureStatistics.load(path)
+        for pair in ((good, loaded), (loaded, good)):
+            with pytest.raises(fid_math.UnverifiedStatisticsError,
+                               match=rf"{path}.*no extractor fingerprint.*regenerate") as err:
+                fid_math.fid_from_statistics(*pair)
+            assert "\n" not in str(err.value)
+        assert np.isfinite(fid_math.fid_from_statistics(good, loaded, allow_unverified=True))
+    stale = FeatureStatistics.load(old)
+    stale.resize_protocol = "protocol B"
+    with pytest.raises(fid_math.StatisticsMismatchError, match="resize protocol"):
+        fid_math.fid_from_statistics(good, stale, allow_unverified=True)
+    fresh = FeatureStatistics.from_features(x)  # in memory, no identity at all
+    with pytest.raises(fid_math.UnverifiedStatisticsError, match="in-memory statistics"):
+        fid_math.fid_from_statistics(fresh, fresh)
 
 
 def test_npz_roundtrip_and_ttur_format(tmp_path):
