@@ -17,6 +17,7 @@ the tracemalloc peak of a separate pass (numpy allocations are traced).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
@@ -103,11 +104,14 @@ def beam_fid(n: int, d: int, mode: str, reference: FeatureStatistics) -> dict:
             "total_s": t_stats + t_dist, "sigma": stats.sigma}
 
 
-def numpy_sqrtm_fid(n: int, d: int, reference: FeatureStatistics) -> dict:
-    """The baseline once: numpy statistics and the sqrtm Frechet distance."""
+def numpy_sqrtm_fid(n: int, d: int, reference: FeatureStatistics,
+                    thread_limited: bool = False) -> dict:
+    """The baseline once: numpy statistics and the sqrtm Frechet distance; with
+    ``thread_limited`` under the Beam side's BLAS thread policy (a control run)."""
     stats, t_stats = _timed(numpy_statistics, n, d)
-    fid, t_dist = _timed(fid_math.frechet_distance_sqrtm, stats.mu, stats.sigma,
-                         reference.mu, reference.sigma)
+    with fid_math._blas_threads() if thread_limited else contextlib.nullcontext():
+        fid, t_dist = _timed(fid_math.frechet_distance_sqrtm, stats.mu, stats.sigma,
+                             reference.mu, reference.sigma)
     return {"fid": fid, "statistics_s": t_stats, "distance_s": t_dist,
             "total_s": t_stats + t_dist, "sigma": stats.sigma}
 
@@ -124,6 +128,10 @@ def main() -> None:
     parser.add_argument("--mode", default="in_memory",
                         choices=["in_memory", "multi_threading", "multi_processing"])
     parser.add_argument("--no_memory", action="store_true", help="skip the tracemalloc pass")
+    parser.add_argument("--control", action="store_true",
+                        help="also run the baseline with the Beam side's BLAS thread limit "
+                             "(fid_math.blas_threads_for_load), interleaved: how much of the "
+                             "gain is the algorithm and how much the thread policy")
     args = parser.parse_args()
 
     if args.n % CHUNK:
@@ -136,14 +144,18 @@ def main() -> None:
     del ref_x
 
     load_before = os.getloadavg()
-    beam_runs, numpy_runs, loads = [], [], []
+    runs: dict[str, list[dict]] = {"beam": [], "numpy": [], "control": []}
+    beam_runs, numpy_runs, control_runs = runs["beam"], runs["numpy"], runs["control"]
+    loads = []
     for r in range(args.repeats):
         sides = [("beam", lambda: beam_fid(args.n, args.d, args.mode, reference)),
                  ("numpy", lambda: numpy_sqrtm_fid(args.n, args.d, reference))]
+        if args.control:
+            sides.append(("control", lambda: numpy_sqrtm_fid(args.n, args.d, reference, True)))
         for name, run in (sides if r % 2 == 0 else sides[::-1]):
             out = run()
-            (beam_runs if name == "beam" else numpy_runs).append(out)
-            print(f"repeat {r} {name:5s}: statistics {out['statistics_s']:.2f} s, Frechet "
+            runs[name].append(out)
+            print(f"repeat {r} {name:7s}: statistics {out['statistics_s']:.2f} s, Frechet "
                   f"distance {out['distance_s']:.2f} s, total {out['total_s']:.2f} s",
                   flush=True)
         loads.append(os.getloadavg()[0])
@@ -167,11 +179,17 @@ def main() -> None:
         "fid_beam": fid_beam, "fid_numpy_sqrtm": fid_np, "fid_relative_difference": rel,
         "sigma_max_abs_difference": float(np.max(np.abs(beam_runs[0]["sigma"]
                                                         - numpy_runs[0]["sigma"]))),
+        "blas_threads_at_end": fid_math.blas_threads_for_load() or "library default",
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in load_after],
         "cpus": cpus,
         "machine_idle": idle,
     }
+    if control_runs:
+        report["control_sqrtm_thread_limited_s"] = round(_median(control_runs, "distance_s"), 2)
+        report["control_total_s"] = round(_median(control_runs, "total_s"), 2)
+        report["total_ratio_beam_over_control"] = round(
+            beam_total / _median(control_runs, "total_s"), 3)
     if not args.no_memory:
         report["beam_statistics_peak_traced_mb"] = round(
             _peak_mb(beam_statistics, args.n, args.d, args.mode), 1)
