@@ -28,6 +28,12 @@ declare -A ROWS=(
   # before the flow can explain the data alone.
   [vae_f_fw400]="--variant=vae_f --flow_warmup_steps=400"
   [cqf_fw400]="--flow_warmup_steps=400"
+  # A local flow (1x1 coupling nets: pixels coupled within 2x2 blocks only), so image-level
+  # structure can only come from z (as in VLAE, Chen et al. 2017).
+  [vae_f_k1]="--variant=vae_f --flow_kernel_size=1"
+  [cqf_k1]="--flow_kernel_size=1"
+  # A slower flow (its own Adam at lr/10), so the decoder can follow the features.
+  [vae_f_fw400_flr2e-4]="--variant=vae_f --flow_warmup_steps=400 --flow_learning_rate=2e-4"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${!ROWS[@]}")
