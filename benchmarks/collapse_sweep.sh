@@ -35,6 +35,9 @@ declare -A ROWS=(
   [vae_f_k1s3]="--variant=vae_f --flow_kernel_size=1 --flow_scales=3"   # 4x4 blocks
   [vae_f_k1c32]="--variant=vae_f --flow_kernel_size=1 --enc_dec_channels=32"
   [cqf_k1l10]="--flow_kernel_size=1 --lambda_adv=10"
+  [cqf_k1l10sn]="--flow_kernel_size=1 --lambda_adv=10 --spectral_norm"
+  [cqf_k1sn]="--flow_kernel_size=1 --spectral_norm"
+  [cqf_k1r1]="--flow_kernel_size=1 --gradient_penalty=r1 --gp_weight=1"
   # A slower flow (its own Adam at lr/10), so the decoder can follow the features.
   [vae_f_fw400_flr2e-4]="--variant=vae_f --flow_warmup_steps=400 --flow_learning_rate=2e-4"
 )
