@@ -38,6 +38,10 @@ declare -A ROWS=(
   [cqf_k1l10sn]="--flow_kernel_size=1 --lambda_adv=10 --spectral_norm"
   [cqf_k1sn]="--flow_kernel_size=1 --spectral_norm"
   [cqf_k1r1]="--flow_kernel_size=1 --gradient_penalty=r1 --gp_weight=1"
+  [cqf_k1l10_1600]="--flow_kernel_size=1 --lambda_adv=10 --train_steps=1600"
+  [cqf_k1l10c32]="--flow_kernel_size=1 --lambda_adv=10 --enc_dec_channels=32"
+  [cqf_k1l20]="--flow_kernel_size=1 --lambda_adv=20"
+  [cqf_k1l5]="--flow_kernel_size=1 --lambda_adv=5"
   # A slower flow (its own Adam at lr/10), so the decoder can follow the features.
   [vae_f_fw400_flr2e-4]="--variant=vae_f --flow_warmup_steps=400 --flow_learning_rate=2e-4"
 )
