@@ -42,6 +42,7 @@ declare -A ROWS=(
   [cqf_k1l10c32]="--flow_kernel_size=1 --lambda_adv=10 --enc_dec_channels=32"
   [cqf_k1l20]="--flow_kernel_size=1 --lambda_adv=20"
   [cqf_k1l5]="--flow_kernel_size=1 --lambda_adv=5"
+  [cqf_k1l20sn]="--flow_kernel_size=1 --lambda_adv=20 --spectral_norm"
   # A slower flow (its own Adam at lr/10), so the decoder can follow the features.
   [vae_f_fw400_flr2e-4]="--variant=vae_f --flow_warmup_steps=400 --flow_learning_rate=2e-4"
 )
