@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The diagnostic runs behind MODEL_CARD.md's "Why the hybrid failed" section: the quickstart
-# `cqf` (configs/quickstart.cfg, 800 steps) with one change per row, each trained and then
+# `cqf` as it was before the fix (benchmarks/collapse_sweep_base.cfg, 800 steps) with one change per row, each trained and then
 # evaluated exactly like benchmarks/ablation.py does (validation BPD with IW K=8, latent use,
 # 1,000 samples at T=0 and T=1 in the MNIST classifier's features).
 #
@@ -54,7 +54,7 @@ for name in "${names[@]}"; do
   [ -f "$dir/ev_t1.json" ] && { echo "$name: done"; continue; }
   echo "=== $name: ${ROWS[$name]}"
   # shellcheck disable=SC2086
-  $PY -m pipeline.train --flagfile=configs/quickstart.cfg --data_dir=$D --model_dir=$dir \
+  $PY -m pipeline.train --flagfile=benchmarks/collapse_sweep_base.cfg --data_dir=$D --model_dir=$dir \
       --validation_every=100 --show_progress=false --experiment=sweep --run_name=$name ${ROWS[$name]}
   $PY -m pipeline.evaluate --model_dir=$dir --data_dir=$D --importance_samples=8 \
       --fid_samples=1000 --temperature=0 --extractor_path=$W/mnist_classifier \
