@@ -36,6 +36,10 @@ PAPER_CIFAR10 = {  # Lucas et al. 2019, table "impact of training objectives and
     "vae": ("4.4", "171"), "vae_f": ("3.5", "112"), "cq": ("4.4", "58.6"),
     "cqf": ("3.9", "28.0"), "gan": ("—", "31.4"), "flow": ("3.5 (Real NVP)", "—"),
 }
+# The Real NVP baselines have no latent: they keep 3x3 coupling nets (a full Real NVP)
+# whatever --flow_kernel_size the flagfile gives the latent variants (a local flow alone
+# would only be a model of 2x2 pixel blocks).
+VARIANT_FLAGS = {"flow": "--flow_kernel_size=3", "flow_wgan": "--flow_kernel_size=3"}
 TEMPERATURES = (0.0, 1.0)
 BPD_AXIS_TOP = 8.5  # bits/dim; a uniform model scores 8
 
@@ -60,6 +64,21 @@ def prepare(work: str, mnist_dir: str) -> tuple[str, str, str]:
             "--extractor=mnist_classifier", f"--extractor_path={classifier}",
             f"--output_stats={ref_stats}", "--save_kid_features"], capture=True)
     return data_dir, classifier, ref_stats
+
+
+def heldout_real(work: str, data_dir: str, classifier: str, ref_stats: str) -> dict:
+    """The FID job's numbers for the held-out real digits (validation split) against the
+    same reference statistics: the yardstick of every sample row (cached in ``work``)."""
+    path = os.path.join(work, "heldout_real_fid.json")
+    if not os.path.isfile(path):
+        out = last_json(run_stage(0, 0, "held-out real digits", [
+            sys.executable, "-m", "beam_jobs.fid", f"--data_dir={data_dir}", "--split=validation",
+            "--extractor=mnist_classifier", f"--extractor_path={classifier}",
+            f"--reference_stats={ref_stats}"], capture=True))
+        with open(path, "w") as f:
+            json.dump(out, f)
+    with open(path) as f:
+        return json.load(f)
 
 
 def fmt(values: list, digits: int) -> str:
@@ -87,10 +106,13 @@ def run_one(variant: str, seed: int, args, data_dir: str, classifier: str, ref_s
         f"--train_steps={args.train_steps}", f"--validation_every={args.validation_every}",
         f"--run_name=ablation-{args.tag}-{variant}-{seed}", f"--experiment=ablation-{args.tag}",
         f"--mlflow_tracking_uri={args.mlflow_tracking_uri}", "--show_progress=false",
-        *shlex.split(args.extra_flags)], capture=True)
+        *shlex.split(VARIANT_FLAGS.get(variant, "")), *shlex.split(args.extra_flags)],
+        capture=True)
     train_seconds = time.time() - start
     row = {"variant": variant, "seed": seed, "train_seconds": round(train_seconds, 1),
-           "extra_flags": args.extra_flags, "train_steps": args.train_steps}
+           "extra_flags": " ".join(filter(None, [VARIANT_FLAGS.get(variant, ""),
+                                                  args.extra_flags])),
+           "train_steps": args.train_steps}
     for t in TEMPERATURES:
         cmd = [py, "-m", "pipeline.evaluate", f"--model_dir={model_dir}",
                f"--fid_samples={args.fid_samples}", f"--temperature={t}",
@@ -166,7 +188,7 @@ def sample_grids(rows: dict[str, list[dict]], args, prefix: str) -> list[str]:
     return paths
 
 
-def table(rows: dict[str, list[dict]], args) -> list[str]:
+def table(rows: dict[str, list[dict]], args, real: dict) -> list[str]:
     def col(runs, key, sub):
         return [r.get(key, {}).get(sub) for r in runs]
 
@@ -176,7 +198,9 @@ def table(rows: dict[str, list[dict]], args) -> list[str]:
         f"Command: `python benchmarks/ablation.py {' '.join(sys.argv[1:])}`",
         "",
         f"Architecture and optimizer: `{os.path.relpath(args.flagfile, PROJECT_ROOT)}` for every "
-        f"variant{', plus `' + args.extra_flags + '`' if args.extra_flags else ''}. "
+        f"variant{', plus `' + args.extra_flags + '`' if args.extra_flags else ''}"
+        + "".join(f"; {v}: `{f}`" for v, f in VARIANT_FLAGS.items()
+                  if v in rows and rows[v]) + ". "
         f"BPD: validation split (946 images), ELBO bound (exact for the flows) and "
         f"importance-weighted bound with K={args.importance_samples}. KL: mean KL(q(z|x)||p(z)) "
         "on the validation split in nats; AU: active latent units (Cov_x E_q[z_u] > 0.01). "
@@ -185,7 +209,9 @@ def table(rows: dict[str, list[dict]], args) -> list[str]:
         "project's MNIST classifier against the training split (not Inception: not comparable "
         "to published FIDs); conf: share of samples the classifier gives >= 0.9 to one class; "
         "cov: entropy of the predicted-label histogram / ln 10. Mean ± std over seeds where "
-        "there are several (n in the seeds column).",
+        "there are several (n in the seeds column). Last row: the held-out real digits "
+        "(validation split) through the same FID job, the yardstick (fewer images than the "
+        "samples, and FID is biased upward at small counts).",
         "",
         "| variant | seeds | BPD (bound) | BPD (IW) | KL nats | AU | FID T=0 | conf T=0 | cov T=0 "
         "| FID T=1 | KID T=1 | IS T=1 | conf T=1 | cov T=1 | train s | paper CIFAR-10 BPD / FID |",
@@ -206,6 +232,11 @@ def table(rows: dict[str, list[dict]], args) -> list[str]:
             fmt(col(runs, t1, "is_mean"), 2), fmt(col(runs, t1, "confident_rate"), 2),
             fmt(col(runs, t1, "label_coverage"), 2),
             fmt([r["train_seconds"] for r in runs], 0), f"{paper[0]} / {paper[1]} |"]))
+    lines.append(" | ".join([
+        f"| held-out real digits ({real['num_samples']})", "—", "—", "—", "—", "—",
+        f"{real['fid']:.1f}", f"{real['confident_rate']:.2f}", f"{real['label_coverage']:.2f}",
+        f"{real['fid']:.1f}", f"{real['kid_mean']:.3f}", f"{real['is_mean']:.2f}",
+        f"{real['confident_rate']:.2f}", f"{real['label_coverage']:.2f}", "—", "— |"]))
     return lines
 
 
@@ -245,7 +276,8 @@ def main() -> int:
 
     stem = os.path.splitext(args.out)[0]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    lines = table(rows, args)
+    lines = table(rows, args, heldout_real(os.path.abspath(args.work_dir), data_dir,
+                                           classifier, ref_stats))
     curves = validation_curves(rows, args, stem + "_validation_bpd.png")
     if curves:
         lines += ["", f"Validation-BPD curves: `{os.path.relpath(curves, os.path.dirname(args.out))}`"]

@@ -34,14 +34,25 @@ def posterior_scale(model_dir: str, data_dir: str) -> tuple[float, float]:
     return float(sigma.mean()), float((mu.var(axis=0) / (sigma ** 2).mean(axis=0)).mean())
 
 
+def sweep_rows(script: str) -> dict[str, str]:
+    """{row name: its pipeline.train flags} as benchmarks/collapse_sweep.sh defines them."""
+    import re
+
+    with open(script) as f:
+        return dict(re.findall(r'^\s*\[([\w.-]+)\]="([^"]*)"', f.read(), flags=re.M))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dirs", nargs="+")
     parser.add_argument("--data_dir", default="work/quickstart/data/mnist28")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    lines = ["| run | BPD | BPD (IW) | KL nats | AU | mean sigma_q | SNR | FID T=0 | conf T=0 "
-             "| cov T=0 | FID T=1 | conf T=1 | cov T=1 |", "|" + "---|" * 13]
+    flags_of = sweep_rows(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                       "collapse_sweep.sh"))
+    lines = ["| run | flags (on benchmarks/collapse_sweep_base.cfg) | BPD | BPD (IW) | KL nats | AU | "
+             "mean sigma_q | SNR | FID T=0 | conf T=0 | cov T=0 | FID T=1 | conf T=1 | cov T=1 |",
+             "|" + "---|" * 14]
     for d in sorted(args.model_dirs):
         try:
             with open(os.path.join(d, "ev_t0.json")) as f:
@@ -54,7 +65,8 @@ def main() -> int:
         bpd, lat, s0, s1 = t0.get("bpd", {}), t0.get("latent", {}), t0["samples"], t1["samples"]
         sigma, snr = posterior_scale(d, args.data_dir)
         lines.append(
-            f"| {os.path.basename(d)} | {bpd.get('bpd', float('nan')):.3f} | "
+            f"| {os.path.basename(d)} | `{flags_of.get(os.path.basename(d), '?')}` | "
+            f"{bpd.get('bpd', float('nan')):.3f} | "
             f"{bpd.get('bpd_iw', float('nan')):.3f} | {lat.get('kl_mean', float('nan')):.1f} | "
             f"{lat.get('active_units', '—')} | {sigma:.3f} | {snr:.2f} | {s0['fid']:.1f} | "
             f"{s0['confident_rate']:.2f} | {s0['label_coverage']:.2f} | {s1['fid']:.1f} | "

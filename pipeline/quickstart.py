@@ -2,9 +2,10 @@
 ``../shared/data`` and nothing from the network:
 
 1. Beam preprocessing of the MNIST IDX files into TFRecords (90% train / 10% validation);
-2. the project's MNIST classifier (FID/KID/IS features) and the reference statistics of
-   the training split (Beam FID job; regenerated when they are missing or were made with
-   another classifier, i.e. their recorded fingerprint differs);
+2. the project's MNIST classifier (FID/KID/IS features), the reference statistics of
+   the training split (regenerated when they are missing or were made with another
+   classifier, i.e. their recorded fingerprint differs) and the FID of the held-out real
+   digits against them (Beam FID job; the yardstick of the samples' FID);
 3. training of the main model (``cqf``) with ``configs/quickstart.cfg``;
 4. validation bits/dim (ELBO and importance-weighted bounds), the latent's use (KL,
    active units) and the samples' quality at temperature 0 and 1 (FID/KID/IS, the
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     export_dir = os.path.join(work, "export")
     grid = os.path.join(work, f"samples_{args.variant}.png")
     os.makedirs(work, exist_ok=True)
+    real_fid_file = os.path.join(work, "heldout_real_fid.json")
     total, started = 8, time.time()
 
     if not os.path.isfile(os.path.join(data_dir, "dataset.json")):
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     stale = stale_statistics_reason(ref_stats, "mnist_classifier", classifier)
     if stale:  # missing, or made with another classifier (fingerprint): (re)generate
         print(f"\n    reference statistics needed: {stale}")
+        if os.path.isfile(real_fid_file):  # the yardstick was against the old statistics
+            os.remove(real_fid_file)
         run_stage(3, total, "reference statistics of the training split (Beam FID job)", [
             py, "-m", "beam_jobs.fid", f"--data_dir={data_dir}", "--split=train",
             "--extractor=mnist_classifier", f"--extractor_path={classifier}",
@@ -98,6 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"\n=== [3/{total}] reference statistics exist and match the classifier: "
               f"{ref_stats}")
+    if not os.path.isfile(real_fid_file):
+        real = last_json(run_stage(3, total, "FID of the held-out real digits (the yardstick)", [
+            py, "-m", "beam_jobs.fid", f"--data_dir={data_dir}", "--split=validation",
+            "--extractor=mnist_classifier", f"--extractor_path={classifier}",
+            f"--reference_stats={ref_stats}"], capture=True))
+        with open(real_fid_file, "w") as f:
+            json.dump(real, f)
+    with open(real_fid_file) as f:
+        real_fid = json.load(f)
     train_cmd = [py, "-m", "pipeline.train", f"--flagfile={args.flagfile}",
                  f"--data_dir={data_dir}", f"--model_dir={model_dir}", f"--variant={args.variant}"]
     if args.train_steps:
@@ -136,12 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     if latent:
         print(f"  latent            KL {latent['kl_mean']:.1f} nats, {latent['active_units']} of "
               f"{latent['latent_dim']} units active")
+    print(f"  held-out digits   FID {real_fid['fid']:.2f}, confident "
+          f"{real_fid['confident_rate']:.2f}, label coverage {real_fid['label_coverage']:.2f}  "
+          f"({real_fid['num_samples']} real validation digits, same reference statistics)")
     for t, samples in ((0, evaluation.get("samples", {})), (1, samples_t1)):
         if samples:
-            print(f"  samples T={t}       FID {samples['fid']:.2f}, KID {samples['kid_mean']:.4f}, "
-                  f"IS {samples['is_mean']:.2f}, confident {samples['confident_rate']:.2f}, "
-                  f"label coverage {samples['label_coverage']:.2f}  ({samples['num_samples']} "
-                  "samples, MNIST classifier)")
+            print(f"  samples T={t}       FID {samples['fid']:.2f} "
+                  f"({samples['fid'] / real_fid['fid']:.1f}x the held-out digits'), KID "
+                  f"{samples['kid_mean']:.4f}, IS {samples['is_mean']:.2f}, confident "
+                  f"{samples['confident_rate']:.2f}, label coverage "
+                  f"{samples['label_coverage']:.2f}  ({samples['num_samples']} samples, MNIST "
+                  "classifier)")
     print(f"  export            {version_dir}")
     print(f"  held-out scores   {', '.join(f'{v:.3f}' for v in scored['bits_per_dim'])} bits/dim")
     for t, path in scored["grids"].items():

@@ -27,6 +27,9 @@ flags.DEFINE_integer("batch_size", 64, "Global batch size, split across replicas
 flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints.")
 flags.DEFINE_integer("seed", 0, "Seed of init, data order and all training noise.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate of encoder/decoder/flow.")
+flags.DEFINE_float("flow_learning_rate", 0.0,
+                   "If > 0, the flow's networks get their own Adam with this learning rate "
+                   "(deviation from the paper; 0 = --learning_rate, one optimizer).")
 flags.DEFINE_float("disc_learning_rate", 2e-4, "Adam learning rate of the discriminator.")
 flags.DEFINE_float("adam_beta1", 0.9, "Adam beta_1 of the generator side.")
 flags.DEFINE_float("disc_adam_beta1", 0.5, "Adam beta_1 of the discriminator.")
@@ -70,6 +73,10 @@ flags.DEFINE_integer("enc_dec_downsamples", 2, "Stride-2 stages of encoder/decod
 flags.DEFINE_integer("flow_scales", 2, "Scales of the Real NVP.")
 flags.DEFINE_integer("flow_hidden", 32, "Channels of the coupling ResNets.")
 flags.DEFINE_integer("flow_res_blocks", 1, "Residual blocks per coupling net.")
+flags.DEFINE_integer("flow_kernel_size", 3,
+                     "Convolution size of the coupling nets; 1 = a local flow that couples "
+                     "pixels only within 2^(scales-1)-sized blocks (image-level structure "
+                     "must then come from the latent).")
 flags.DEFINE_boolean("use_actnorm", True, "ActNorm before every coupling.")
 flags.DEFINE_float("logit_alpha", 0.05, "a of the logit preprocessing logit(a + (1 - 2a) x).")
 flags.DEFINE_float("decoder_min_log_sigma", -6.0, "Lower bound of the decoder's log sigma.")

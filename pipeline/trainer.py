@@ -51,6 +51,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     seed: int = 0
     learning_rate: float = 1e-3
+    flow_learning_rate: float = 0.0
     disc_learning_rate: float = 2e-4
     adam_beta1: float = 0.9
     disc_adam_beta1: float = 0.5
@@ -81,6 +82,9 @@ class TrainConfig:
                      "sample_every", "disc_steps", "data_init_batch", "keep_checkpoints"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"--{name}={getattr(self, name)}: expected a positive integer")
+        if self.flow_learning_rate < 0:
+            raise ValueError(f"--flow_learning_rate={self.flow_learning_rate}: expected >= 0 "
+                             "(0 = --learning_rate)")
         for name in ("kl_warmup_steps", "flow_warmup_steps"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"--{name}={getattr(self, name)}: expected >= 0")
@@ -186,9 +190,10 @@ class StepFunctions:
     """The compiled distributed training step of one model."""
 
     def __init__(self, model: HybridModel, strategy: tf.distribute.Strategy, cfg: TrainConfig,
-                 g_opt: keras.optimizers.Optimizer, d_opt: keras.optimizers.Optimizer | None):
+                 g_opt: keras.optimizers.Optimizer, d_opt: keras.optimizers.Optimizer | None,
+                 flow_opt: keras.optimizers.Optimizer | None = None):
         self.model, self.strategy, self.cfg = model, strategy, cfg
-        self.g_opt, self.d_opt = g_opt, d_opt
+        self.g_opt, self.d_opt, self.flow_opt = g_opt, d_opt, flow_opt
         # XLA-compile the per-replica step (as Keras' own fit does): ~2x faster on CPU.
         # One replica only: XLA cannot reach a mirrored variable's copy on another device
         # from inside the compiled cluster (seen with 2 logical CPUs).
@@ -231,7 +236,13 @@ class StepFunctions:
             flow_on = tf.reduce_max(batch["flow_on"])
             grads = [g * flow_on if g is not None and id(v) in flow_ids else g
                      for v, g in zip(g_vars, grads)]
-        self.g_opt.apply_gradients(zip(grads, g_vars))
+        if self.flow_opt is None:
+            self.g_opt.apply_gradients(zip(grads, g_vars))
+        else:  # the flow's own learning rate (--flow_learning_rate)
+            flow_ids = {id(v) for v in model.flow.trainable_variables}
+            pairs = list(zip(grads, g_vars))
+            self.g_opt.apply_gradients([p for p in pairs if id(p[1]) not in flow_ids])
+            self.flow_opt.apply_gradients([p for p in pairs if id(p[1]) in flow_ids])
         out["loss"] = loss
         if self.strategy.num_replicas_in_sync == 1:  # per-replica norms would not add up
             for group, variables in model.generator_variable_groups().items():
@@ -328,7 +339,15 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
     with strategy.scope():
         model = HybridModel(model_config)
         g_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.adam_beta1)
-        g_opt.build(model.generator_variables)
+        flow_vars = list(model.flow.trainable_variables)
+        flow_opt = None
+        if cfg.flow_learning_rate and flow_vars:
+            flow_opt = keras.optimizers.Adam(cfg.flow_learning_rate, beta_1=cfg.adam_beta1)
+            flow_opt.build(flow_vars)
+            flow_ids = {id(v) for v in flow_vars}
+            g_opt.build([v for v in model.generator_variables if id(v) not in flow_ids])
+        else:
+            g_opt.build(model.generator_variables)
         d_opt = None
         if model.spec.adversarial:
             d_opt = keras.optimizers.Adam(cfg.disc_learning_rate, beta_1=cfg.disc_adam_beta1,
@@ -336,6 +355,8 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
             d_opt.build(model.discriminator_variables)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     optimizers = {"generator_optimizer": g_opt}
+    if flow_opt is not None:
+        optimizers["flow_optimizer"] = flow_opt
     if d_opt is not None:
         optimizers["discriminator_optimizer"] = d_opt
     checkpoint = model_io.make_checkpoint(model, step_var, **optimizers)
@@ -358,7 +379,7 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
         "data_dir": os.path.abspath(cfg.data_dir), "dataset": info.raw.get("source"),
         "label_names": info.label_names})
 
-    steps = StepFunctions(model, strategy, cfg, g_opt, d_opt)
+    steps = StepFunctions(model, strategy, cfg, g_opt, d_opt, flow_opt)
     dataset = strategy.experimental_distribute_dataset(
         make_train_dataset(info, cfg, start_step, noise_shapes))
     tracking.configure(cfg.mlflow_tracking_uri or None)

@@ -383,7 +383,8 @@ def build_feature_flow(image_shape: Sequence[int], num_scales: int, hidden_chann
                        num_res_blocks: int, *, use_actnorm: bool = True,
                        logit_alpha: float = LOGIT_ALPHA,
                        couplings_per_scale: int = 3,
-                       final_couplings: int = 4) -> FeatureFlow:
+                       final_couplings: int = 4,
+                       kernel_size: int = 3) -> FeatureFlow:
     """Builds the multi-scale Real NVP feature map f for images of ``image_shape``.
 
     Per scale (Real NVP section 3.6): ``couplings_per_scale`` checkerboard couplings,
@@ -391,8 +392,13 @@ def build_feature_flow(image_shape: Sequence[int], num_scales: int, hidden_chann
     channels; the last scale has ``final_couplings`` checkerboard couplings. Each coupling
     is preceded by an ActNorm when ``use_actnorm``. After a factor-out the output is
     un-squeezed, so the features have the image's shape. ``num_scales=0`` gives the logit
-    preprocessing alone (the feature space of the no-flow variants).
+    preprocessing alone (the feature space of the no-flow variants). ``kernel_size`` is
+    the coupling nets' convolution size; with 1 a coupling conditions only on its own
+    (squeezed) position, so f couples pixels within 2^s x 2^s blocks at most, s =
+    num_scales - 1 (a local flow: image-level structure is left to the latent).
     """
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
     if num_scales < 0:
         raise ValueError(f"num_scales must be >= 0, got {num_scales}")
     check_squeezable(image_shape, num_scales)
@@ -406,7 +412,8 @@ def build_feature_flow(image_shape: Sequence[int], num_scales: int, hidden_chann
             layer = nets.add(ActNormLayer(channels_in, name=f"actnorm_{i}"))
             steps.append(ActNorm(layer, name=f"actnorm_{i}"))
         net = nets.add(ResNetCouplingNet(
-            channels_out, hidden_channels, num_res_blocks, name=f"coupling_net_{i}"))
+            channels_out, hidden_channels, num_res_blocks, kernel_size,
+            name=f"coupling_net_{i}"))
         steps.append(AffineCoupling(net, mask, parity, name=f"coupling_{i}"))
         return steps
 

@@ -90,6 +90,7 @@ class HybridConfig:
     flow_scales: int = 2
     flow_hidden: int = 32
     flow_res_blocks: int = 1
+    flow_kernel_size: int = 3
     use_actnorm: bool = True
     logit_alpha: float = flows.LOGIT_ALPHA
     decoder_min_log_sigma: float = -6.0
@@ -114,6 +115,9 @@ class HybridConfig:
         if self.disc_inputs not in DISC_INPUTS:
             raise ValueError(f"unknown disc_inputs {self.disc_inputs!r}; expected one of "
                              f"{DISC_INPUTS}")
+        if self.flow_kernel_size < 1 or self.flow_kernel_size % 2 == 0:
+            raise ValueError(f"flow_kernel_size={self.flow_kernel_size}: expected a positive "
+                             "odd integer")
         if self.free_bits < 0:
             raise ValueError(f"free_bits={self.free_bits}: expected >= 0 (nats per latent dim)")
         if len(self.image_shape) != 3:
@@ -158,7 +162,7 @@ class HybridModel(keras.Model):
         self.flow = flows.build_feature_flow(
             shape, config.flow_scales if spec.learned_flow else 0, config.flow_hidden,
             config.flow_res_blocks, use_actnorm=config.use_actnorm,
-            logit_alpha=config.logit_alpha)
+            logit_alpha=config.logit_alpha, kernel_size=config.flow_kernel_size)
         self.flow_nets = self.flow.nets
         self.posterior = self.encoder = self.decoder = self.discriminator = None
         if spec.latent:

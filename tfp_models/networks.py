@@ -19,23 +19,26 @@ def track_layer(owner: keras.layers.Layer, layer: keras.layers.Layer, name: str 
 
 
 class ResNetCouplingNet(keras.layers.Layer):
-    """The s/t network of an affine coupling: a ResNet of 3x3 convolutions.
+    """The s/t network of an affine coupling: a ResNet of k x k convolutions (k =
+    ``kernel_size``, 3 by default; 1 makes the coupling see only its own position).
 
     ``call(h)`` with h [N, H, W, C_in] returns (s, t), each [N, H, W, out_channels], with
     s = scale * tanh(raw_s) bounded per channel. The last convolution is zero-initialised,
     so a fresh coupling is the identity (s = t = 0).
     """
 
-    def __init__(self, out_channels: int, hidden_channels: int, num_res_blocks: int, **kwargs):
+    def __init__(self, out_channels: int, hidden_channels: int, num_res_blocks: int,
+                 kernel_size: int = 3, **kwargs):
         super().__init__(**kwargs)
         self.out_channels = out_channels
-        self.in_conv = keras.layers.Conv2D(hidden_channels, 3, padding="same")
+        k = kernel_size
+        self.in_conv = keras.layers.Conv2D(hidden_channels, k, padding="same")
         self.res_convs = [
-            (track_layer(self, keras.layers.Conv2D(hidden_channels, 3, padding="same"), f"res{i}_a"),
-             track_layer(self, keras.layers.Conv2D(hidden_channels, 3, padding="same"), f"res{i}_b"))
+            (track_layer(self, keras.layers.Conv2D(hidden_channels, k, padding="same"), f"res{i}_a"),
+             track_layer(self, keras.layers.Conv2D(hidden_channels, k, padding="same"), f"res{i}_b"))
             for i in range(num_res_blocks)]
         self.out_conv = keras.layers.Conv2D(
-            2 * out_channels, 3, padding="same",
+            2 * out_channels, k, padding="same",
             kernel_initializer="zeros", bias_initializer="zeros")
 
     def build(self, input_shape):
