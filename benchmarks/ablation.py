@@ -58,7 +58,14 @@ def prepare(work: str, mnist_dir: str) -> tuple[str, str, str]:
     if not os.path.isdir(classifier):
         run_stage(0, 0, "classifier", [py, "-m", "beam_jobs.train_mnist_classifier",
                                        f"--mnist_dir={mnist_dir}", f"--output={classifier}"])
-    if not os.path.isfile(ref_stats):
+    from beam_jobs.identity import stale_statistics_reason
+
+    stale = stale_statistics_reason(ref_stats, "mnist_classifier", classifier)
+    if stale:  # missing, or made with another classifier: (re)generate, and the yardstick
+        print(f"reference statistics needed: {stale}")
+        real_fid = os.path.join(work, "heldout_real_fid.json")
+        if os.path.isfile(real_fid):
+            os.remove(real_fid)
         run_stage(0, 0, "reference stats", [
             py, "-m", "beam_jobs.fid", f"--data_dir={data_dir}", "--split=train",
             "--extractor=mnist_classifier", f"--extractor_path={classifier}",
