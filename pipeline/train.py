@@ -116,13 +116,17 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from pipeline import data as data_lib
-    from pipeline.trainer import data_image_shape, train
+    from pipeline.trainer import TrainingInterrupted, data_image_shape, train
 
     values, train_cfg = configs_from_flags()
     info = data_lib.read_dataset_info(train_cfg.data_dir)
     model_cfg = HybridConfig(image_shape=data_image_shape(info, train_cfg), **values)
     params = {"flagfile": ",".join(a.split("=", 1)[1] for a in sys.argv if a.startswith("--flagfile="))}
-    summary = train(model_cfg, train_cfg, params_to_log=params)
+    try:
+        summary = train(model_cfg, train_cfg, params_to_log=params)
+    except TrainingInterrupted as stop:  # checkpointed; the MLflow run is marked KILLED
+        print(f"pipeline.train: {stop}; resume with the same --model_dir", file=sys.stderr)
+        sys.exit(128 + stop.signum)
     print(json.dumps(summary, indent=2, default=str))
 
 

@@ -38,7 +38,14 @@ class TrainingDiverged(FloatingPointError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """SIGTERM/SIGINT arrived; a checkpoint of the current step was written."""
+    """SIGTERM/SIGINT arrived; a checkpoint of the last completed step was written.
+
+    ``signum`` is the signal's number (the CLI exits with 128 + signum), ``step`` the
+    last completed step (the one the checkpoint holds)."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"received signal {signum}; stopped after step {step}")
+        self.signum, self.step = signum, step
 
 
 @dataclasses.dataclass
@@ -279,24 +286,42 @@ def _check_compatible(model_dir: str, config: HybridConfig) -> None:
 
 
 class _SignalGuard:
-    """Turns SIGTERM into TrainingInterrupted while training runs."""
+    """Records SIGTERM and SIGINT in ``signum`` while training runs (the handlers only set
+    the flag). The loop checks it at step boundaries, so a signal that arrives inside a
+    step lets that step finish and be counted before the checkpoint is written."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __enter__(self):
-        self._previous = signal.getsignal(signal.SIGTERM)
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
         def handler(signum, frame):
-            raise TrainingInterrupted(f"received signal {signum}")
+            if self.signum is None:
+                log.warning("received signal %d: stopping after the current step", signum)
+            self.signum = signum
 
         try:
-            signal.signal(signal.SIGTERM, handler)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, handler)
         except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
+            pass
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
         return False
+
+
+def _save_interrupted(manager: tf.train.CheckpointManager, step: int, start_step: int) -> None:
+    """Checkpoints the last completed step ``step`` after a signal, unless that step's
+    checkpoint was already written (a periodic one: same contents, not rewritten) or no
+    step ran in this process (the restored checkpoint is that state)."""
+    latest = manager.latest_checkpoint
+    if step == start_step or (latest and latest.endswith(f"ckpt-{step}")):
+        return
+    manager.save(checkpoint_number=step)
 
 
 def train(model_config: HybridConfig, cfg: TrainConfig,
@@ -372,7 +397,7 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
         return path
 
     with tracking.tracked_run(cfg.model_dir, cfg.experiment, cfg.run_name or None,
-                              tags={"variant": model_config.variant}) as run_id, _SignalGuard():
+                              tags={"variant": model_config.variant}) as run_id, _SignalGuard() as guard:
         summary["mlflow_run_id"] = run_id
         tracking.log_params_once(run_id, {**dataclasses.asdict(model_config),
                                           **dataclasses.asdict(cfg), **(params_to_log or {})})
@@ -386,7 +411,7 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
         if cfg.validation_every and model.spec.has_likelihood:
             validation = ValidationBound(model, info, cfg.validation_examples, cfg.seed)
         try:
-            while step < cfg.train_steps:
+            while step < cfg.train_steps and guard.signum is None:  # a step boundary
                 out = steps.step_fn(next(iterator))
                 step += 1
                 step_var.assign(step)
@@ -408,10 +433,9 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
                     last_good = manager.save(checkpoint_number=step)
                 if step % cfg.sample_every == 0 and step != cfg.train_steps:
                     write_grid(step)
-        except TrainingInterrupted:
-            if values and all(math.isfinite(v) for v in values.values()):
-                manager.save(checkpoint_number=step)
-            raise
+            if guard.signum is not None:
+                _save_interrupted(manager, step, start_step)
+                raise TrainingInterrupted(guard.signum, step)
         finally:
             bar.close()
         summary.update(step=step, metrics=values, checkpoint=manager.latest_checkpoint,
