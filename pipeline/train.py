@@ -55,7 +55,8 @@ flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept on disk.")
 flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored", "multi_worker"],
                   "tf.distribute strategy; auto = MirroredStrategy if GPUs are visible.")
 flags.DEFINE_list("devices", [], "Devices of --strategy=mirrored (default: all GPUs).")
-flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = MLflow default).")
+flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = the one recorded "
+                    "in --model_dir by an earlier run, else MLflow's default).")
 flags.DEFINE_string("experiment", "adaptive-density", "MLflow experiment name.")
 flags.DEFINE_string("run_name", "", "MLflow run name.")
 flags.DEFINE_boolean("show_progress", True, "Show a progress bar.")

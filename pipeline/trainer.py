@@ -386,14 +386,15 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
     steps = StepFunctions(model, strategy, cfg, g_opt, d_opt)
     dataset = strategy.experimental_distribute_dataset(
         make_train_dataset(info, cfg, start_step, noise_shapes))
-    tracking.configure(cfg.mlflow_tracking_uri or None)
+    tracking.configure(cfg.mlflow_tracking_uri or None, cfg.model_dir)
+    track = tracking.call_with_retries  # tracking failures inside the loop are warnings
     grid_dir = os.path.join(cfg.model_dir, "samples")
     summary: dict[str, Any] = {"start_step": start_step}
 
     def write_grid(step: int) -> str:
         images = model.sample(cfg.num_grid_samples, cfg.sample_temperature, seed=cfg.seed).numpy()
         path = images_lib.save_grid(images, os.path.join(grid_dir, f"step_{step:07d}.png"))
-        tracking.mlflow.log_artifact(path, artifact_path="samples")
+        track(tracking.mlflow.log_artifact, path, artifact_path="samples")
         return path
 
     with tracking.tracked_run(cfg.model_dir, cfg.experiment, cfg.run_name or None,
@@ -425,10 +426,12 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
                 if on_step is not None:
                     on_step(step, values)
                 if step % cfg.log_every == 0 or step == cfg.train_steps:
-                    tracking.mlflow.log_metrics({f"train/{k}": v for k, v in values.items()}, step)
+                    track(tracking.mlflow.log_metrics,
+                          {f"train/{k}": v for k, v in values.items()}, step)
                 if validation is not None and (step % cfg.validation_every == 0
                                                or step == cfg.train_steps):
-                    tracking.mlflow.log_metric("validation/bpd", validation.bits_per_dim(), step)
+                    track(tracking.mlflow.log_metric, "validation/bpd",
+                          validation.bits_per_dim(), step)
                 if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
                     last_good = manager.save(checkpoint_number=step)
                 if step % cfg.sample_every == 0 and step != cfg.train_steps:
@@ -440,11 +443,11 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
             bar.close()
         summary.update(step=step, metrics=values, checkpoint=manager.latest_checkpoint,
                        grid=write_grid(step), model_dir=os.path.abspath(cfg.model_dir))
-        tracking.mlflow.log_artifact(os.path.join(cfg.model_dir, model_io.CONFIG_FILE))
+        track(tracking.mlflow.log_artifact, os.path.join(cfg.model_dir, model_io.CONFIG_FILE))
         ckpt = manager.latest_checkpoint
         if ckpt:
             for name in os.listdir(cfg.model_dir):
                 if name.startswith(os.path.basename(ckpt) + ".") or name == "checkpoint":
-                    tracking.mlflow.log_artifact(os.path.join(cfg.model_dir, name),
-                                                 artifact_path="checkpoint")
+                    track(tracking.mlflow.log_artifact, os.path.join(cfg.model_dir, name),
+                          artifact_path="checkpoint")
     return summary

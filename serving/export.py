@@ -190,9 +190,13 @@ def main(argv: list[str]) -> None:
 
     del argv
     f = flags.FLAGS
+    tracking_uri = f.mlflow_tracking_uri or None
+    if f.mlflow:  # default: the store recorded in the model directory
+        from pipeline import tracking
+        tracking_uri = tracking.configure(tracking_uri, f.model_dir)
     version_dir = export_model(
         f.model_dir, f.export_dir, f.model_name, f.version, f.score_importance_samples,
-        f.score_seed, f.serving_base_path or None, f.mlflow, f.mlflow_tracking_uri or None)
+        f.score_seed, f.serving_base_path or None, f.mlflow, tracking_uri)
     print(json.dumps({"version_dir": version_dir}))
 
 
@@ -210,7 +214,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("serving_base_path", "", "base_path in models.config (default: the "
                         "absolute export path; '/models/NAME' inside the tensorflow/serving image).")
     flags.DEFINE_bool("mlflow", True, "Log to the model dir's MLflow run and register the model.")
-    flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI (default: MLflow's).")
+    flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI (default: the one "
+                        "recorded in --model_dir, else MLflow's).")
     flags.mark_flags_as_required(["model_dir", "export_dir", "model_name"])
 
 
