@@ -5,7 +5,9 @@
 
 writes ``<export_dir>/<model_name>/<version>/`` (TF Serving's layout: saved_model.pb,
 variables/, assets.extra/tf_serving_warmup_requests, assets.extra/export_metadata.json)
-and ``<export_dir>/models.config`` (a model_config_list naming every exported model).
+and ``<export_dir>/models.config`` (a model_config_list naming every exported model) with
+``<export_dir>/batching_parameters.txt`` beside it (TF Serving's ``--enable_batching``
+settings; its max_batch_size is the smallest ``--max_batch`` of the exported models).
 The version defaults to 1 + the highest existing integer version; an existing version is
 never overwritten. The version directory is written under a temporary name and renamed
 when complete, so a TF Serving instance polling the base path never loads a partial
@@ -24,13 +26,14 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import model_io
-from serving.signatures import DEFAULT_SCORE_SEED, SCORE_OUTPUTS, ServingModule
+from serving.signatures import DEFAULT_MAX_BATCH, DEFAULT_SCORE_SEED, SCORE_OUTPUTS, ServingModule
 
 log = logging.getLogger(__name__)
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 METADATA_FILE = "export_metadata.json"
 MODELS_CONFIG = "models.config"
+BATCHING_PARAMETERS = "batching_parameters.txt"
 
 
 def existing_versions(model_base: str) -> list[int]:
@@ -94,10 +97,40 @@ def write_models_config(export_dir: str, model_name: str, base_path: str) -> str
     return path
 
 
+def write_batching_parameters(export_dir: str, max_batch: int) -> str:
+    """Writes ``<export_dir>/batching_parameters.txt``, a TF Serving BatchingParameters
+    text proto for ``tensorflow_model_server --enable_batching
+    --batching_parameters_file=...``. Its max_batch_size (rows of one merged batch) is
+    ``max_batch``, or the value already in the file if smaller: the server-side batcher
+    must never build a batch that a served model's in-graph limit rejects. Returns the path."""
+    import re
+
+    path = os.path.join(export_dir, BATCHING_PARAMETERS)
+    size = int(max_batch)
+    if os.path.isfile(path):
+        with open(path) as f:
+            found = re.search(r"max_batch_size\s*\{\s*value:\s*(\d+)", f.read())
+        if found:
+            size = min(size, int(found.group(1)))
+    text = (
+        "# TF Serving batching: tensorflow_model_server --enable_batching "
+        f"--batching_parameters_file=<this file>\n"
+        "# max_batch_size must not exceed the smallest --max_batch of the served exports.\n"
+        f"max_batch_size {{ value: {size} }}\n"
+        "batch_timeout_micros { value: 2000 }\n"       # wait <= 2 ms to fill a batch
+        "max_enqueued_batches { value: 64 }\n"          # queue bound: back-pressure, not OOM
+        "num_batch_threads { value: 4 }\n"
+        "pad_variable_length_inputs: false\n")
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+    return path
+
+
 def export_model(model_dir: str, export_dir: str, model_name: str, version: int | None = None,
                  score_importance_samples: int = 1, score_seed: int = DEFAULT_SCORE_SEED,
                  serving_base_path: str | None = None, log_to_mlflow: bool = True,
-                 tracking_uri: str | None = None) -> str:
+                 tracking_uri: str | None = None, max_batch: int = DEFAULT_MAX_BATCH) -> str:
     """Exports the latest checkpoint of ``model_dir``; returns the version directory.
 
     Args:
@@ -112,6 +145,8 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
       log_to_mlflow: log the export to model_dir's MLflow run and register it as
         ``model_name`` (skipped, with a warning, if the model dir has no MLflow run).
       tracking_uri: MLflow tracking URI (None: MLflow's current/default one).
+      max_batch: the most rows one request to any signature may hold (checked in the
+        graph; recorded in export_metadata.json and batching_parameters.txt).
 
     Raises:
       FileExistsError: the version already exists. ValueError: bad name/version/K.
@@ -119,6 +154,8 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
     if not model_name or not all(ch.isalnum() or ch in "_.-" for ch in model_name):
         raise ValueError(f"--model_name={model_name!r}: expected a non-empty name of letters, "
                          "digits, '_', '.' or '-'")
+    if isinstance(max_batch, bool) or int(max_batch) != max_batch or int(max_batch) < 1:
+        raise ValueError(f"--max_batch={max_batch!r}: expected a positive integer")
     if int(score_importance_samples) < 1:
         raise ValueError(f"--score_importance_samples={score_importance_samples}: expected a "
                          "positive integer")
@@ -136,7 +173,7 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
             f"{existing_versions(model_base)[-1] + 1 if existing_versions(model_base) else 1}")
 
     model, step = model_io.load_trained_model(model_dir)
-    module = ServingModule(model, score_importance_samples, score_seed)
+    module = ServingModule(model, score_importance_samples, score_seed, int(max_batch))
     signatures = module.signatures()
     if not module.has_score:
         log.warning("variant %r defines no likelihood: the export has no 'score' signature; "
@@ -154,7 +191,7 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
             "checkpoint_step": step, "variant": model.spec.name,
             "model_config": json.loads(model.config.to_json()),
             "image_shape": list(module.image_shape), "latent_size": module.latent_size,
-            "signatures": names,
+            "signatures": names, "max_batch": module.max_batch,
             "serving_default": "score" if module.has_score else "sample",
             "score": ({"importance_samples": module.num_samples, "seed": module.score_seed,
                        "dequantization": "mid-bin (x + 0.5) / 256",
@@ -176,6 +213,7 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     config_path = write_models_config(export_dir, model_name, serving_base_path or model_base)
+    write_batching_parameters(export_dir, module.max_batch)
     log.info("exported %s (step %d, variant %s, signatures %s) to %s; TF Serving config %s",
              model_dir, step, model.spec.name, names, version_dir, config_path)
     if log_to_mlflow:
@@ -196,7 +234,7 @@ def main(argv: list[str]) -> None:
         tracking_uri = tracking.configure(tracking_uri, f.model_dir)
     version_dir = export_model(
         f.model_dir, f.export_dir, f.model_name, f.version, f.score_importance_samples,
-        f.score_seed, f.serving_base_path or None, f.mlflow, tracking_uri)
+        f.score_seed, f.serving_base_path or None, f.mlflow, tracking_uri, f.max_batch)
     print(json.dumps({"version_dir": version_dir}))
 
 
@@ -213,6 +251,9 @@ def _define_flags() -> None:
     flags.DEFINE_integer("score_seed", DEFAULT_SCORE_SEED, "Seed of score's fixed posterior noise.")
     flags.DEFINE_string("serving_base_path", "", "base_path in models.config (default: the "
                         "absolute export path; '/models/NAME' inside the tensorflow/serving image).")
+    flags.DEFINE_integer("max_batch", DEFAULT_MAX_BATCH,
+                         "Most rows (images, seeds, latents) per request; larger requests are "
+                         "refused inside the graph (clients split them).", lower_bound=1)
     flags.DEFINE_bool("mlflow", True, "Log to the model dir's MLflow run and register the model.")
     flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI (default: the one "
                         "recorded in --model_dir, else MLflow's).")

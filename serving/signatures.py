@@ -13,6 +13,11 @@ Signatures (N is the batch size, H, W, C the model's image shape, D = H * W * C)
   mean f^-1(mu(z)) for latent variants, f^-1(latent reshaped to [H, W, C]) for flows
   (d = D), for interpolation.
 
+Every signature accepts at most ``max_batch`` rows (N <= max_batch, an export setting,
+default :data:`DEFAULT_MAX_BATCH`); a larger request fails inside the graph with
+"at most M rows per request ...", so one request cannot exhaust the server's memory.
+Clients split larger jobs into chunks (serving.client).
+
 ``images`` and ``latent`` are declared with unknown shape so that every caller -- TF
 Serving's C++ runtime as well as Python -- reaches the in-graph checks, whose messages
 name the expected shape (e.g. "images must be uint8 [N, 28, 28, 1]"); TF Serving returns
@@ -28,6 +33,7 @@ from tfp_models.hybrid import HybridModel
 
 SCORE_OUTPUTS = ("log_likelihood_nats", "bits_per_dim")
 DEFAULT_SCORE_SEED = 20190917
+DEFAULT_MAX_BATCH = 1024
 
 
 def score_noise(model: HybridModel, num_samples: int, seed: int = DEFAULT_SCORE_SEED
@@ -73,14 +79,18 @@ class ServingModule(tf.Module):
       model: the trained model (its variables are saved with the module).
       score_importance_samples: K of the score bound (1: the ELBO; ignored by flows).
       score_seed: seed of the fixed posterior noise of ``score``.
+      max_batch: the most rows (images, seeds or latents) one call accepts.
     """
 
     def __init__(self, model: HybridModel, score_importance_samples: int = 1,
-                 score_seed: int = DEFAULT_SCORE_SEED):
+                 score_seed: int = DEFAULT_SCORE_SEED, max_batch: int = DEFAULT_MAX_BATCH):
         super().__init__(name="hybrid_serving")
         if int(score_importance_samples) < 1:
             raise ValueError(f"score_importance_samples={score_importance_samples}: expected a "
                              "positive integer")
+        if int(max_batch) < 1:
+            raise ValueError(f"max_batch={max_batch}: expected a positive integer")
+        self.max_batch = int(max_batch)
         self.model = model
         self.image_shape = tuple(int(d) for d in model.config.image_shape)
         self.latent_size = (model.config.latent_dim if model.spec.latent
@@ -100,6 +110,14 @@ class ServingModule(tf.Module):
             tf.TensorSpec(None, tf.float32, name="latent")])
 
     # ------------------------------------------------------------------ validation
+
+    def _check_rows(self, rows: tf.Tensor, tensor: tf.Tensor, what: str) -> tf.Tensor:
+        """``tensor`` after an in-graph check that ``rows`` <= max_batch."""
+        check = tf.debugging.Assert(rows <= self.max_batch, [
+            f"at most {self.max_batch} {what} per request (the export's --max_batch); split "
+            "the request into chunks; got", rows], name="check_max_batch")
+        with tf.control_dependencies([check]):
+            return tf.identity(tensor)
 
     def _check_images(self, images: tf.Tensor) -> tf.Tensor:
         expected = tf.constant(self.image_shape, tf.int32)
@@ -132,6 +150,7 @@ class ServingModule(tf.Module):
         if not self.has_score:
             raise ValueError(f"variant {self.model.spec.name!r} defines no likelihood to score")
         images = self._check_images(images)
+        images = self._check_rows(tf.shape(images)[0], images, "images")
         return deterministic_score(self.model, images, self.num_samples, self.score_seed)
 
     def _sample(self, seed: tf.Tensor, temperature: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -143,6 +162,7 @@ class ServingModule(tf.Module):
             ["temperature must be finite and >= 0; got", temperature], name="check_temperature")
         with tf.control_dependencies([same, valid]):
             seed = tf.identity(seed)
+        seed = self._check_rows(tf.size(seed), seed, "seeds")
         # The same streams as HybridModel.sample: prior noise (seed, 1), decoder eps (seed, 2).
         z = row_noise(seed, self.model.prior_noise_shape(), 1)
         eps = row_noise(seed, self.image_shape, 2) if self.model.spec.latent else None
@@ -151,6 +171,7 @@ class ServingModule(tf.Module):
 
     def _sample_latent(self, latent: tf.Tensor) -> dict[str, tf.Tensor]:
         latent = self._check_latent(latent)
+        latent = self._check_rows(tf.shape(latent)[0], latent, "latents")
         if self.model.spec.latent:
             mu, _ = self.model.decoder(latent)
             images = self.model.features_to_images(mu)
