@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from pipeline import data as data_lib
 from pipeline import images as images_lib
-from pipeline import model_io
+from pipeline import model_io, model_lock
 from tfp_models import flows, metrics
 from tfp_models.hybrid import HybridConfig, HybridModel
 
@@ -331,8 +331,19 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
     final step, last metrics, checkpoint path, MLflow run id and sample grid path.
 
     ``model_config.image_shape`` is replaced by the data set's (from dataset.json).
-    Every input is checked before any training starts.
+    Every input is checked before any training starts. The chief holds the model
+    directory's lock (pipeline.model_lock) throughout: a second trainer on the same
+    directory raises :class:`~pipeline.model_lock.ModelDirInUse`.
     """
+    if not model_lock.is_chief():  # multi-worker non-chiefs do not own the directory
+        return _train(model_config, cfg, params_to_log, on_step)
+    with model_lock.ModelDirLock(cfg.model_dir):
+        return _train(model_config, cfg, params_to_log, on_step)
+
+
+def _train(model_config: HybridConfig, cfg: TrainConfig, params_to_log: dict[str, Any] | None,
+           on_step: Callable[[int, dict], None] | None) -> dict[str, Any]:
+    """:func:`train` without the model directory lock."""
     from pipeline import tracking  # mlflow import is slow; keep it off tfp_models' path
 
     info = data_lib.read_dataset_info(cfg.data_dir)

@@ -36,6 +36,18 @@ MODELS_CONFIG = "models.config"
 BATCHING_PARAMETERS = "batching_parameters.txt"
 
 
+def check_model_name(model_name: str) -> None:
+    """ValueError unless ``model_name`` is a plain name usable as one directory: letters,
+    digits, '_', '.', '-', starting with a letter or digit (so no '..', no path separators,
+    no hidden or absolute paths)."""
+    if (not isinstance(model_name, str) or not model_name or not model_name[0].isalnum()
+            or ".." in model_name
+            or not all((ch.isascii() and ch.isalnum()) or ch in "_.-" for ch in model_name)):
+        raise ValueError(f"--model_name={model_name!r}: expected a plain name of letters, "
+                         "digits, '_', '.' or '-' that starts with a letter or digit and has "
+                         "no '..' (it names a directory under --export_dir)")
+
+
 def existing_versions(model_base: str) -> list[int]:
     """Integer version directories under ``<export_dir>/<model_name>``, ascending."""
     if not os.path.isdir(model_base):
@@ -136,7 +148,7 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
     Args:
       model_dir: a model directory written by pipeline.train (model_config.json + ckpt-*).
       export_dir: the TF Serving model root; the model goes to export_dir/model_name/version.
-      model_name: TF Serving / MLflow registry name ([A-Za-z0-9_.-]+).
+      model_name: TF Serving / MLflow registry name ([A-Za-z0-9][A-Za-z0-9_.-]*, no '..').
       version: positive integer; None: 1 + the highest existing version (1 if none).
       score_importance_samples: K of the importance-weighted score bound (1: the ELBO).
       score_seed: seed of the fixed posterior noise used by ``score``.
@@ -151,9 +163,7 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
     Raises:
       FileExistsError: the version already exists. ValueError: bad name/version/K.
     """
-    if not model_name or not all(ch.isalnum() or ch in "_.-" for ch in model_name):
-        raise ValueError(f"--model_name={model_name!r}: expected a non-empty name of letters, "
-                         "digits, '_', '.' or '-'")
+    check_model_name(model_name)
     if isinstance(max_batch, bool) or int(max_batch) != max_batch or int(max_batch) < 1:
         raise ValueError(f"--max_batch={max_batch!r}: expected a positive integer")
     if int(score_importance_samples) < 1:
