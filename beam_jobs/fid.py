@@ -568,5 +568,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+_USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+                PermissionError, ValueError)
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """:func:`main` for the command line: a user error (missing input, bad value) is one
+    line ``python -m beam_jobs.fid: error: ...`` on stderr and exit code 2, not a
+    traceback (``AD_TRACEBACK=1`` shows it)."""
+    try:
+        return main(argv)
+    except _USER_ERRORS as e:
+        if os.environ.get("AD_TRACEBACK"):
+            raise
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        print(f"python -m beam_jobs.fid: error: {lines[0] if lines else type(e).__name__}",
+              file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -508,8 +508,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             validation_fraction=args.validation_fraction, num_shards=args.num_shards,
             grayscale=args.grayscale, overwrite=args.overwrite, pipeline_args=beam_args,
             max_member_bytes=args.max_member_bytes)
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError, ValueError) as e:  # user errors: one line, no traceback
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        print(f"python -m beam_jobs.preprocess: error: {lines[0] if lines else type(e).__name__}",
+              file=sys.stderr)
         return 2
     counts = ", ".join(f"{s} {v['count']}" for s, v in info["splits"].items())
     print(f"wrote {args.output_dir}: {counts} images {info['image_shape']}, "

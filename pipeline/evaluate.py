@@ -232,4 +232,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from pipeline.cli import user_errors
+
+    app.run(user_errors("python -m pipeline.evaluate")(main))

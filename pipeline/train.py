@@ -132,4 +132,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from pipeline.cli import user_errors
+    from pipeline.model_lock import ModelDirInUse
+    from pipeline.trainer import TrainingDiverged
+
+    app.run(user_errors("python -m pipeline.train", (ModelDirInUse, TrainingDiverged))(main))

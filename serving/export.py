@@ -275,4 +275,6 @@ if __name__ == "__main__":
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _define_flags()
-    app.run(main)
+    from pipeline.cli import user_errors
+
+    app.run(user_errors("python -m serving.export")(main))
