@@ -4,12 +4,15 @@
     python -m serving.client --target=rest --address=localhost:8501 --model_name=cqf \
         sample --n 16 --out grid.png [--seed 0] [--temperature 1.0]
     python -m serving.client --target=grpc --address=localhost:8500 --model_name=cqf \
-        score a.png b.png                       # prints bits/dim per image
+        score a.png b.png            # bits/dim per image (point estimate; IW bound if exported)
     python -m serving.client --target=mlflow --address=127.0.0.1:5001 sample --n 4 --out g.png
     python -m serving.client --target=local --address=exports/cqf/1 score a.png   # no server
 
 Every client has the same methods: ``score(images uint8 [N, H, W, C]) -> {"log_likelihood_nats":
-[N], "bits_per_dim": [N]}``, ``sample(seeds [N], temperatures [N]) -> uint8 [N, H, W, C]`` and
+[N], "bits_per_dim": [N]}`` (a deterministic point estimate, not a bound; an export made
+with ``--importance_samples=K`` adds ``iw_bound_nats``, ``iw_bound_stderr_nats``,
+``iw_bits_per_dim`` and ``iw_bits_per_dim_stderr``, the importance-weighted bound and its
+standard error), ``sample(seeds [N], temperatures [N]) -> uint8 [N, H, W, C]`` and
 ``sample_latent(latent [N, d]) -> uint8 [N, H, W, C]``. Server-side errors (e.g. a wrong
 image size, HTTP 400 / INVALID_ARGUMENT) raise :class:`ServingError` with the server's message.
 
@@ -33,7 +36,9 @@ import numpy as np
 
 DEFAULT_MAX_BATCH = 1024  # serving.signatures.DEFAULT_MAX_BATCH (not imported: no TF here)
 _OUTPUT_DTYPES = {"images": np.uint8, "log_likelihood_nats": np.float32,
-                  "bits_per_dim": np.float32}
+                  "bits_per_dim": np.float32, "iw_bound_nats": np.float32,
+                  "iw_bound_stderr_nats": np.float32, "iw_bits_per_dim": np.float32,
+                  "iw_bits_per_dim_stderr": np.float32}
 
 
 class ServingError(RuntimeError):
@@ -83,7 +88,9 @@ class _Client(abc.ABC):
         return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
     def score(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """uint8 [N, H, W, C] -> {'log_likelihood_nats': [N], 'bits_per_dim': [N]} float32."""
+        """uint8 [N, H, W, C] -> {'log_likelihood_nats': [N], 'bits_per_dim': [N]} float32:
+        a deterministic point estimate (mid-bin dequantization, fixed posterior noise), not
+        a bound; plus the 'iw_*' bound outputs [N] if the export has importance samples."""
         return self.predict_chunked("score", {"images": _check_images(images)})
 
     def sample(self, seeds: Sequence[int], temperatures: Sequence[float] | float = 1.0
@@ -293,7 +300,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0, help="row i uses seed + i")
     s.add_argument("--temperature", type=float, default=1.0)
-    c = sub.add_parser("score", help="print the bits/dim of each image")
+    c = sub.add_parser("score", help="print each image's bits/dim: the deterministic point "
+                       "estimate, and the IW bound +- its standard error if the export has one")
     c.add_argument("images", nargs="+")
     c.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="convert images to grey (1) or RGB (3); default: as stored")
@@ -315,15 +323,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         images = load_images(args.images, args.channels)
         shapes = {im.shape for im in images}
-        if len(shapes) == 1:  # one request for the batch
+        if len(shapes) == 1:  # one request for the batch (chunked above max_batch)
             results = client.score(np.stack(images))
-            bpd, nats = results["bits_per_dim"], results["log_likelihood_nats"]
+            rows = [{k: v[i] for k, v in results.items()} for i in range(len(images))]
         else:
-            scored = [client.score(im[None]) for im in images]
-            bpd = [r["bits_per_dim"][0] for r in scored]
-            nats = [r["log_likelihood_nats"][0] for r in scored]
-        for path, b, n in zip(args.images, bpd, nats):
-            print(f"{path}\t{float(b):.4f} bits/dim\t{float(n):.2f} nats")
+            rows = [{k: v[0] for k, v in client.score(im[None]).items()} for im in images]
+        for path, r in zip(args.images, rows):
+            line = (f"{path}\t{float(r['bits_per_dim']):.4f} bits/dim\t"
+                    f"{float(r['log_likelihood_nats']):.2f} nats (point estimate)")
+            if "iw_bits_per_dim" in r:
+                line += (f"\tIW bound {float(r['iw_bits_per_dim']):.4f} +- "
+                         f"{float(r['iw_bits_per_dim_stderr']):.4f} bits/dim")
+            print(line)
         return 0
     except (ServingError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Exports a trained model directory as a TF Serving SavedModel and registers it in MLflow.
 
     python -m serving.export --model_dir=runs/cqf --export_dir=exports --model_name=cqf \
-        [--version=N] [--score_importance_samples=K] [--nomlflow]
+        [--version=N] [--score_importance_samples=K] [--importance_samples=K] [--nomlflow]
 
 writes ``<export_dir>/<model_name>/<version>/`` (TF Serving's layout: saved_model.pb,
 variables/, assets.extra/tf_serving_warmup_requests, assets.extra/export_metadata.json)
@@ -26,7 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import model_io
-from serving.signatures import DEFAULT_MAX_BATCH, DEFAULT_SCORE_SEED, SCORE_OUTPUTS, ServingModule
+from serving.signatures import (DEFAULT_MAX_BATCH, DEFAULT_SCORE_SEED, IW_OUTPUTS, SCORE_OUTPUTS,
+                                ServingModule)
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +140,40 @@ def write_batching_parameters(export_dir: str, max_batch: int) -> str:
     return path
 
 
+def _score_metadata(module: ServingModule) -> dict[str, Any]:
+    """What ``score`` returns, in export_metadata.json: a deterministic point estimate
+    (never called a bound) and, with importance samples, the IW bound."""
+    latent = module.model.spec.latent
+    meta: dict[str, Any] = {
+        "kind": "deterministic_point_estimate", "is_bound": False,
+        "outputs": list(SCORE_OUTPUTS),
+        "importance_samples": module.num_samples, "seed": module.score_seed,
+        "dequantization": "mid-bin (x + 0.5) / 256",
+        "estimator": ("ln p(x~) at the bin centres (exact density, not a bound on the "
+                      "discrete image's log-probability)" if not latent else
+                      f"{'ELBO' if module.num_samples == 1 else 'IW bound'} integrand at "
+                      f"{module.num_samples} fixed posterior draw(s) shared by every image "
+                      "(a point estimate, not a bound)"),
+        "iw_bound": None,
+    }
+    if module.importance_samples:
+        meta["outputs"] += list(IW_OUTPUTS)
+        meta["iw_bound"] = {
+            "importance_samples": module.importance_samples, "is_bound": True,
+            "outputs": list(IW_OUTPUTS),
+            "description": "ln (1/K) sum_k p(x+u_k, z_k)/q(z_k|x+u_k) with K draws of uniform "
+                           "dequantization u_k and z_k ~ q per image, seeded per row by the "
+                           "image's pixels and the seed: a lower bound in expectation on "
+                           "ln P(x) + D ln 256 (an upper bound on bits/dim), with its "
+                           "jackknife standard error over the K draws"}
+    return meta
+
+
 def export_model(model_dir: str, export_dir: str, model_name: str, version: int | None = None,
                  score_importance_samples: int = 1, score_seed: int = DEFAULT_SCORE_SEED,
                  serving_base_path: str | None = None, log_to_mlflow: bool = True,
-                 tracking_uri: str | None = None, max_batch: int = DEFAULT_MAX_BATCH) -> str:
+                 tracking_uri: str | None = None, max_batch: int = DEFAULT_MAX_BATCH,
+                 importance_samples: int = 0) -> str:
     """Exports the latest checkpoint of ``model_dir``; returns the version directory.
 
     Args:
@@ -150,8 +181,10 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
       export_dir: the TF Serving model root; the model goes to export_dir/model_name/version.
       model_name: TF Serving / MLflow registry name ([A-Za-z0-9][A-Za-z0-9_.-]*, no '..').
       version: positive integer; None: 1 + the highest existing version (1 if none).
-      score_importance_samples: K of the importance-weighted score bound (1: the ELBO).
-      score_seed: seed of the fixed posterior noise used by ``score``.
+      score_importance_samples: K fixed posterior draws of ``score``'s deterministic point
+        estimate (1: the ELBO's integrand at one fixed draw); not a bound.
+      score_seed: seed of the fixed posterior noise used by ``score`` (and, with the
+        image's pixels, of the per-row draws of ``importance_samples``).
       serving_base_path: base_path written to models.config (default: the absolute
         export_dir/model_name; e.g. "/models/NAME" for the tensorflow/serving image).
       log_to_mlflow: log the export to model_dir's MLflow run and register it as
@@ -159,6 +192,9 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
       tracking_uri: MLflow tracking URI (None: MLflow's current/default one).
       max_batch: the most rows one request to any signature may hold (checked in the
         graph; recorded in export_metadata.json and batching_parameters.txt).
+      importance_samples: K > 0 adds the importance-weighted bound with its standard error
+        to ``score`` (K dequantization and posterior draws per image, seeded per row);
+        0: the point estimate only.
 
     Raises:
       FileExistsError: the version already exists. ValueError: bad name/version/K.
@@ -166,6 +202,8 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
     check_model_name(model_name)
     if isinstance(max_batch, bool) or int(max_batch) != max_batch or int(max_batch) < 1:
         raise ValueError(f"--max_batch={max_batch!r}: expected a positive integer")
+    if isinstance(importance_samples, bool) or int(importance_samples) < 0:
+        raise ValueError(f"--importance_samples={importance_samples!r}: expected K >= 0")
     if int(score_importance_samples) < 1:
         raise ValueError(f"--score_importance_samples={score_importance_samples}: expected a "
                          "positive integer")
@@ -183,7 +221,8 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
             f"{existing_versions(model_base)[-1] + 1 if existing_versions(model_base) else 1}")
 
     model, step = model_io.load_trained_model(model_dir)
-    module = ServingModule(model, score_importance_samples, score_seed, int(max_batch))
+    module = ServingModule(model, score_importance_samples, score_seed, int(max_batch),
+                           int(importance_samples))
     signatures = module.signatures()
     if not module.has_score:
         log.warning("variant %r defines no likelihood: the export has no 'score' signature; "
@@ -203,11 +242,7 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
             "image_shape": list(module.image_shape), "latent_size": module.latent_size,
             "signatures": names, "max_batch": module.max_batch,
             "serving_default": "score" if module.has_score else "sample",
-            "score": ({"importance_samples": module.num_samples, "seed": module.score_seed,
-                       "dequantization": "mid-bin (x + 0.5) / 256",
-                       "bound": ("exact" if not model.spec.latent else
-                                 "elbo" if module.num_samples == 1 else "importance_weighted"),
-                       "outputs": list(SCORE_OUTPUTS)} if module.has_score else None),
+            "score": (_score_metadata(module) if module.has_score else None),
             "no_score_reason": (None if module.has_score else
                                 f"variant {model.spec.name!r} is trained adversarially only "
                                 "and defines no likelihood"),
@@ -244,7 +279,8 @@ def main(argv: list[str]) -> None:
         tracking_uri = tracking.configure(tracking_uri, f.model_dir)
     version_dir = export_model(
         f.model_dir, f.export_dir, f.model_name, f.version, f.score_importance_samples,
-        f.score_seed, f.serving_base_path or None, f.mlflow, tracking_uri, f.max_batch)
+        f.score_seed, f.serving_base_path or None, f.mlflow, tracking_uri, f.max_batch,
+        f.importance_samples)
     print(json.dumps({"version_dir": version_dir}))
 
 
@@ -257,7 +293,13 @@ def _define_flags() -> None:
     flags.DEFINE_integer("version", None, "Version number (default: 1 + highest existing).",
                          lower_bound=1)
     flags.DEFINE_integer("score_importance_samples", 1,
-                         "K of the importance-weighted score bound (1: the ELBO).", lower_bound=1)
+                         "K fixed posterior draws of score's deterministic point estimate "
+                         "(1: one draw). Not a bound; see --importance_samples.", lower_bound=1)
+    flags.DEFINE_integer("importance_samples", 0,
+                         "If K > 0, score also returns the importance-weighted bound "
+                         "(iw_bound_nats, iw_bits_per_dim) with its standard error, from K "
+                         "dequantization and posterior draws per image seeded per row.",
+                         lower_bound=0)
     flags.DEFINE_integer("score_seed", DEFAULT_SCORE_SEED, "Seed of score's fixed posterior noise.")
     flags.DEFINE_string("serving_base_path", "", "base_path in models.config (default: the "
                         "absolute export path; '/models/NAME' inside the tensorflow/serving image).")
