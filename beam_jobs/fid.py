@@ -57,6 +57,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import extractors, fid_math, identity, records
+from beam_jobs.image_sources import DEFAULT_MAX_MEMBER_BYTES
 from beam_jobs.fid_math import FeatureStatistics
 
 log = logging.getLogger(__name__)
@@ -132,9 +133,12 @@ class SampleSource:
 
 @dataclasses.dataclass(frozen=True)
 class ImageFolderSource:
-    """All image files under a folder (recursively), keyed by relative path."""
+    """All image files under a folder (recursively), keyed by relative path. Files larger
+    than ``max_member_bytes`` and images PIL refuses as decompression bombs are counted as
+    undecodable records and skipped."""
 
     directory: str
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
 
     def files(self) -> list[str]:
         if not os.path.isdir(self.directory):
@@ -181,10 +185,12 @@ class _ParseRecord(beam.DoFn):
 
 
 class _ReadImageFile(beam.DoFn):
-    """Path -> (relative path, uint8 [H, W, 1 or 3]); unreadable files counted."""
+    """Path -> (relative path, uint8 [H, W, 1 or 3]); unreadable files, files over
+    ``max_bytes`` bytes and decompression bombs are counted and skipped."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
         self._root = root
+        self._max_bytes = int(max_bytes)
 
     def setup(self):
         self._bad = beam.metrics.Metrics.counter("fid", "undecodable_records")
@@ -193,10 +199,14 @@ class _ReadImageFile(beam.DoFn):
         from PIL import Image
 
         try:
-            with FileSystems.open(path) as f, Image.open(io.BytesIO(f.read())) as im:
+            with FileSystems.open(path) as f:
+                data = f.read(self._max_bytes + 1)
+            if len(data) > self._max_bytes:
+                raise ValueError(f"file is longer than --max_member_bytes={self._max_bytes}")
+            with Image.open(io.BytesIO(data)) as im:
                 im = im.convert("L") if im.mode in ("L", "I;16", "1") else im.convert("RGB")
                 image = np.asarray(im, np.uint8)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             self._bad.inc()
             log.warning("skipping unreadable image %s: %s", path, e)
             return
@@ -223,7 +233,7 @@ class ReadImages(beam.PTransform):
         if isinstance(s, ImageFolderSource):
             return (pbegin | "Files" >> beam.Create(s.files())
                     | "Reshuffle" >> beam.Reshuffle()
-                    | "ReadFiles" >> beam.ParDo(_ReadImageFile(s.directory)))
+                    | "ReadFiles" >> beam.ParDo(_ReadImageFile(s.directory, s.max_member_bytes)))
         if isinstance(s, SampleSource):
             s.validate()
             handler = KeyedModelHandler(extractors.sampler_model_handler(
@@ -566,6 +576,9 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--temperature", type=float, default=1.0)
     src.add_argument("--seed", type=int, default=0)
     src.add_argument("--image_folder", help="folder of image files")
+    src.add_argument("--max_member_bytes", type=int, default=DEFAULT_MAX_MEMBER_BYTES,
+                     help="--image_folder files larger than this many bytes are skipped as "
+                          "undecodable (default 64 MiB)")
     p.add_argument("--extractor", choices=extractors.EXTRACTORS, default="mnist_classifier")
     p.add_argument("--extractor_path", help="extractor SavedModel dir, or Inception .pb/.h5")
     p.add_argument("--extractor_cache", help="where Inception SavedModels are built")
@@ -618,7 +631,7 @@ def _run(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
         source = SampleSource(args.saved_model, args.num_samples, args.temperature, args.seed,
                               args.batch_size)
     else:
-        source = ImageFolderSource(args.image_folder)
+        source = ImageFolderSource(args.image_folder, args.max_member_bytes)
     if not (args.reference_stats or args.output_stats):
         log.info("no --reference_stats or --output_stats: reporting IS only")
     out = evaluate(source, args.extractor, args.extractor_path,
@@ -633,5 +646,24 @@ def _run(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
     return 0
 
 
+_USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+                PermissionError, ValueError)
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """:func:`main` for the command line: a user error (missing input, bad value) is one
+    line ``python -m beam_jobs.fid: error: ...`` on stderr and exit code 2, not a
+    traceback (``AD_TRACEBACK=1`` shows it)."""
+    try:
+        return main(argv)
+    except _USER_ERRORS as e:
+        if os.environ.get("AD_TRACEBACK"):
+            raise
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        print(f"python -m beam_jobs.fid: error: {lines[0] if lines else type(e).__name__}",
+              file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

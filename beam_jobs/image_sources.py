@@ -13,6 +13,11 @@ Every source kind has
   instead of shuffling encoded images between workers.
 
 Keys are unique strings within a source; labels are ints (-1 when unknown).
+
+An encoded entry (file, zip member, LMDB value) larger than ``max_member_bytes`` (default
+:data:`DEFAULT_MAX_MEMBER_BYTES`) is a bad record, not memory: the reader never holds more
+than that many bytes of one entry (a zip member's declared size is checked first, then its
+decompressed stream is read only up to the cap).
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from beam_jobs.image_transform import BadImage
 from beam_jobs.records import UNKNOWN_LABEL
 
 SOURCE_KINDS = ("lsun_lmdb", "imagenet64_npz", "image_folder", "image_zip", "mnist_idx")
+DEFAULT_MAX_MEMBER_BYTES = 64 << 20  # 64 MiB of encoded bytes per image
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp")
 
 Record = tuple  # (key: str, label: int, payload: bytes | np.ndarray | BadImage)
@@ -326,15 +332,37 @@ def npz_member_array(path: str, member: str, scratch_dir: str) -> np.ndarray:
                      order="F" if fortran else "C")
 
 
-class SourceReader:
-    """Random-access reader of one input; create once per worker, ``close()`` at teardown."""
+def too_large(size: int, max_bytes: int, what: str) -> BadImage:
+    """The bad-record reason of an entry of ``size`` bytes over the ``max_bytes`` cap."""
+    return BadImage(f"{what} of {size} bytes exceeds --max_member_bytes={max_bytes}")
 
-    def __init__(self, kind: str, input_path: str):
+
+def read_capped(f, max_bytes: int, what: str) -> bytes | BadImage:
+    """At most ``max_bytes`` bytes of the open binary stream ``f``; a :class:`BadImage`
+    (after reading ``max_bytes + 1`` bytes, no more) if the stream is longer."""
+    data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        return BadImage(f"{what} is longer than --max_member_bytes={max_bytes} bytes")
+    return data
+
+
+class SourceReader:
+    """Random-access reader of one input; create once per worker, ``close()`` at teardown.
+
+    ``max_member_bytes``: entries (files, zip members, LMDB values) larger than this many
+    bytes are returned as :class:`BadImage` without being read into memory."""
+
+    def __init__(self, kind: str, input_path: str,
+                 max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
         if kind not in SOURCE_KINDS:
             raise ValueError(f"unknown source kind {kind!r}; expected one of "
                              f"{', '.join(SOURCE_KINDS)}")
+        if int(max_member_bytes) < 1:
+            raise ValueError(f"--max_member_bytes={max_member_bytes}: expected a positive "
+                             "number of bytes")
         self.kind = kind
         self.input_path = input_path
+        self.max_member_bytes = int(max_member_bytes)
         self._env = None
         self._zip = None
         self._arrays: dict[str, np.ndarray] = {}
@@ -357,10 +385,16 @@ class SourceReader:
         return getattr(self, "_read_" + self.kind)(locators)
 
     def _read_image_folder(self, locators) -> Iterator[Record]:
+        cap = self.max_member_bytes
         for rel, label in locators:
             try:
-                with open(os.path.join(self.input_path, rel), "rb") as f:
-                    data = f.read()
+                path = os.path.join(self.input_path, rel)
+                size = os.path.getsize(path)
+                if size > cap:
+                    data = too_large(size, cap, "file")
+                else:
+                    with open(path, "rb") as f:
+                        data = read_capped(f, cap, "file")
             except OSError as e:
                 data = BadImage(f"unreadable file ({type(e).__name__}: {e})")
             yield rel, label, data
@@ -368,9 +402,15 @@ class SourceReader:
     def _read_image_zip(self, locators) -> Iterator[Record]:
         if self._zip is None:
             self._zip = zipfile.ZipFile(self.input_path)
+        cap = self.max_member_bytes
         for name, label in locators:
             try:
-                data = self._zip.read(name)
+                info = self._zip.getinfo(name)
+                if info.file_size > cap:  # the declared size: refused without inflating
+                    data = too_large(info.file_size, cap, "zip member")
+                else:  # the real stream, bounded in case the declared size lies
+                    with self._zip.open(info) as f:
+                        data = read_capped(f, cap, "zip member")
             except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError,
                     zlib.error, KeyError) as e:
                 data = BadImage(f"unreadable zip member ({type(e).__name__}: {e})")
@@ -385,6 +425,8 @@ class SourceReader:
                 if value is None:
                     raise RuntimeError(f"LMDB {self.input_path!r} changed while reading: "
                                        f"planned key {raw_key!r} is gone")
+                if len(value) > self.max_member_bytes:
+                    value = too_large(len(value), self.max_member_bytes, "LMDB value")
                 yield lmdb_key_str(raw_key), UNKNOWN_LABEL, value
 
     def _array(self, path: str, load) -> np.ndarray:
@@ -411,5 +453,5 @@ class SourceReader:
             yield f"{prefix}/{row:05d}", label, images[row]
 
 
-__all__ = ["SOURCE_KINDS", "SourcePlan", "SourceReader", "plan_source", "lmdb_key_str",
+__all__ = ["DEFAULT_MAX_MEMBER_BYTES", "read_capped", "too_large", "SOURCE_KINDS", "SourcePlan", "SourceReader", "plan_source", "lmdb_key_str",
            "IMAGE_EXTENSIONS"]

@@ -44,7 +44,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from beam_jobs import records
-from beam_jobs.image_sources import SOURCE_KINDS, SourcePlan, SourceReader, plan_source
+from beam_jobs.image_sources import (DEFAULT_MAX_MEMBER_BYTES, SOURCE_KINDS, SourcePlan,
+                                     SourceReader, plan_source)
 from beam_jobs.image_transform import BadImage, ImageTransform
 
 FORMAT_VERSION = 1
@@ -125,8 +126,9 @@ class EncodePartFn(beam.DoFn):
     BAD = "bad"
 
     def __init__(self, kind: str, input_path: str, transform: ImageTransform, plan_dir: str,
-                 parts_dir: str):
+                 parts_dir: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
         self._kind = kind
+        self._max_member_bytes = max_member_bytes
         self._input_path = input_path
         self._transform = transform
         self._plan_dir = plan_dir
@@ -137,7 +139,7 @@ class EncodePartFn(beam.DoFn):
         self._bad = beam.metrics.Metrics.counter("preprocess", "bad_records")
 
     def setup(self) -> None:
-        self._reader = SourceReader(self._kind, self._input_path)
+        self._reader = SourceReader(self._kind, self._input_path, self._max_member_bytes)
 
     def teardown(self) -> None:
         if self._reader is not None:
@@ -321,7 +323,8 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
                    resize_shorter_side: int | None = None, center_crop: bool = True,
                    validation_fraction: float = 0.0, num_shards: int | None = None,
                    grayscale: bool = False, overwrite: bool = False,
-                   pipeline_args: Sequence[str] | None = None) -> dict:
+                   pipeline_args: Sequence[str] | None = None,
+                   max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> dict:
     """Runs the preprocessing job; returns the dataset.json content it wrote.
 
     Args:
@@ -338,12 +341,17 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
       grayscale: keep 1 channel.
       overwrite: replace an existing data set in output_dir.
       pipeline_args: Beam pipeline flags (``--runner``, ``--direct_running_mode``, ...).
+      max_member_bytes: encoded entries (files, zip members, LMDB values) larger than this
+        many bytes are bad records (listed in dataset.json), never read into memory.
     """
     transform = ImageTransform(image_size, resize_shorter_side, center_crop, grayscale)
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction={validation_fraction}: expected a value in [0, 1)")
     if num_shards is not None and (not isinstance(num_shards, int) or num_shards < 1):
         raise ValueError(f"num_shards={num_shards!r}: expected a positive int")
+    if isinstance(max_member_bytes, bool) or int(max_member_bytes) < 1:
+        raise ValueError(f"max_member_bytes={max_member_bytes!r}: expected a positive number "
+                         "of bytes")
     output_dir = os.path.abspath(output_dir)
     _check_output_dir(output_dir, overwrite)
     plan = plan_source(source, input_path)
@@ -366,7 +374,8 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
                  source, plan.input_path, len(plan.keys), len(units), output_dir,
                  type(runner).__name__ if runner else options.view_as(StandardOptions).runner,
                  mode, shards)
-        _run_beam(plan, transform, units, shards, tmp_dir, runner, options)
+        _run_beam(plan, transform, units, shards, tmp_dir, runner, options, int(max_member_bytes))
+        plan.info["max_member_bytes"] = int(max_member_bytes)  # -> dataset.json["source"]
         info = _finalize(plan, transform, validation_fraction, shards, tmp_dir, image_shape)
         _move_into_place(tmp_dir, output_dir)
     except BaseException:
@@ -376,7 +385,8 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
 
 
 def _run_beam(plan: SourcePlan, transform: ImageTransform, units: list[tuple],
-              shards: dict[str, int], tmp_dir: str, runner, options: PipelineOptions) -> None:
+              shards: dict[str, int], tmp_dir: str, runner, options: PipelineOptions,
+              max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> None:
     meta = os.path.join(tmp_dir, _META_DIR)
     parts_dir = os.path.join(meta, _PARTS_DIR)
     with beam.Pipeline(runner=runner, options=options) as p:
@@ -384,7 +394,7 @@ def _run_beam(plan: SourcePlan, transform: ImageTransform, units: list[tuple],
                    | "WorkUnits" >> beam.Create(units)  # reshuffled: spread over workers
                    | "DecodeResizeEncode" >> beam.ParDo(EncodePartFn(
                        plan.kind, plan.input_path, transform, os.path.join(meta, _PLAN_DIR),
-                       parts_dir))
+                       parts_dir, max_member_bytes))
                    .with_outputs(EncodePartFn.BAD, main="good"))
         _ = (outputs.good
              | "GroupPartsByShard" >> beam.GroupByKey()
@@ -482,6 +492,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--num_shards", type=int, default=None, help="shards per split")
     p.add_argument("--grayscale", action="store_true", help="keep 1 channel")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data set")
+    p.add_argument("--max_member_bytes", type=int, default=DEFAULT_MAX_MEMBER_BYTES,
+                   help="encoded images (files, zip members, LMDB values) larger than this "
+                        "many bytes are bad records (default 64 MiB)")
     return p.parse_known_args(argv)
 
 
@@ -493,9 +506,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.source, args.input, args.output_dir, args.image_size,
             resize_shorter_side=args.resize_shorter_side, center_crop=args.center_crop,
             validation_fraction=args.validation_fraction, num_shards=args.num_shards,
-            grayscale=args.grayscale, overwrite=args.overwrite, pipeline_args=beam_args)
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+            grayscale=args.grayscale, overwrite=args.overwrite, pipeline_args=beam_args,
+            max_member_bytes=args.max_member_bytes)
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError, ValueError) as e:  # user errors: one line, no traceback
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        print(f"python -m beam_jobs.preprocess: error: {lines[0] if lines else type(e).__name__}",
+              file=sys.stderr)
         return 2
     counts = ", ".join(f"{s} {v['count']}" for s, v in info["splits"].items())
     print(f"wrote {args.output_dir}: {counts} images {info['image_shape']}, "

@@ -200,7 +200,8 @@ flags.DEFINE_string("extractor", "mnist_classifier", "Feature extractor (beam_jo
 flags.DEFINE_string("extractor_path", None, "Local path of the extractor.")
 flags.DEFINE_string("reference_stats", None, ".npz reference statistics (mu, sigma).")
 flags.DEFINE_float("temperature", 1.0, "Sampling temperature for FID.")
-flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = MLflow default).")
+flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = the one recorded "
+                    "in --model_dir, else MLflow's default).")
 
 
 def main(argv):
@@ -210,7 +211,7 @@ def main(argv):
 
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required")
-    tracking.configure(FLAGS.mlflow_tracking_uri or None)
+    tracking.configure(FLAGS.mlflow_tracking_uri or None, FLAGS.model_dir)
     model, step = model_io.load_trained_model(FLAGS.model_dir)
     results: dict[str, Any] = {"model_dir": os.path.abspath(FLAGS.model_dir), "step": step,
                                "variant": model.spec.name}
@@ -240,4 +241,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from pipeline.cli import user_errors
+
+    app.run(user_errors("python -m pipeline.evaluate")(main))

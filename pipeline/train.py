@@ -58,7 +58,8 @@ flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept on disk.")
 flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored", "multi_worker"],
                   "tf.distribute strategy; auto = MirroredStrategy if GPUs are visible.")
 flags.DEFINE_list("devices", [], "Devices of --strategy=mirrored (default: all GPUs).")
-flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = MLflow default).")
+flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = the one recorded "
+                    "in --model_dir by an earlier run, else MLflow's default).")
 flags.DEFINE_string("experiment", "adaptive-density", "MLflow experiment name.")
 flags.DEFINE_string("run_name", "", "MLflow run name.")
 flags.DEFINE_boolean("show_progress", True, "Show a progress bar.")
@@ -123,15 +124,23 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from pipeline import data as data_lib
-    from pipeline.trainer import data_image_shape, train
+    from pipeline.trainer import TrainingInterrupted, data_image_shape, train
 
     values, train_cfg = configs_from_flags()
     info = data_lib.read_dataset_info(train_cfg.data_dir)
     model_cfg = HybridConfig(image_shape=data_image_shape(info, train_cfg), **values)
     params = {"flagfile": ",".join(a.split("=", 1)[1] for a in sys.argv if a.startswith("--flagfile="))}
-    summary = train(model_cfg, train_cfg, params_to_log=params)
+    try:
+        summary = train(model_cfg, train_cfg, params_to_log=params)
+    except TrainingInterrupted as stop:  # checkpointed; the MLflow run is marked KILLED
+        print(f"pipeline.train: {stop}; resume with the same --model_dir", file=sys.stderr)
+        sys.exit(128 + stop.signum)
     print(json.dumps(summary, indent=2, default=str))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from pipeline.cli import user_errors
+    from pipeline.model_lock import ModelDirInUse
+    from pipeline.trainer import TrainingDiverged
+
+    app.run(user_errors("python -m pipeline.train", (ModelDirInUse, TrainingDiverged))(main))

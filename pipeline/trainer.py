@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from pipeline import data as data_lib
 from pipeline import images as images_lib
-from pipeline import model_io
+from pipeline import model_io, model_lock
 from tfp_models import flows, metrics
 from tfp_models.hybrid import HybridConfig, HybridModel
 
@@ -38,7 +38,14 @@ class TrainingDiverged(FloatingPointError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """SIGTERM/SIGINT arrived; a checkpoint of the current step was written."""
+    """SIGTERM/SIGINT arrived; a checkpoint of the last completed step was written.
+
+    ``signum`` is the signal's number (the CLI exits with 128 + signum), ``step`` the
+    last completed step (the one the checkpoint holds)."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"received signal {signum}; stopped after step {step}")
+        self.signum, self.step = signum, step
 
 
 @dataclasses.dataclass
@@ -290,24 +297,42 @@ def _check_compatible(model_dir: str, config: HybridConfig) -> None:
 
 
 class _SignalGuard:
-    """Turns SIGTERM into TrainingInterrupted while training runs."""
+    """Records SIGTERM and SIGINT in ``signum`` while training runs (the handlers only set
+    the flag). The loop checks it at step boundaries, so a signal that arrives inside a
+    step lets that step finish and be counted before the checkpoint is written."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __enter__(self):
-        self._previous = signal.getsignal(signal.SIGTERM)
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
         def handler(signum, frame):
-            raise TrainingInterrupted(f"received signal {signum}")
+            if self.signum is None:
+                log.warning("received signal %d: stopping after the current step", signum)
+            self.signum = signum
 
         try:
-            signal.signal(signal.SIGTERM, handler)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, handler)
         except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
+            pass
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
         return False
+
+
+def _save_interrupted(manager: tf.train.CheckpointManager, step: int, start_step: int) -> None:
+    """Checkpoints the last completed step ``step`` after a signal, unless that step's
+    checkpoint was already written (a periodic one: same contents, not rewritten) or no
+    step ran in this process (the restored checkpoint is that state)."""
+    latest = manager.latest_checkpoint
+    if step == start_step or (latest and latest.endswith(f"ckpt-{step}")):
+        return
+    manager.save(checkpoint_number=step)
 
 
 def train(model_config: HybridConfig, cfg: TrainConfig,
@@ -317,8 +342,19 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
     final step, last metrics, checkpoint path, MLflow run id and sample grid path.
 
     ``model_config.image_shape`` is replaced by the data set's (from dataset.json).
-    Every input is checked before any training starts.
+    Every input is checked before any training starts. The chief holds the model
+    directory's lock (pipeline.model_lock) throughout: a second trainer on the same
+    directory raises :class:`~pipeline.model_lock.ModelDirInUse`.
     """
+    if not model_lock.is_chief():  # multi-worker non-chiefs do not own the directory
+        return _train(model_config, cfg, params_to_log, on_step)
+    with model_lock.ModelDirLock(cfg.model_dir):
+        return _train(model_config, cfg, params_to_log, on_step)
+
+
+def _train(model_config: HybridConfig, cfg: TrainConfig, params_to_log: dict[str, Any] | None,
+           on_step: Callable[[int, dict], None] | None) -> dict[str, Any]:
+    """:func:`train` without the model directory lock."""
     from pipeline import tracking  # mlflow import is slow; keep it off tfp_models' path
 
     info = data_lib.read_dataset_info(cfg.data_dir)
@@ -382,18 +418,19 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
     steps = StepFunctions(model, strategy, cfg, g_opt, d_opt, flow_opt)
     dataset = strategy.experimental_distribute_dataset(
         make_train_dataset(info, cfg, start_step, noise_shapes))
-    tracking.configure(cfg.mlflow_tracking_uri or None)
+    tracking.configure(cfg.mlflow_tracking_uri or None, cfg.model_dir)
+    track = tracking.call_with_retries  # tracking failures inside the loop are warnings
     grid_dir = os.path.join(cfg.model_dir, "samples")
     summary: dict[str, Any] = {"start_step": start_step}
 
     def write_grid(step: int) -> str:
         images = model.sample(cfg.num_grid_samples, cfg.sample_temperature, seed=cfg.seed).numpy()
         path = images_lib.save_grid(images, os.path.join(grid_dir, f"step_{step:07d}.png"))
-        tracking.mlflow.log_artifact(path, artifact_path="samples")
+        track(tracking.mlflow.log_artifact, path, artifact_path="samples")
         return path
 
     with tracking.tracked_run(cfg.model_dir, cfg.experiment, cfg.run_name or None,
-                              tags={"variant": model_config.variant}) as run_id, _SignalGuard():
+                              tags={"variant": model_config.variant}) as run_id, _SignalGuard() as guard:
         summary["mlflow_run_id"] = run_id
         tracking.log_params_once(run_id, {**dataclasses.asdict(model_config),
                                           **dataclasses.asdict(cfg), **(params_to_log or {})})
@@ -407,7 +444,7 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
         if cfg.validation_every and model.spec.has_likelihood:
             validation = ValidationBound(model, info, cfg.validation_examples, cfg.seed)
         try:
-            while step < cfg.train_steps:
+            while step < cfg.train_steps and guard.signum is None:  # a step boundary
                 out = steps.step_fn(next(iterator))
                 step += 1
                 step_var.assign(step)
@@ -421,27 +458,28 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
                 if on_step is not None:
                     on_step(step, values)
                 if step % cfg.log_every == 0 or step == cfg.train_steps:
-                    tracking.mlflow.log_metrics({f"train/{k}": v for k, v in values.items()}, step)
+                    track(tracking.mlflow.log_metrics,
+                          {f"train/{k}": v for k, v in values.items()}, step)
                 if validation is not None and (step % cfg.validation_every == 0
                                                or step == cfg.train_steps):
-                    tracking.mlflow.log_metric("validation/bpd", validation.bits_per_dim(), step)
+                    track(tracking.mlflow.log_metric, "validation/bpd",
+                          validation.bits_per_dim(), step)
                 if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
                     last_good = manager.save(checkpoint_number=step)
                 if step % cfg.sample_every == 0 and step != cfg.train_steps:
                     write_grid(step)
-        except TrainingInterrupted:
-            if values and all(math.isfinite(v) for v in values.values()):
-                manager.save(checkpoint_number=step)
-            raise
+            if guard.signum is not None:
+                _save_interrupted(manager, step, start_step)
+                raise TrainingInterrupted(guard.signum, step)
         finally:
             bar.close()
         summary.update(step=step, metrics=values, checkpoint=manager.latest_checkpoint,
                        grid=write_grid(step), model_dir=os.path.abspath(cfg.model_dir))
-        tracking.mlflow.log_artifact(os.path.join(cfg.model_dir, model_io.CONFIG_FILE))
+        track(tracking.mlflow.log_artifact, os.path.join(cfg.model_dir, model_io.CONFIG_FILE))
         ckpt = manager.latest_checkpoint
         if ckpt:
             for name in os.listdir(cfg.model_dir):
                 if name.startswith(os.path.basename(ckpt) + ".") or name == "checkpoint":
-                    tracking.mlflow.log_artifact(os.path.join(cfg.model_dir, name),
-                                                 artifact_path="checkpoint")
+                    track(tracking.mlflow.log_artifact, os.path.join(cfg.model_dir, name),
+                          artifact_path="checkpoint")
     return summary

@@ -4,13 +4,22 @@
     python -m serving.client --target=rest --address=localhost:8501 --model_name=cqf \
         sample --n 16 --out grid.png [--seed 0] [--temperature 1.0]
     python -m serving.client --target=grpc --address=localhost:8500 --model_name=cqf \
-        score a.png b.png                       # prints bits/dim per image
+        score a.png b.png            # bits/dim per image (point estimate; IW bound if exported)
     python -m serving.client --target=mlflow --address=127.0.0.1:5001 sample --n 4 --out g.png
+    python -m serving.client --target=local --address=exports/cqf/1 score a.png   # no server
 
 Every client has the same methods: ``score(images uint8 [N, H, W, C]) -> {"log_likelihood_nats":
-[N], "bits_per_dim": [N]}``, ``sample(seeds [N], temperatures [N]) -> uint8 [N, H, W, C]`` and
+[N], "bits_per_dim": [N]}`` (a deterministic point estimate, not a bound; an export made
+with ``--importance_samples=K`` adds ``iw_bound_nats``, ``iw_bound_stderr_nats``,
+``iw_bits_per_dim`` and ``iw_bits_per_dim_stderr``, the importance-weighted bound and its
+standard error), ``sample(seeds [N], temperatures [N]) -> uint8 [N, H, W, C]`` and
 ``sample_latent(latent [N, d]) -> uint8 [N, H, W, C]``. Server-side errors (e.g. a wrong
 image size, HTTP 400 / INVALID_ARGUMENT) raise :class:`ServingError` with the server's message.
+
+An export accepts at most ``max_batch`` rows per request (export_metadata.json, default
+1024); every client sends larger jobs as consecutive chunks of at most ``max_batch`` rows
+(``--max_batch``) and concatenates the answers, which is the same as one big request
+because each row's result depends only on that row.
 """
 from __future__ import annotations
 
@@ -25,8 +34,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+DEFAULT_MAX_BATCH = 1024  # serving.signatures.DEFAULT_MAX_BATCH (not imported: no TF here)
 _OUTPUT_DTYPES = {"images": np.uint8, "log_likelihood_nats": np.float32,
-                  "bits_per_dim": np.float32}
+                  "bits_per_dim": np.float32, "iw_bound_nats": np.float32,
+                  "iw_bound_stderr_nats": np.float32, "iw_bits_per_dim": np.float32,
+                  "iw_bits_per_dim_stderr": np.float32}
 
 
 class ServingError(RuntimeError):
@@ -53,25 +65,43 @@ def _check_images(images: Any) -> np.ndarray:
 
 
 class _Client(abc.ABC):
-    """Shared API; subclasses implement :meth:`predict`."""
+    """Shared API; subclasses implement :meth:`predict` (one request). ``max_batch``: the
+    most rows sent in one request (the export's --max_batch)."""
+
+    max_batch: int = DEFAULT_MAX_BATCH
 
     @abc.abstractmethod
     def predict(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs ``signature`` on named inputs; returns its named outputs as arrays."""
 
+    def predict_chunked(self, signature: str, inputs: dict[str, np.ndarray]
+                        ) -> dict[str, np.ndarray]:
+        """:meth:`predict` in requests of at most ``max_batch`` rows, outputs concatenated
+        along the row axis."""
+        if int(self.max_batch) < 1:
+            raise ValueError(f"max_batch={self.max_batch}: expected a positive integer")
+        n = len(next(iter(inputs.values())))
+        if n <= self.max_batch:
+            return self.predict(signature, inputs)
+        parts = [self.predict(signature, {k: v[i:i + self.max_batch] for k, v in inputs.items()})
+                 for i in range(0, n, self.max_batch)]
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+
     def score(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """uint8 [N, H, W, C] -> {'log_likelihood_nats': [N], 'bits_per_dim': [N]} float32."""
-        return self.predict("score", {"images": _check_images(images)})
+        """uint8 [N, H, W, C] -> {'log_likelihood_nats': [N], 'bits_per_dim': [N]} float32:
+        a deterministic point estimate (mid-bin dequantization, fixed posterior noise), not
+        a bound; plus the 'iw_*' bound outputs [N] if the export has importance samples."""
+        return self.predict_chunked("score", {"images": _check_images(images)})
 
     def sample(self, seeds: Sequence[int], temperatures: Sequence[float] | float = 1.0
                ) -> np.ndarray:
         """One uint8 image [H, W, C] per seed (row i depends on seeds[i], temperatures[i])."""
-        return self.predict("sample", _batch_inputs(seeds, temperatures))["images"]
+        return self.predict_chunked("sample", _batch_inputs(seeds, temperatures))["images"]
 
     def sample_latent(self, latent: np.ndarray) -> np.ndarray:
         """float32 latents [N, d] -> uint8 images [N, H, W, C]."""
-        return self.predict("sample_latent",
-                            {"latent": np.asarray(latent, np.float32)})["images"]
+        return self.predict_chunked("sample_latent",
+                                    {"latent": np.asarray(latent, np.float32)})["images"]
 
 
 def _typed(outputs: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -182,18 +212,57 @@ class MlflowClient(_Client):
         return _typed(reply["predictions"])
 
 
+class LocalClient(_Client):
+    """An export's version directory run in this process (``tf.saved_model.load``): the
+    same signatures and in-graph checks as TF Serving, no server needed."""
+
+    def __init__(self, version_dir: str):
+        import os
+
+        import tensorflow as tf
+
+        if not os.path.isfile(os.path.join(version_dir, "saved_model.pb")):
+            raise ValueError(f"{version_dir!r} is not an export version directory (expected "
+                             "saved_model.pb; e.g. exports/NAME/1)")
+        self.loaded = tf.saved_model.load(version_dir)
+
+    def predict(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        if signature not in self.loaded.signatures:
+            raise ServingError(f"the export has no signature {signature!r} "
+                               f"(it has {sorted(self.loaded.signatures)})")
+        try:
+            out = self.loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
+        except (tf.errors.InvalidArgumentError, TypeError, ValueError) as err:
+            lines = [ln.strip() for ln in str(getattr(err, "message", err)).splitlines()
+                     if ln.strip()]
+            useful = [ln for ln in lines if "assertion failed" in ln or "expected" in ln]
+            raise ServingError((useful or lines or [repr(err)])[0]) from err
+        return {k: v.numpy() for k, v in out.items()}
+
+
 def make_client(target: str, address: str, model_name: str | None = None, fmt: str = "row",
-                version: int | None = None, timeout: float = 60.0) -> _Client:
-    """target: 'rest' | 'grpc' (TF Serving, need model_name) or 'mlflow'."""
+                version: int | None = None, timeout: float = 60.0,
+                max_batch: int = DEFAULT_MAX_BATCH) -> _Client:
+    """target: 'rest' | 'grpc' (TF Serving, need model_name), 'mlflow', or 'local'
+    (``address`` is an export's version directory). ``max_batch``: rows per request."""
     if target in ("rest", "grpc") and not model_name:
         raise ValueError(f"--target={target} needs --model_name (the TF Serving model name)")
+    if int(max_batch) < 1:
+        raise ValueError(f"--max_batch={max_batch}: expected a positive integer")
     if target == "rest":
-        return RestClient(address, model_name, fmt, version, timeout)
-    if target == "grpc":
-        return GrpcClient(address, model_name, version, timeout)
-    if target == "mlflow":
-        return MlflowClient(address, timeout)
-    raise ValueError(f"--target={target!r}: expected rest, grpc or mlflow")
+        client: _Client = RestClient(address, model_name, fmt, version, timeout)
+    elif target == "grpc":
+        client = GrpcClient(address, model_name, version, timeout)
+    elif target == "mlflow":
+        client = MlflowClient(address, timeout)
+    elif target == "local":
+        client = LocalClient(address)
+    else:
+        raise ValueError(f"--target={target!r}: expected rest, grpc, mlflow or local")
+    client.max_batch = int(max_batch)
+    return client
 
 
 def load_images(paths: Sequence[str], channels: int | None = None) -> list[np.ndarray]:
@@ -213,21 +282,26 @@ def load_images(paths: Sequence[str], channels: int | None = None) -> list[np.nd
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__.split("\n")[0])
-    p.add_argument("--target", choices=("rest", "grpc", "mlflow"), default="rest")
+    p.add_argument("--target", choices=("rest", "grpc", "mlflow", "local"), default="rest")
     p.add_argument("--address", default="localhost:8501",
-                   help="host:port (TF Serving REST 8501, gRPC 8500) or the MLflow server URL")
+                   help="host:port (TF Serving REST 8501, gRPC 8500), the MLflow server URL, "
+                        "or (--target=local) an export's version directory")
     p.add_argument("--model_name", help="TF Serving model name (rest/grpc)")
     p.add_argument("--version", type=int, default=None, help="TF Serving model version")
     p.add_argument("--format", dest="fmt", choices=("row", "columnar"), default="row",
                    help="REST request format: row (instances) or columnar (inputs)")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--max_batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help="most rows per request (the export's --max_batch); larger jobs are "
+                        "sent in chunks")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("sample", help="sample images and write them as a PNG grid")
     s.add_argument("--n", type=int, default=16)
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0, help="row i uses seed + i")
     s.add_argument("--temperature", type=float, default=1.0)
-    c = sub.add_parser("score", help="print the bits/dim of each image")
+    c = sub.add_parser("score", help="print each image's bits/dim: the deterministic point "
+                       "estimate, and the IW bound +- its standard error if the export has one")
     c.add_argument("images", nargs="+")
     c.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="convert images to grey (1) or RGB (3); default: as stored")
@@ -236,9 +310,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    client = make_client(args.target, args.address, args.model_name, args.fmt, args.version,
-                         args.timeout)
     try:
+        client = make_client(args.target, args.address, args.model_name, args.fmt, args.version,
+                             args.timeout, args.max_batch)
         if args.command == "sample":
             if args.n < 1:
                 raise ValueError(f"--n={args.n}: expected a positive number of samples")
@@ -249,15 +323,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         images = load_images(args.images, args.channels)
         shapes = {im.shape for im in images}
-        if len(shapes) == 1:  # one request for the batch
+        if len(shapes) == 1:  # one request for the batch (chunked above max_batch)
             results = client.score(np.stack(images))
-            bpd, nats = results["bits_per_dim"], results["log_likelihood_nats"]
+            rows = [{k: v[i] for k, v in results.items()} for i in range(len(images))]
         else:
-            scored = [client.score(im[None]) for im in images]
-            bpd = [r["bits_per_dim"][0] for r in scored]
-            nats = [r["log_likelihood_nats"][0] for r in scored]
-        for path, b, n in zip(args.images, bpd, nats):
-            print(f"{path}\t{float(b):.4f} bits/dim\t{float(n):.2f} nats")
+            rows = [{k: v[0] for k, v in client.score(im[None]).items()} for im in images]
+        for path, r in zip(args.images, rows):
+            line = (f"{path}\t{float(r['bits_per_dim']):.4f} bits/dim\t"
+                    f"{float(r['log_likelihood_nats']):.2f} nats (point estimate)")
+            if "iw_bits_per_dim" in r:
+                line += (f"\tIW bound {float(r['iw_bits_per_dim']):.4f} +- "
+                         f"{float(r['iw_bits_per_dim_stderr']):.4f} bits/dim")
+            print(line)
         return 0
     except (ServingError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,11 +1,13 @@
 """Exports a trained model directory as a TF Serving SavedModel and registers it in MLflow.
 
     python -m serving.export --model_dir=runs/cqf --export_dir=exports --model_name=cqf \
-        [--version=N] [--score_importance_samples=K] [--nomlflow]
+        [--version=N] [--score_importance_samples=K] [--importance_samples=K] [--nomlflow]
 
 writes ``<export_dir>/<model_name>/<version>/`` (TF Serving's layout: saved_model.pb,
 variables/, assets.extra/tf_serving_warmup_requests, assets.extra/export_metadata.json)
-and ``<export_dir>/models.config`` (a model_config_list naming every exported model).
+and ``<export_dir>/models.config`` (a model_config_list naming every exported model) with
+``<export_dir>/batching_parameters.txt`` beside it (TF Serving's ``--enable_batching``
+settings; its max_batch_size is the smallest ``--max_batch`` of the exported models).
 The version defaults to 1 + the highest existing integer version; an existing version is
 never overwritten. The version directory is written under a temporary name and renamed
 when complete, so a TF Serving instance polling the base path never loads a partial
@@ -24,13 +26,27 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import model_io
-from serving.signatures import DEFAULT_SCORE_SEED, SCORE_OUTPUTS, ServingModule
+from serving.signatures import (DEFAULT_MAX_BATCH, DEFAULT_SCORE_SEED, IW_OUTPUTS, SCORE_OUTPUTS,
+                                ServingModule)
 
 log = logging.getLogger(__name__)
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 METADATA_FILE = "export_metadata.json"
 MODELS_CONFIG = "models.config"
+BATCHING_PARAMETERS = "batching_parameters.txt"
+
+
+def check_model_name(model_name: str) -> None:
+    """ValueError unless ``model_name`` is a plain name usable as one directory: letters,
+    digits, '_', '.', '-', starting with a letter or digit (so no '..', no path separators,
+    no hidden or absolute paths)."""
+    if (not isinstance(model_name, str) or not model_name or not model_name[0].isalnum()
+            or ".." in model_name
+            or not all((ch.isascii() and ch.isalnum()) or ch in "_.-" for ch in model_name)):
+        raise ValueError(f"--model_name={model_name!r}: expected a plain name of letters, "
+                         "digits, '_', '.' or '-' that starts with a letter or digit and has "
+                         "no '..' (it names a directory under --export_dir)")
 
 
 def existing_versions(model_base: str) -> list[int]:
@@ -94,31 +110,100 @@ def write_models_config(export_dir: str, model_name: str, base_path: str) -> str
     return path
 
 
+def write_batching_parameters(export_dir: str, max_batch: int) -> str:
+    """Writes ``<export_dir>/batching_parameters.txt``, a TF Serving BatchingParameters
+    text proto for ``tensorflow_model_server --enable_batching
+    --batching_parameters_file=...``. Its max_batch_size (rows of one merged batch) is
+    ``max_batch``, or the value already in the file if smaller: the server-side batcher
+    must never build a batch that a served model's in-graph limit rejects. Returns the path."""
+    import re
+
+    path = os.path.join(export_dir, BATCHING_PARAMETERS)
+    size = int(max_batch)
+    if os.path.isfile(path):
+        with open(path) as f:
+            found = re.search(r"max_batch_size\s*\{\s*value:\s*(\d+)", f.read())
+        if found:
+            size = min(size, int(found.group(1)))
+    text = (
+        "# TF Serving batching: tensorflow_model_server --enable_batching "
+        f"--batching_parameters_file=<this file>\n"
+        "# max_batch_size must not exceed the smallest --max_batch of the served exports.\n"
+        f"max_batch_size {{ value: {size} }}\n"
+        "batch_timeout_micros { value: 2000 }\n"       # wait <= 2 ms to fill a batch
+        "max_enqueued_batches { value: 64 }\n"          # queue bound: back-pressure, not OOM
+        "num_batch_threads { value: 4 }\n"
+        "pad_variable_length_inputs: false\n")
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def _score_metadata(module: ServingModule) -> dict[str, Any]:
+    """What ``score`` returns, in export_metadata.json: a deterministic point estimate
+    (never called a bound) and, with importance samples, the IW bound."""
+    latent = module.model.spec.latent
+    meta: dict[str, Any] = {
+        "kind": "deterministic_point_estimate", "is_bound": False,
+        "outputs": list(SCORE_OUTPUTS),
+        "importance_samples": module.num_samples, "seed": module.score_seed,
+        "dequantization": "mid-bin (x + 0.5) / 256",
+        "estimator": ("ln p(x~) at the bin centres (exact density, not a bound on the "
+                      "discrete image's log-probability)" if not latent else
+                      f"{'ELBO' if module.num_samples == 1 else 'IW bound'} integrand at "
+                      f"{module.num_samples} fixed posterior draw(s) shared by every image "
+                      "(a point estimate, not a bound)"),
+        "iw_bound": None,
+    }
+    if module.importance_samples:
+        meta["outputs"] += list(IW_OUTPUTS)
+        meta["iw_bound"] = {
+            "importance_samples": module.importance_samples, "is_bound": True,
+            "outputs": list(IW_OUTPUTS),
+            "description": "ln (1/K) sum_k p(x+u_k, z_k)/q(z_k|x+u_k) with K draws of uniform "
+                           "dequantization u_k and z_k ~ q per image, seeded per row by the "
+                           "image's pixels and the seed: a lower bound in expectation on "
+                           "ln P(x) + D ln 256 (an upper bound on bits/dim), with its "
+                           "jackknife standard error over the K draws"}
+    return meta
+
+
 def export_model(model_dir: str, export_dir: str, model_name: str, version: int | None = None,
                  score_importance_samples: int = 1, score_seed: int = DEFAULT_SCORE_SEED,
                  serving_base_path: str | None = None, log_to_mlflow: bool = True,
-                 tracking_uri: str | None = None) -> str:
+                 tracking_uri: str | None = None, max_batch: int = DEFAULT_MAX_BATCH,
+                 importance_samples: int = 0) -> str:
     """Exports the latest checkpoint of ``model_dir``; returns the version directory.
 
     Args:
       model_dir: a model directory written by pipeline.train (model_config.json + ckpt-*).
       export_dir: the TF Serving model root; the model goes to export_dir/model_name/version.
-      model_name: TF Serving / MLflow registry name ([A-Za-z0-9_.-]+).
+      model_name: TF Serving / MLflow registry name ([A-Za-z0-9][A-Za-z0-9_.-]*, no '..').
       version: positive integer; None: 1 + the highest existing version (1 if none).
-      score_importance_samples: K of the importance-weighted score bound (1: the ELBO).
-      score_seed: seed of the fixed posterior noise used by ``score``.
+      score_importance_samples: K fixed posterior draws of ``score``'s deterministic point
+        estimate (1: the ELBO's integrand at one fixed draw); not a bound.
+      score_seed: seed of the fixed posterior noise used by ``score`` (and, with the
+        image's pixels, of the per-row draws of ``importance_samples``).
       serving_base_path: base_path written to models.config (default: the absolute
         export_dir/model_name; e.g. "/models/NAME" for the tensorflow/serving image).
       log_to_mlflow: log the export to model_dir's MLflow run and register it as
         ``model_name`` (skipped, with a warning, if the model dir has no MLflow run).
       tracking_uri: MLflow tracking URI (None: MLflow's current/default one).
+      max_batch: the most rows one request to any signature may hold (checked in the
+        graph; recorded in export_metadata.json and batching_parameters.txt).
+      importance_samples: K > 0 adds the importance-weighted bound with its standard error
+        to ``score`` (K dequantization and posterior draws per image, seeded per row);
+        0: the point estimate only.
 
     Raises:
       FileExistsError: the version already exists. ValueError: bad name/version/K.
     """
-    if not model_name or not all(ch.isalnum() or ch in "_.-" for ch in model_name):
-        raise ValueError(f"--model_name={model_name!r}: expected a non-empty name of letters, "
-                         "digits, '_', '.' or '-'")
+    check_model_name(model_name)
+    if isinstance(max_batch, bool) or int(max_batch) != max_batch or int(max_batch) < 1:
+        raise ValueError(f"--max_batch={max_batch!r}: expected a positive integer")
+    if isinstance(importance_samples, bool) or int(importance_samples) < 0:
+        raise ValueError(f"--importance_samples={importance_samples!r}: expected K >= 0")
     if int(score_importance_samples) < 1:
         raise ValueError(f"--score_importance_samples={score_importance_samples}: expected a "
                          "positive integer")
@@ -136,7 +221,8 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
             f"{existing_versions(model_base)[-1] + 1 if existing_versions(model_base) else 1}")
 
     model, step = model_io.load_trained_model(model_dir)
-    module = ServingModule(model, score_importance_samples, score_seed)
+    module = ServingModule(model, score_importance_samples, score_seed, int(max_batch),
+                           int(importance_samples))
     signatures = module.signatures()
     if not module.has_score:
         log.warning("variant %r defines no likelihood: the export has no 'score' signature; "
@@ -154,13 +240,9 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
             "checkpoint_step": step, "variant": model.spec.name,
             "model_config": json.loads(model.config.to_json()),
             "image_shape": list(module.image_shape), "latent_size": module.latent_size,
-            "signatures": names,
+            "signatures": names, "max_batch": module.max_batch,
             "serving_default": "score" if module.has_score else "sample",
-            "score": ({"importance_samples": module.num_samples, "seed": module.score_seed,
-                       "dequantization": "mid-bin (x + 0.5) / 256",
-                       "bound": ("exact" if not model.spec.latent else
-                                 "elbo" if module.num_samples == 1 else "importance_weighted"),
-                       "outputs": list(SCORE_OUTPUTS)} if module.has_score else None),
+            "score": (_score_metadata(module) if module.has_score else None),
             "no_score_reason": (None if module.has_score else
                                 f"variant {model.spec.name!r} is trained adversarially only "
                                 "and defines no likelihood"),
@@ -176,6 +258,7 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     config_path = write_models_config(export_dir, model_name, serving_base_path or model_base)
+    write_batching_parameters(export_dir, module.max_batch)
     log.info("exported %s (step %d, variant %s, signatures %s) to %s; TF Serving config %s",
              model_dir, step, model.spec.name, names, version_dir, config_path)
     if log_to_mlflow:
@@ -190,9 +273,14 @@ def main(argv: list[str]) -> None:
 
     del argv
     f = flags.FLAGS
+    tracking_uri = f.mlflow_tracking_uri or None
+    if f.mlflow:  # default: the store recorded in the model directory
+        from pipeline import tracking
+        tracking_uri = tracking.configure(tracking_uri, f.model_dir)
     version_dir = export_model(
         f.model_dir, f.export_dir, f.model_name, f.version, f.score_importance_samples,
-        f.score_seed, f.serving_base_path or None, f.mlflow, f.mlflow_tracking_uri or None)
+        f.score_seed, f.serving_base_path or None, f.mlflow, tracking_uri, f.max_batch,
+        f.importance_samples)
     print(json.dumps({"version_dir": version_dir}))
 
 
@@ -205,12 +293,22 @@ def _define_flags() -> None:
     flags.DEFINE_integer("version", None, "Version number (default: 1 + highest existing).",
                          lower_bound=1)
     flags.DEFINE_integer("score_importance_samples", 1,
-                         "K of the importance-weighted score bound (1: the ELBO).", lower_bound=1)
+                         "K fixed posterior draws of score's deterministic point estimate "
+                         "(1: one draw). Not a bound; see --importance_samples.", lower_bound=1)
+    flags.DEFINE_integer("importance_samples", 0,
+                         "If K > 0, score also returns the importance-weighted bound "
+                         "(iw_bound_nats, iw_bits_per_dim) with its standard error, from K "
+                         "dequantization and posterior draws per image seeded per row.",
+                         lower_bound=0)
     flags.DEFINE_integer("score_seed", DEFAULT_SCORE_SEED, "Seed of score's fixed posterior noise.")
     flags.DEFINE_string("serving_base_path", "", "base_path in models.config (default: the "
                         "absolute export path; '/models/NAME' inside the tensorflow/serving image).")
+    flags.DEFINE_integer("max_batch", DEFAULT_MAX_BATCH,
+                         "Most rows (images, seeds, latents) per request; larger requests are "
+                         "refused inside the graph (clients split them).", lower_bound=1)
     flags.DEFINE_bool("mlflow", True, "Log to the model dir's MLflow run and register the model.")
-    flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI (default: MLflow's).")
+    flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI (default: the one "
+                        "recorded in --model_dir, else MLflow's).")
     flags.mark_flags_as_required(["model_dir", "export_dir", "model_name"])
 
 
@@ -219,4 +317,6 @@ if __name__ == "__main__":
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _define_flags()
-    app.run(main)
+    from pipeline.cli import user_errors
+
+    app.run(user_errors("python -m serving.export")(main))

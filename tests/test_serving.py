@@ -85,7 +85,8 @@ def test_layout_metadata_and_models_config(cqf_export):
         assert os.path.exists(os.path.join(version_dir, name))
     meta = json.load(open(os.path.join(version_dir, "assets.extra", "export_metadata.json")))
     assert meta["variant"] == "cqf" and meta["checkpoint_step"] == 2
-    assert meta["score"]["importance_samples"] == 3 and meta["score"]["bound"] == "importance_weighted"
+    assert meta["score"]["importance_samples"] == 3 and meta["score"]["is_bound"] is False
+    assert meta["score"]["kind"] == "deterministic_point_estimate"
     assert meta["signatures"] == ["sample", "sample_latent", "score", "serving_default"]
 
     from google.protobuf import text_format
