@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import model_io
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOTAL_STEPS = 24
+TOTAL_STEPS = 60  # room for the progress bar lagging a few steps behind the signal
 
 
 def _cmd(data_dir, model_dir, uri) -> list[str]:
