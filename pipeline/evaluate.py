@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from pipeline import data as data_lib
 from pipeline import model_io
-from tfp_models import flows, metrics, posteriors
+from tfp_models import flows, metrics
 from tfp_models.hybrid import HybridModel
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,8 @@ def evaluate_latent(model: HybridModel, data_dir: str, split: str = "validation"
                     batch_size: int = 100, seed: int = 0, max_examples: int | None = None,
                     show_progress: bool = True) -> dict[str, Any]:
     """How much the latent is used on a split: {"kl_mean", "kl_stderr" (KL(q(z|x) || p(z))
-    per image, nats; analytic for 'diag', one seeded Monte Carlo draw otherwise),
-    "kl_per_dim" [d] (mean per latent dimension, 'diag' only), "active_units" (Burda et
+    per image, nats; analytic for 'diag' with the standard prior, one seeded Monte Carlo
+    draw otherwise), "kl_per_dim" [d] (mean per latent dimension, analytic case only), "active_units" (Burda et
     al. 2016: dimensions u with Cov_x(E_q[z_u]) > 0.01; E_q[z] is the posterior mean,
     for flow posteriors the mean pushed through the flow), "latent_dim", "num_examples"}."""
     if model.encoder is None:
@@ -123,14 +123,14 @@ def evaluate_latent(model: HybridModel, data_dir: str, split: str = "validation"
         x = flows.dequantize_images(images, noise)
         params = model.encoder(x)
         out = {"mean": model.posterior.representative(params)}
-        if model.posterior.has_analytic_kl:
+        if model.has_analytic_kl:
             out["kl_dims"] = model.posterior.analytic_kl_per_dim(params)
             out["kl"] = tf.reduce_sum(out["kl_dims"], axis=-1)
         else:
             eps = tf.random.stateless_normal([1, tf.shape(images)[0], d],
                                              seed=tf.stack([seed, -1 - index]))
             z, log_q = model.posterior.sample_and_log_prob(params, 1, eps)
-            out["kl"] = log_q[0] - posteriors.standard_normal_log_prob(z[0])
+            out["kl"] = log_q[0] - model.prior.log_prob(z[0])
         return out
 
     parts: dict[str, list] = {}

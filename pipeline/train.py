@@ -14,6 +14,7 @@ from absl import app, flags
 
 from tfp_models.hybrid import VARIANTS, HybridConfig
 from tfp_models.posteriors import POSTERIORS
+from tfp_models.priors import PRIORS
 
 FLAGS = flags.FLAGS
 
@@ -69,6 +70,10 @@ flags.DEFINE_integer("latent_dim", 32, "Dimension of z.")
 flags.DEFINE_enum("posterior", "diag", list(POSTERIORS), "Family of q(z|x).")
 flags.DEFINE_integer("posterior_steps", 2, "IAF / planar steps.")
 flags.DEFINE_integer("posterior_hidden", 128, "Hidden units of the IAF's MADE.")
+flags.DEFINE_enum("prior", "standard", list(PRIORS),
+                 "p(z): 'standard' N(0, I) (the paper's) or 'mixture', a learned mixture of "
+                 "diagonal Gaussians (deviation; the KL becomes a one-sample estimate).")
+flags.DEFINE_integer("prior_components", 10, "Components K of the 'mixture' prior.")
 flags.DEFINE_integer("enc_dec_channels", 32, "Base channels of encoder and decoder.")
 flags.DEFINE_integer("enc_dec_downsamples", 2, "Stride-2 stages of encoder/decoder.")
 flags.DEFINE_integer("flow_scales", 2, "Scales of the Real NVP.")

@@ -408,7 +408,8 @@ def _train(model_config: HybridConfig, cfg: TrainConfig, params_to_log: dict[str
             cfg, batch_size=min(cfg.data_init_batch, info.split_counts["train"])), 0, noise_shapes)
         first = next(iter(init_ds))
         n_init = int(first["images"].shape[0])
-        prior = tf.random.stateless_normal((n_init, model_config.latent_dim), seed=(cfg.seed, 7))
+        prior = tf.random.stateless_normal((n_init,) + model.prior_noise_shape(),
+                                          seed=(cfg.seed, 7))
         with strategy.scope():
             model.data_init(flows.dequantize_images(first["images"], first["dequant"]), prior)
     model_io.save_model_config(cfg.model_dir, model_config, {

@@ -3,7 +3,8 @@
 
 Notation (DESIGN.md, "The math"): images x~ in [0, 1)^(H, W, C) (dequantized), the
 feature map y = f(x~) (logit preprocessing, then Real NVP when the variant has a flow),
-latent z with prior N(0, I), encoder q(z|x), decoder mu(z), sigma(z) in feature space.
+latent z with prior p(z) (N(0, I), or a learned mixture: ``prior``), encoder q(z|x),
+decoder mu(z), sigma(z) in feature space.
 
     L_MLE(x) = -E_q[ln N(f(x); mu(z), sigma(z))] + KL(q(z|x) || p(z)) - ln |det df/dx|
     L_adv    = -E_{z~p}[logit D(f^-1(mu(z)))]                         (log-ratio loss)
@@ -20,7 +21,11 @@ samples clipped to [0, 1] (zero gradient outside).
 Deviations from the paper's objective, off by default (``free_bits`` = 0, and the
 trainer's ``kl_warmup_steps`` = 0 give L_MLE exactly): free bits (Kingma et al., 2016)
 replace each example's KL_j of latent dimension j by max(free_bits, KL_j) in the
-training loss only; reported bounds always use the true KL.
+training loss only; reported bounds always use the true KL. A deviation of the model
+rather than the objective: ``prior='mixture'`` learns p(z) as a mixture of
+``prior_components`` diagonal Gaussians (:mod:`tfp_models.priors`); the KL term is then a
+one-sample Monte Carlo estimate ln q(z|x) - ln p(z), and the adversarial fakes are
+decoded from z ~ p(z) of the learned prior.
 
 All log-likelihoods are in nats per image; :func:`tfp_models.metrics.bits_per_dim`
 turns them into bits/dim. Random noise can be passed in explicitly (``noise`` dicts):
@@ -41,6 +46,7 @@ from tfp_models import flows
 from tfp_models.metrics import importance_weighted_bound
 from tfp_models.networks import ConvDecoder, ConvEncoder, Discriminator
 from tfp_models.posteriors import POSTERIORS, make_posterior, standard_normal_log_prob
+from tfp_models.priors import PRIORS, make_prior
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -85,6 +91,8 @@ class HybridConfig:
     posterior: str = "diag"
     posterior_steps: int = 2
     posterior_hidden: int = 128
+    prior: str = "standard"
+    prior_components: int = 10
     enc_dec_channels: int = 32
     enc_dec_downsamples: int = 2
     flow_scales: int = 2
@@ -109,6 +117,13 @@ class HybridConfig:
             raise ValueError(f"unknown variant {self.variant!r}; expected one of {sorted(VARIANTS)}")
         if self.posterior not in POSTERIORS:
             raise ValueError(f"unknown posterior {self.posterior!r}; expected one of {POSTERIORS}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"unknown prior {self.prior!r}; expected one of {PRIORS}")
+        if self.prior_components < 1:
+            raise ValueError(f"prior_components={self.prior_components}: expected >= 1")
+        if self.prior != "standard" and not (self.spec.latent and self.spec.mle):
+            raise ValueError(f"prior={self.prior!r} is learned by maximum likelihood; variant "
+                             f"{self.variant!r} has no such term (use prior='standard')")
         if self.gradient_penalty not in ("none", "r1", "wgan-gp"):
             raise ValueError(
                 f"unknown gradient_penalty {self.gradient_penalty!r}; expected none, r1 or wgan-gp")
@@ -165,7 +180,9 @@ class HybridModel(keras.Model):
             logit_alpha=config.logit_alpha, kernel_size=config.flow_kernel_size)
         self.flow_nets = self.flow.nets
         self.posterior = self.encoder = self.decoder = self.discriminator = None
+        self.prior = None
         if spec.latent:
+            self.prior = make_prior(config.prior, config.latent_dim, config.prior_components)
             self.decoder = ConvDecoder(shape, config.enc_dec_channels, config.enc_dec_downsamples,
                                        config.decoder_min_log_sigma, name="decoder")
         if spec.latent and spec.mle:
@@ -191,7 +208,7 @@ class HybridModel(keras.Model):
 
     @property
     def generator_variables(self) -> list:
-        """Encoder, decoder, posterior and flow weights (everything but D); without an MLE
+        """Encoder, prior, decoder, posterior and flow weights (everything but D); without an MLE
         term ('gan') the decoder's log-sigma bias is unused and left out."""
         skip = {id(v) for v in self.discriminator_variables}
         if self.decoder is not None and not self.spec.mle:
@@ -207,6 +224,8 @@ class HybridModel(keras.Model):
                                  + list(self.posterior.trainable_variables))
         if self.decoder is not None:
             groups["decoder"] = list(self.decoder.trainable_variables)
+        if self.prior is not None and self.prior.trainable_variables:
+            groups["prior"] = list(self.prior.trainable_variables)
         if self.flow.trainable_variables:
             groups["flow"] = list(self.flow.trainable_variables)
         return groups
@@ -219,7 +238,8 @@ class HybridModel(keras.Model):
         """Data-dependent init from a dequantized batch x [N, H, W, C]: ActNorm, then
         (``decoder_data_init``, variants without a learned flow) the decoder's
         per-dimension mean and log sigma from the features f(x), with latents
-        ``prior_noise`` [N, d] (default: N(0, I) draws).
+        z = p.from_noise(``prior_noise``) of prior noise [N, noise_dim] (default: standard
+        normal draws).
 
         With a learned flow the decoder keeps sigma = 1: the features move as the flow
         trains, and per-pixel sigmas fitted to the initial features (down to ~0.01 for
@@ -230,8 +250,8 @@ class HybridModel(keras.Model):
                 and not self.spec.learned_flow):
             y, _ = self.flow.forward_and_log_det(x)
             if prior_noise is None:
-                prior_noise = tf.random.normal((tf.shape(x)[0], self.config.latent_dim))
-            self.decoder.initialize_from(y, prior_noise)
+                prior_noise = tf.random.normal((tf.shape(x)[0],) + self.prior_noise_shape())
+            self.decoder.initialize_from(y, self.prior.from_noise(prior_noise))
 
     def noise_shapes(self, num_samples: int = 1) -> dict[str, tuple]:
         """Per-example shapes of the noise one training step consumes."""
@@ -239,8 +259,7 @@ class HybridModel(keras.Model):
         if self.encoder is not None:
             shapes["posterior"] = (num_samples, self.config.latent_dim)
         if self.spec.adversarial:
-            shapes["prior"] = ((self.config.latent_dim,) if self.spec.latent
-                               else self.config.image_shape)
+            shapes["prior"] = self.prior_noise_shape()
             shapes["mix"] = (1, 1, 1)
         return shapes
 
@@ -264,7 +283,7 @@ class HybridModel(keras.Model):
         mu, log_sigma = self.decoder(tf.reshape(z, (-1, self.config.latent_dim)))
         y_k = tf.reshape(tf.broadcast_to(y, tf.concat([[k], tf.shape(y)], 0)), tf.shape(mu))
         recon = tf.reshape(gaussian_log_prob(y_k, mu, log_sigma), (k, n))
-        log_prior = standard_normal_log_prob(z)
+        log_prior = self.prior.log_prob(z)
         return {"log_w": recon + log_prior - log_q + log_det, "recon": recon,
                 "log_prior": log_prior, "log_q": log_q, "log_det": log_det, "params": params}
 
@@ -278,14 +297,21 @@ class HybridModel(keras.Model):
                     "kl": tf.zeros_like(log_det), "log_det": log_det}
         terms = self.log_weights(x, 1, eps)
         recon = terms["recon"][0]
-        if self.posterior.has_analytic_kl:
+        if self.has_analytic_kl:
             kl_dims = self.posterior.analytic_kl_per_dim(terms["params"])
             kl = tf.reduce_sum(kl_dims, axis=-1)
-        else:  # single-sample Monte Carlo KL for flow posteriors
+        else:  # single-sample Monte Carlo KL for flow posteriors or a learned prior
             kl = terms["log_q"][0] - terms["log_prior"][0]
             kl_dims = None
         return {"nll": -recon + kl - terms["log_det"], "recon": -recon, "kl": kl,
                 "log_det": terms["log_det"], "kl_dims": kl_dims}
+
+    @property
+    def has_analytic_kl(self) -> bool:
+        """Whether KL(q(z|x) || p(z)) is computed in closed form (a diagonal posterior
+        against the standard prior) rather than by one Monte Carlo draw."""
+        return (self.posterior is not None and self.posterior.has_analytic_kl
+                and self.prior.is_standard)
 
     def mle_training_loss(self, x: tf.Tensor, eps: tf.Tensor | None = None,
                           kl_weight: tf.Tensor | float = 1.0) -> dict[str, tf.Tensor]:
@@ -339,16 +365,18 @@ class HybridModel(keras.Model):
 
     def generate(self, prior_noise: tf.Tensor, temperature: tf.Tensor | float = 1.0,
                  eps: tf.Tensor | None = None) -> tf.Tensor:
-        """Images in [0, 1] from prior noise: z [N, d] for latent variants (decoded with
-        ``temperature``), feature noise [N, H, W, C] for the flow variants (scaled by
-        ``temperature``)."""
+        """Images in [0, 1] from prior noise: [N, noise_dim] for latent variants (z =
+        p.from_noise(noise), decoded with ``temperature``), feature noise [N, H, W, C] for
+        the flow variants (scaled by ``temperature``)."""
         if self.spec.latent:
-            return self.decode_to_images(prior_noise, temperature, eps)
+            return self.decode_to_images(self.prior.from_noise(prior_noise), temperature, eps)
         t = tf.reshape(tf.cast(temperature, prior_noise.dtype), (-1, 1, 1, 1))
         return self.features_to_images(t * prior_noise)
 
     def prior_noise_shape(self) -> tuple:
-        return (self.config.latent_dim,) if self.spec.latent else self.config.image_shape
+        """Per-sample shape of the standard normal noise a sample is made from: the
+        prior's noise_dim for latent variants, the image shape for the flow variants."""
+        return (self.prior.noise_dim,) if self.spec.latent else self.config.image_shape
 
     def sample(self, num: int, temperature: float = 1.0, seed: int = 0) -> tf.Tensor:
         """uint8 [num, H, W, C] samples, reproducible for a seed."""
@@ -359,9 +387,10 @@ class HybridModel(keras.Model):
     def adversarial_samples(self, prior_noise: tf.Tensor) -> tf.Tensor:
         """The discriminator's fakes [N, H, W, C]: x_s = f^-1(mu(z)) for latent variants,
         f^-1(eps) for flows, prepared as ``disc_inputs`` says (module docstring):
-        straight-through quantized to bin centres, or clipped to [0, 1]."""
+        straight-through quantized to bin centres, or clipped to [0, 1]. Latent variants
+        take prior noise [N, noise_dim] (z = p.from_noise(noise))."""
         if self.spec.latent:
-            y, _ = self.decoder(prior_noise)
+            y, _ = self.decoder(self.prior.from_noise(prior_noise))
         else:
             y = prior_noise
         if self.config.disc_inputs == "quantized":
