@@ -1,7 +1,11 @@
 """Markdown table of evaluated model directories (``ev_t0.json``/``ev_t1.json`` written by
-benchmarks/collapse_sweep.sh), with the posterior's scale next to the KL:
+benchmarks/collapse_sweep.sh or benchmarks/prior_sweep.sh), with the posterior's scale next
+to the KL:
 
     python benchmarks/summarize_runs.py work/sweep/* [--out benchmarks/results/collapse_sweep.md]
+    python benchmarks/summarize_runs.py --script benchmarks/prior_sweep.sh work/prior/*
+
+Each row's flags and the base flagfile are read from the sweep script (``--script``).
 
 Columns: validation BPD (ELBO, IW K=8), mean KL (nats), active units (Cov_x E_q[z_u] >
 0.01), the mean posterior standard deviation, the signal-to-noise ratio
@@ -34,12 +38,16 @@ def posterior_scale(model_dir: str, data_dir: str) -> tuple[float, float]:
     return float(sigma.mean()), float((mu.var(axis=0) / (sigma ** 2).mean(axis=0)).mean())
 
 
-def sweep_rows(script: str) -> dict[str, str]:
-    """{row name: its pipeline.train flags} as benchmarks/collapse_sweep.sh defines them."""
+def sweep_rows(script: str) -> tuple[dict[str, str], str]:
+    """({row name: its pipeline.train flags}, the base flagfile) as a sweep script defines
+    them (rows ``[name]="flags"``, base ``--flagfile=PATH`` or ``BASE=PATH``)."""
     import re
 
     with open(script) as f:
-        return dict(re.findall(r'^\s*\[([\w.-]+)\]="([^"]*)"', f.read(), flags=re.M))
+        text = f.read()
+    base = re.search(r"(?:--flagfile=|^BASE=)(\S+\.cfg)", text, flags=re.M)
+    return (dict(re.findall(r'^\s*\[([\w.-]+)\]="([^"]*)"', text, flags=re.M)),
+            base.group(1) if base else "?")
 
 
 def main() -> int:
@@ -47,10 +55,12 @@ def main() -> int:
     parser.add_argument("model_dirs", nargs="+")
     parser.add_argument("--data_dir", default="work/quickstart/data/mnist28")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--script", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                         "collapse_sweep.sh"),
+                        help="The sweep script that defines the rows' flags.")
     args = parser.parse_args()
-    flags_of = sweep_rows(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                       "collapse_sweep.sh"))
-    lines = ["| run | flags (on benchmarks/collapse_sweep_base.cfg) | BPD | BPD (IW) | KL nats | AU | "
+    flags_of, base = sweep_rows(args.script)
+    lines = [f"| run | flags (on {base}) | BPD | BPD (IW) | KL nats | AU | "
              "mean sigma_q | SNR | FID T=0 | conf T=0 | cov T=0 | FID T=1 | conf T=1 | cov T=1 |",
              "|" + "---|" * 14]
     for d in sorted(args.model_dirs):
