@@ -139,3 +139,44 @@ def test_trainer_learns_the_mixture_and_export_samples_and_scores_with_it(
         loaded.signatures["score"](images=tf.constant(images))["log_likelihood_nats"],
         deterministic_score(model, tf.constant(images))["log_likelihood_nats"], rtol=1e-4)
     assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
+
+
+def test_fit_prior_refits_only_the_prior_and_raises_its_likelihood(digits16, tmp_path,
+                                                                    tracking_uri):
+    import subprocess
+    import sys
+
+    from conftest import train_tiny
+    from pipeline import fit_prior
+
+    source = train_tiny(digits16, str(tmp_path / "std"), tracking_uri, "cqf", train_steps=2,
+                        data_init_batch=16, seed=3)
+    out = str(tmp_path / "mix")
+    summary = fit_prior.fit_mixture_prior(source, out, components=3, seed=1)
+    from pipeline import data as data_lib
+
+    n_train = data_lib.read_dataset_info(digits16).split_counts["train"]
+    assert summary["num_draws"] == n_train and summary["step"] == 2
+    assert summary["mean_log_prior_after_nats"] > summary["mean_log_prior_before_nats"]
+    before, _ = model_io.load_trained_model(source)
+    after, step = model_io.load_trained_model(out)
+    assert step == 2 and after.config.prior == "mixture" and after.config.prior_components == 3
+    np.testing.assert_allclose(special.softmax(after.prior.logits.numpy()).sum(), 1.0, rtol=1e-5)
+    # The fitted mixture is EM's on the same seeded draws; every other weight is unchanged.
+    from sklearn.mixture import GaussianMixture
+
+    z = fit_prior.posterior_draws(before, digits16, seed=1)
+    em = GaussianMixture(3, covariance_type="diag", random_state=1, reg_covar=1e-6).fit(z)
+    np.testing.assert_allclose(after.prior.locs.numpy(), em.means_, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(after.prior.scales.numpy(), np.sqrt(em.covariances_), rtol=1e-3)
+    np.testing.assert_array_equal(before.decoder.variables[0].numpy(),
+                                  after.decoder.variables[0].numpy())
+    x = tf.random.stateless_uniform((2,) + TINY_SHAPE, seed=(1, 2))
+    assert np.all(np.isfinite(after.log_prob_bound(x).numpy()))
+    # The input is kept and an existing output is refused, as one line from the CLI.
+    with pytest.raises(FileExistsError, match="already holds a model"):
+        fit_prior.fit_mixture_prior(source, out, components=3)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.fit_prior", f"--model_dir={source}",
+                           f"--output_model_dir={source}"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "must differ" in proc.stderr
+    assert "Traceback" not in proc.stderr
