@@ -10,13 +10,15 @@ the model with ``prior='mixture'``. Every other weight is unchanged. The ELBO ho
 prior and its prior term E_q[ln p(z)] is what EM maximizes on those draws, so the refit is
 coordinate ascent on the training objective in the prior's parameters; scores stay
 bounds, and samples come from where the posteriors put mass. A deviation from the paper
-(its prior is N(0, I)). The input model directory is not modified.
+(its prior is N(0, I)). The input model directory is not modified; the new one links to
+the same MLflow run (its evaluation metrics then overwrite the source's in that run).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 
 import numpy as np
 import tensorflow as tf
@@ -109,6 +111,11 @@ def fit_mixture_prior(model_dir: str, output_model_dir: str, components: int,
     with open(os.path.join(output_model_dir, "checkpoint"), "w") as f:
         name = os.path.basename(path)
         f.write(f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
+    # The refitted model belongs to the training run: its evaluations and export are
+    # logged there (under the same metric names as the source's, so evaluate one of them).
+    for name in ("mlflow_run_id", "mlflow_tracking_uri"):
+        if os.path.isfile(os.path.join(model_dir, name)):
+            shutil.copy(os.path.join(model_dir, name), output_model_dir)
     return {"model_dir": output_model_dir, "step": step, "components": components,
             "num_draws": int(len(z)), "mean_log_prior_before_nats": old_log_p,
             "mean_log_prior_after_nats": new_log_p}
