@@ -30,12 +30,17 @@ from pipeline.cli import user_errors
 log = logging.getLogger(__name__)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "Trained model directory (pipeline.train).")
-flags.DEFINE_string("output_model_dir", None, "New model directory for the refitted model.")
-flags.DEFINE_string("data_dir", None, "Data set (default: the one recorded at training).")
-flags.DEFINE_integer("components", 50, "Mixture components K.")
-flags.DEFINE_integer("max_examples", None, "Fit on at most this many training images.")
-flags.DEFINE_integer("seed", 0, "Seed of the dequantization/posterior noise and of EM.")
+
+
+def define_flags() -> None:
+    """The CLI's flags; defined only when run as a program, so that importing this module
+    next to another CLI's (pipeline.evaluate defines --model_dir too) is safe."""
+    flags.DEFINE_string("model_dir", None, "Trained model directory (pipeline.train).")
+    flags.DEFINE_string("output_model_dir", None, "New model directory for the refitted model.")
+    flags.DEFINE_string("data_dir", None, "Data set (default: the one recorded at training).")
+    flags.DEFINE_integer("components", 50, "Mixture components K.")
+    flags.DEFINE_integer("max_examples", None, "Fit on at most this many training images.")
+    flags.DEFINE_integer("seed", 0, "Seed of the dequantization/posterior noise and of EM.")
 
 
 def posterior_draws(model, data_dir: str, split: str = "train", batch_size: int = 500,
@@ -146,4 +151,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(user_errors("python -m pipeline.fit_prior")(main))
