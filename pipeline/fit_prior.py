@@ -100,10 +100,7 @@ def fit_mixture_prior(model_dir: str, output_model_dir: str, components: int,
     new_config = dataclasses.replace(config, prior="mixture", prior_components=components)
     new = HybridModel(new_config)
     _copy_weights(model, new, tf.train.latest_checkpoint(model_dir))
-    new.prior.logits.assign(np.log(fit.weights_).astype(np.float32))
-    new.prior.locs.assign(fit.means_.astype(np.float32))
-    scales = np.sqrt(fit.covariances_)
-    new.prior.raw_scales.assign(np.log(np.expm1(np.maximum(scales - 1e-3, 1e-6))).astype(np.float32))
+    new.prior.assign(fit.weights_, fit.means_, np.sqrt(fit.covariances_))
     new_log_p = float(tf.reduce_mean(new.prior.log_prob(tf.constant(z, tf.float32))))
     os.makedirs(output_model_dir, exist_ok=True)
     model_io.save_model_config(output_model_dir, new_config, {

@@ -82,6 +82,13 @@ class MixturePrior(StandardNormalPrior):
         """s [K, d] > 0."""
         return tf.nn.softplus(self.raw_scales) + _MIN_SCALE
 
+    def assign(self, weights: np.ndarray, locs: np.ndarray, scales: np.ndarray) -> None:
+        """Sets pi [K] (positive, summing to 1), m [K, d] and s [K, d] (each > 1e-3)."""
+        self.logits.assign(np.log(weights).astype(np.float32))
+        self.locs.assign(np.asarray(locs, np.float32))
+        raw = np.log(np.expm1(np.maximum(np.asarray(scales) - _MIN_SCALE, 1e-6)))
+        self.raw_scales.assign(raw.astype(np.float32))
+
     def distribution(self) -> tfd.Distribution:
         """The mixture as a TFP distribution with event shape [d]."""
         return tfd.MixtureSameFamily(
