@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,18 +101,35 @@ def _train_cmd(data_dir, model_dir, uri, steps, extra=()):
             "--num_grid_samples=4", "--data_init_batch=32", "--noshow_progress", *extra]
 
 
+def _start_training(data_dir, model_dir, uri, env, tmp_path, extra=()):
+    """Starts a long CLI run in the background; its stderr goes to a file (an undrained pipe
+    fills with per-checkpoint log lines and blocks the child). Returns (process, that file)."""
+    stderr = tmp_path / f"{model_dir.name}.stderr"
+    with open(stderr, "w") as sink:
+        proc = subprocess.Popen(_train_cmd(data_dir, model_dir, uri, 100000, extra), env=env,
+                                stdout=subprocess.DEVNULL, stderr=sink, cwd=tmp_path)
+    return proc, stderr
+
+
+def _latest_step(model_dir) -> int:
+    """The highest step among the checkpoint files now in `model_dir` (-1 if none)."""
+    steps = [int(m.group(1)) for p in model_dir.glob("ckpt-*.index")
+             if (m := re.fullmatch(r"ckpt-(\d+)\.index", p.name))]
+    return max(steps, default=-1)
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(digits16, tmp_path, tracking_uri):
     model_dir = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen(_train_cmd(digits16, model_dir, tracking_uri, 100000), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc, stderr = _start_training(digits16, model_dir, tracking_uri, env, tmp_path)
     try:
+        # Checkpoints rotate (a few are kept), so wait for any step >= 10, not for ckpt-10.
         deadline = time.time() + 240
-        while time.time() < deadline and not (model_dir / "ckpt-10.index").exists():
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            time.sleep(0.5)
-        assert (model_dir / "ckpt-10.index").exists(), "no checkpoint within 240 s"
+        while time.time() < deadline and _latest_step(model_dir) < 10:
+            assert proc.poll() is None, stderr.read_text()[-3000:]
+            time.sleep(0.2)
+        assert _latest_step(model_dir) >= 10, "no checkpoint at step >= 10 within 240 s"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -130,14 +148,13 @@ def test_killed_run_resumes_from_its_last_checkpoint(digits16, tmp_path, trackin
 def test_sigterm_marks_the_run_killed_and_checkpoints(digits16, tmp_path, tracking_uri):
     model_dir = tmp_path / "terminated"
     env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen(_train_cmd(digits16, model_dir, tracking_uri, 100000,
-                                       ["--checkpoint_every=1000"]), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc, stderr = _start_training(digits16, model_dir, tracking_uri, env, tmp_path,
+                                   ["--checkpoint_every=1000"])
     deadline = time.time() + 300
     run_file = model_dir / "mlflow_run_id"
     # Wait until steps are done (metrics logged at --log_every=5; the first step compiles).
     while time.time() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert proc.poll() is None, stderr.read_text()[-3000:]
         if run_file.exists() and "train/loss" in MlflowClient().get_run(
                 run_file.read_text()).data.metrics:
             break
