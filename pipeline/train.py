@@ -28,6 +28,13 @@ flags.DEFINE_integer("batch_size", 64, "Global batch size, split across replicas
 flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints.")
 flags.DEFINE_integer("seed", 0, "Seed of init, data order and all training noise.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate of encoder/decoder/flow.")
+flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"],
+                  "Generator-side learning rate over the run: constant (the paper's), or "
+                  "cosine decay to 0 at --lr_decay_steps (the discriminator's stays constant).")
+flags.DEFINE_integer("lr_decay_steps", 0,
+                     "Horizon of --lr_schedule=cosine (0 = --train_steps). Set it when a run "
+                     "will be resumed with a larger --train_steps, so every part follows one "
+                     "curve.")
 flags.DEFINE_float("flow_learning_rate", 0.0,
                    "If > 0, the flow's networks get their own Adam with this learning rate "
                    "(deviation from the paper; 0 = --learning_rate, one optimizer).")

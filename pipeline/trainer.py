@@ -31,6 +31,7 @@ from tfp_models.hybrid import HybridConfig, HybridModel
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -58,6 +59,8 @@ class TrainConfig:
     checkpoint_every: int = 200
     seed: int = 0
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
+    lr_decay_steps: int = 0
     flow_learning_rate: float = 0.0
     disc_learning_rate: float = 2e-4
     adam_beta1: float = 0.9
@@ -92,11 +95,25 @@ class TrainConfig:
         if self.flow_learning_rate < 0:
             raise ValueError(f"--flow_learning_rate={self.flow_learning_rate}: expected >= 0 "
                              "(0 = --learning_rate)")
-        for name in ("kl_warmup_steps", "flow_warmup_steps"):
+        for name in ("kl_warmup_steps", "flow_warmup_steps", "lr_decay_steps"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"--{name}={getattr(self, name)}: expected >= 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr_schedule={self.lr_schedule!r}: expected one of {LR_SCHEDULES}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy={self.strategy!r}: expected one of {STRATEGIES}")
+
+
+def generator_learning_rate(cfg: TrainConfig, base: float):
+    """The learning rate of a generator-side Adam (encoder/decoder/flow, and the flow's own
+    optimizer): ``base`` for 'constant'; for 'cosine', Keras' CosineDecay from ``base`` to 0
+    at step ``cfg.lr_decay_steps`` (0 = ``cfg.train_steps``) over the optimizer's own
+    iteration count, which is checkpointed: a resume continues the same curve as long as the
+    horizon is unchanged. The discriminator keeps its constant rate."""
+    if cfg.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            base, decay_steps=cfg.lr_decay_steps or cfg.train_steps)
+    return base
 
 
 def make_strategy(name: str, devices: tuple = ()) -> tf.distribute.Strategy:
@@ -374,11 +391,13 @@ def _train(model_config: HybridConfig, cfg: TrainConfig, params_to_log: dict[str
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
         model = HybridModel(model_config)
-        g_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.adam_beta1)
+        g_opt = keras.optimizers.Adam(generator_learning_rate(cfg, cfg.learning_rate),
+                                      beta_1=cfg.adam_beta1)
         flow_vars = list(model.flow.trainable_variables)
         flow_opt = None
         if cfg.flow_learning_rate and flow_vars:
-            flow_opt = keras.optimizers.Adam(cfg.flow_learning_rate, beta_1=cfg.adam_beta1)
+            flow_opt = keras.optimizers.Adam(generator_learning_rate(cfg, cfg.flow_learning_rate),
+                                             beta_1=cfg.adam_beta1)
             flow_opt.build(flow_vars)
             flow_ids = {id(v) for v in flow_vars}
             g_opt.build([v for v in model.generator_variables if id(v) not in flow_ids])

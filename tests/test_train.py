@@ -248,3 +248,28 @@ def test_flow_learning_rate_gives_the_flow_its_own_optimizer(digits16, tmp_path,
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="flow_learning_rate"):
         _cfgs(digits16, tmp_path / "c", tracking_uri, "vae_f", flow_learning_rate=-1.0)
+
+
+def test_cosine_schedule_follows_the_formula_and_resumes_exactly(digits16, tmp_path,
+                                                                 tracking_uri):
+    """--lr_schedule=cosine: lr(k) = base * (1 + cos(pi k / T)) / 2 on the optimizer's own
+    iterations, so a run split in two (same --lr_decay_steps) equals an uninterrupted one."""
+    _, cfg = _cfgs(digits16, tmp_path / "x", tracking_uri, "vae_f", train_steps=10,
+                   lr_schedule="cosine", learning_rate=2e-3)
+    rate = trainer.generator_learning_rate(cfg, cfg.learning_rate)
+    for k in (0, 3, 5, 10):
+        assert float(rate(k)) == pytest.approx(2e-3 * (1 + np.cos(np.pi * k / 10)) / 2, rel=1e-5)
+    _, constant = _cfgs(digits16, tmp_path / "x", tracking_uri, "vae_f")
+    assert trainer.generator_learning_rate(constant, 1e-3) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _cfgs(digits16, tmp_path / "x", tracking_uri, "vae_f", lr_schedule="linear")
+    with pytest.raises(ValueError, match="lr_decay_steps"):
+        _cfgs(digits16, tmp_path / "x", tracking_uri, "vae_f", lr_decay_steps=-1)
+    kw = dict(lr_schedule="cosine", learning_rate=2e-3, lr_decay_steps=4)
+    trainer.train(*_cfgs(digits16, tmp_path / "straight", tracking_uri, "vae_f", train_steps=4, **kw))
+    trainer.train(*_cfgs(digits16, tmp_path / "split", tracking_uri, "vae_f", train_steps=2, **kw))
+    trainer.train(*_cfgs(digits16, tmp_path / "split", tracking_uri, "vae_f", train_steps=4, **kw))
+    _, w_a = _weights(tmp_path / "straight")
+    _, w_b = _weights(tmp_path / "split")
+    for a, b in zip(w_a, w_b):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
