@@ -34,7 +34,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
-from apache_beam.ml.inference.base import PredictionResult
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
 
 from beam_jobs import identity
@@ -432,3 +432,33 @@ def sampler_model_handler(saved_model_dir: str, batch_size: int = 64,
         saved_model_dir,
         inference_fn=functools.partial(sample_inference_fn, temperature=float(temperature)),
         min_batch_size=batch_size, max_batch_size=batch_size)
+
+
+class ModelDirSamplerHandler(ModelHandler):
+    """RunInference handler: int64 seed -> uint8 image [H, W, C] drawn straight from a
+    trained model directory (``HybridModel.sample_rows``, the same rows as the exported
+    ``sample`` signature), so FID of a model needs no SavedModel export."""
+
+    def __init__(self, model_dir: str, batch_size: int = 64, temperature: float = 1.0):
+        super().__init__()
+        self._model_dir = model_dir
+        self._batch_size = int(batch_size)
+        self._temperature = float(temperature)
+
+    def load_model(self):
+        from artifacts import model_io
+
+        log.info("loading trained model %s", self._model_dir)
+        model, _ = model_io.load_trained_model(self._model_dir)
+        return tf.function(model.sample_rows, input_signature=[
+            tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.float32)])
+
+    def run_inference(self, batch: Sequence[Any], model, inference_args: Optional[dict] = None
+                      ) -> Iterable[PredictionResult]:
+        seeds = np.asarray(batch, np.int64).reshape(-1)
+        images = model(tf.constant(seeds), tf.fill([len(seeds)], np.float32(self._temperature)))
+        images = images.numpy()
+        return [PredictionResult(int(s), images[i], self._model_dir) for i, s in enumerate(seeds)]
+
+    def batch_elements_kwargs(self) -> dict:
+        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}

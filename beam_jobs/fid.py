@@ -6,6 +6,8 @@ One image source per run:
 * ``--saved_model=PATH --num_samples=N [--temperature=1.0] [--seed=0]``: a generator
   SavedModel with signature ``sample(seed int64 [B], temperature float32 [B]) ->
   {"images": uint8 [B, H, W, C]}``; sample i uses seed ``seed + i``;
+* ``--model_dir=DIR --num_samples=N [...]``: a trained model directory (pipeline.train),
+  sampled without an export (the same rows as its export's ``sample`` signature);
 * ``--image_folder=DIR``: image files (png, jpg, jpeg, bmp, webp, gif) under DIR.
 
 Features come from Beam RunInference over an extractor SavedModel (see
@@ -56,7 +58,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs import extractors, fid_math, identity, records
+from artifacts import records
+from beam_jobs import extractors, fid_math, identity
 from beam_jobs.image_sources import DEFAULT_MAX_MEMBER_BYTES
 from beam_jobs.fid_math import FeatureStatistics
 
@@ -132,6 +135,37 @@ class SampleSource:
 
 
 @dataclasses.dataclass(frozen=True)
+class ModelDirSampleSource:
+    """``num_samples`` images drawn straight from a trained model directory (written by
+    ``pipeline.train``): the same rows as the export's ``sample`` signature, no export."""
+
+    model_dir: str
+    num_samples: int
+    temperature: float = 1.0
+    seed: int = 0
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def validate(self) -> None:
+        from artifacts import model_io
+
+        if self.num_samples < 1:
+            raise ValueError(f"--num_samples must be positive, got {self.num_samples}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {self.batch_size}")
+        if not os.path.isfile(os.path.join(self.model_dir, model_io.CONFIG_FILE)):
+            raise FileNotFoundError(f"model directory {self.model_dir!r} has no "
+                                    f"{model_io.CONFIG_FILE}; expected one written by "
+                                    "pipeline.train")
+
+    def size_hint(self) -> int:
+        return self.num_samples
+
+    def describe(self) -> str:
+        return (f"{self.num_samples} samples of model directory {self.model_dir} (seeds "
+                f"{self.seed}..{self.seed + self.num_samples - 1}, temperature {self.temperature})")
+
+
+@dataclasses.dataclass(frozen=True)
 class ImageFolderSource:
     """All image files under a folder (recursively), keyed by relative path. Files larger
     than ``max_member_bytes`` and images PIL refuses as decompression bombs are counted as
@@ -158,7 +192,7 @@ class ImageFolderSource:
         return f"image folder {self.directory}"
 
 
-Source = Union[TFRecordSource, SampleSource, ImageFolderSource]
+Source = Union[TFRecordSource, SampleSource, ModelDirSampleSource, ImageFolderSource]
 
 
 class _ParseRecord(beam.DoFn):
@@ -234,16 +268,20 @@ class ReadImages(beam.PTransform):
             return (pbegin | "Files" >> beam.Create(s.files())
                     | "Reshuffle" >> beam.Reshuffle()
                     | "ReadFiles" >> beam.ParDo(_ReadImageFile(s.directory, s.max_member_bytes)))
-        if isinstance(s, SampleSource):
+        if isinstance(s, (SampleSource, ModelDirSampleSource)):
             s.validate()
-            handler = KeyedModelHandler(extractors.sampler_model_handler(
-                s.saved_model_dir, batch_size=s.batch_size, temperature=s.temperature))
+            if isinstance(s, SampleSource):
+                handler = KeyedModelHandler(extractors.sampler_model_handler(
+                    s.saved_model_dir, batch_size=s.batch_size, temperature=s.temperature))
+            else:
+                handler = KeyedModelHandler(extractors.ModelDirSamplerHandler(
+                    s.model_dir, batch_size=s.batch_size, temperature=s.temperature))
             return (pbegin | "Indices" >> beam.Create(range(s.num_samples))
                     | "Seeds" >> beam.Map(lambda i, base: (i, base + i), s.seed)
                     | "Sample" >> RunInference(handler)
                     | "Images" >> beam.MapTuple(lambda i, result: (i, result.inference)))
-        raise TypeError(f"unknown source {s!r}; expected TFRecordSource, SampleSource or "
-                        "ImageFolderSource")
+        raise TypeError(f"unknown source {s!r}; expected TFRecordSource, SampleSource, "
+                        "ModelDirSampleSource or ImageFolderSource")
 
 
 # --------------------------------------------------------------------------------------
@@ -549,14 +587,19 @@ def evaluate(source: Source, extractor: str, extractor_path: str, *,
 def evaluate_samples(saved_model_dir: str, num_samples: int, reference_stats_path: str,
                      extractor: str, extractor_path: str, *, temperature: float = 1.0,
                      seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
-                     **kwargs) -> dict:
-    """FID/KID/IS of ``num_samples`` samples of a generator SavedModel (see :func:`evaluate`).
+                     source_kind: str = "saved_model", **kwargs) -> dict:
+    """FID/KID/IS of ``num_samples`` samples of a generator (see :func:`evaluate`):
+    ``saved_model_dir`` is a SavedModel with a ``sample`` signature, or with
+    ``source_kind="model_dir"`` a trained model directory sampled without an export.
 
     Returns {"fid", "kid_mean", "kid_std", "is_mean", "is_std", "confident_rate"
     (top class probability >= 0.9), "label_coverage" (predicted-label entropy / ln K), "num_samples",
     "feature_dim", "extractor", "resize_protocol", ...}.
     """
-    source = SampleSource(saved_model_dir, num_samples, temperature, seed, batch_size)
+    if source_kind not in ("saved_model", "model_dir"):
+        raise ValueError(f"source_kind={source_kind!r}: expected 'saved_model' or 'model_dir'")
+    kind = SampleSource if source_kind == "saved_model" else ModelDirSampleSource
+    source = kind(saved_model_dir, num_samples, temperature, seed, batch_size)
     return evaluate(source, extractor, extractor_path,
                     reference_stats_path=reference_stats_path, batch_size=batch_size, **kwargs)
 
@@ -572,6 +615,8 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--data_dir", help="preprocessed TFRecords directory (with --split)")
     src.add_argument("--split", default="train")
     src.add_argument("--saved_model", help="generator SavedModel with a 'sample' signature")
+    src.add_argument("--model_dir", help="trained model directory (pipeline.train), sampled "
+                                         "without an export")
     src.add_argument("--num_samples", type=int, default=10000)
     src.add_argument("--temperature", type=float, default=1.0)
     src.add_argument("--seed", type=int, default=0)
@@ -621,15 +666,19 @@ def _run(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
         print(json.dumps({"fid": compare_stats(*parts,
                                                allow_unverified=args.allow_unverified_stats)}))
         return 0
-    chosen = [n for n in ("data_dir", "saved_model", "image_folder") if getattr(args, n)]
+    chosen = [n for n in ("data_dir", "saved_model", "model_dir", "image_folder")
+              if getattr(args, n)]
     if len(chosen) != 1:
-        raise SystemExit("give exactly one source: --data_dir, --saved_model or "
+        raise SystemExit("give exactly one source: --data_dir, --saved_model, --model_dir or "
                          f"--image_folder (got {chosen or 'none'}), or --compare_stats")
     if args.data_dir:
         source: Source = TFRecordSource(args.data_dir, args.split)
     elif args.saved_model:
         source = SampleSource(args.saved_model, args.num_samples, args.temperature, args.seed,
                               args.batch_size)
+    elif args.model_dir:
+        source = ModelDirSampleSource(args.model_dir, args.num_samples, args.temperature,
+                                      args.seed, args.batch_size)
     else:
         source = ImageFolderSource(args.image_folder, args.max_member_bytes)
     if not (args.reference_stats or args.output_stats):

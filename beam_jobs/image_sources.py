@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from beam_jobs import mnist_idx
 from beam_jobs.image_transform import BadImage
-from beam_jobs.records import UNKNOWN_LABEL
+from artifacts.records import UNKNOWN_LABEL
 
 SOURCE_KINDS = ("lsun_lmdb", "imagenet64_npz", "image_folder", "image_zip", "mnist_idx")
 DEFAULT_MAX_MEMBER_BYTES = 64 << 20  # 64 MiB of encoded bytes per image

@@ -43,7 +43,7 @@ from typing import Iterable, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from beam_jobs import records
+from artifacts import records
 from beam_jobs.image_sources import (DEFAULT_MAX_MEMBER_BYTES, SOURCE_KINDS, SourcePlan,
                                      SourceReader, plan_source)
 from beam_jobs.image_transform import BadImage, ImageTransform

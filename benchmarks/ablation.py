@@ -147,7 +147,7 @@ def validation_curves(rows: dict[str, list[dict]], args, path: str) -> str | Non
     import matplotlib.pyplot as plt
     from mlflow.tracking import MlflowClient
 
-    from pipeline import tracking
+    from artifacts import tracking
 
     client = MlflowClient(tracking_uri=args.mlflow_tracking_uri)
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -179,8 +179,8 @@ def validation_curves(rows: dict[str, list[dict]], args, path: str) -> str | Non
 
 def sample_grids(rows: dict[str, list[dict]], args, prefix: str) -> list[str]:
     """64 samples at temperature 0 and 1 of each variant's first seed, as PNG grids."""
-    from pipeline import images as images_lib
-    from pipeline import model_io
+    from artifacts import images as images_lib
+    from artifacts import model_io
 
     paths = []
     for variant, runs in rows.items():

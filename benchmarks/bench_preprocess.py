@@ -36,7 +36,7 @@ import zipfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from beam_jobs import records  # noqa: E402
+from artifacts import records  # noqa: E402
 from beam_jobs.image_transform import BadImage, ImageTransform  # noqa: E402
 from beam_jobs.preprocess import run_preprocess  # noqa: E402
 

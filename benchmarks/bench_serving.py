@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from beam_jobs.mnist_idx import load_mnist  # noqa: E402
-from pipeline import model_io  # noqa: E402
+from artifacts import model_io  # noqa: E402
 from serving import export  # noqa: E402
 from serving.signatures import deterministic_score  # noqa: E402
 from tfp_models import flows  # noqa: E402

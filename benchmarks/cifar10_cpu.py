@@ -68,8 +68,8 @@ def main() -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from pipeline import images as images_lib
-    from pipeline import model_io, tracking
+    from artifacts import images as images_lib
+    from artifacts import model_io, tracking
 
     print("\n=== [4/4] sample grids", flush=True)
     model, step = model_io.load_trained_model(model_dir)

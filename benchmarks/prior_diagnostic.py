@@ -23,7 +23,7 @@ from sklearn.mixture import GaussianMixture
 
 from beam_jobs.fid_math import frechet_distance
 from pipeline.evaluate import split_batches
-from pipeline.model_io import load_trained_model
+from artifacts.model_io import load_trained_model
 from tfp_models import flows
 
 

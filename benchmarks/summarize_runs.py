@@ -25,7 +25,7 @@ def posterior_scale(model_dir: str, data_dir: str) -> tuple[float, float]:
     import numpy as np
 
     from pipeline import data as data_lib
-    from pipeline import model_io
+    from artifacts import model_io
     from tfp_models import flows
 
     model, _ = model_io.load_trained_model(model_dir)

@@ -1,7 +1,7 @@
 """tf.data input from the data sets that ``beam_jobs.preprocess`` writes.
 
 A data set directory holds ``<split>-NNNNN-of-MMMMM.tfrecord`` shards and ``dataset.json``
-(format: :mod:`beam_jobs.records`). :func:`make_image_dataset` yields uint8 image
+(format: :mod:`artifacts.records`). :func:`make_image_dataset` yields uint8 image
 batches [B, H, W, C] (optionally with int64 labels [B]), deterministically for a seed.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 
 import tensorflow as tf
 
-from beam_jobs import records
+from artifacts import records
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,8 +7,8 @@
 BPD: exact for ``flow``/``flow_wgan``; for the VAE variants the ELBO bound and, with
 K > 1, the importance-weighted bound (tighter, still an upper bound on bits/dim). Each
 image is dequantized once with seeded uniform noise; the mean and its standard error over
-the split are reported. FID/KID/IS: the model is exported as a SavedModel with the
-``sample`` signature and sampled by the Beam job of :mod:`beam_jobs.fid`.
+the split are reported. FID/KID/IS: the Beam job of :mod:`beam_jobs.fid` draws the
+samples straight from the model directory (the rows of the export's ``sample`` signature).
 Latent use (VAE variants): the mean KL(q(z|x) || p(z)) on the split and the number of
 active latent units (Burda et al., 2016). Sample quality a reader can interpret without
 Inception (MNIST classifier): the confident-sample rate (top class probability >= 0.9)
@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,7 @@ from absl import app, flags
 from tqdm import tqdm
 
 from pipeline import data as data_lib
-from pipeline import model_io
+from artifacts import model_io
 from tfp_models import flows, metrics
 from tfp_models.hybrid import HybridModel
 
@@ -153,28 +152,23 @@ def evaluate_latent(model: HybridModel, data_dir: str, split: str = "validation"
 
 def evaluate_samples(model_dir: str, num_samples: int, extractor: str, extractor_path: str,
                      reference_stats: str, temperature: float = 1.0, seed: int = 0,
-                     export_dir: str | None = None, pipeline_args: list[str] | None = None
-                     ) -> dict[str, Any]:
-    """FID/KID/IS of ``num_samples`` samples: exports the model (``sample`` signature) to
-    ``export_dir`` (a temporary directory if None) and runs the Beam FID job on it.
-    Reference statistics of another extractor (fingerprint), protocol or image shape, or
-    without a fingerprint, raise ``beam_jobs.fid_math.StatisticsError``; the extractor's
-    identity is checked before the export."""
+                     pipeline_args: list[str] | None = None) -> dict[str, Any]:
+    """FID/KID/IS of ``num_samples`` samples drawn straight from ``model_dir`` (the rows of
+    the export's ``sample`` signature, no export) by the Beam FID job. Reference statistics
+    of another extractor (fingerprint), protocol or image shape, or without a fingerprint,
+    raise ``beam_jobs.fid_math.StatisticsError`` before any sample is drawn."""
     from beam_jobs import fid
-    from serving.export import export_model
 
     fid.check_reference_stats(reference_stats, extractor, extractor_path)
-    with tempfile.TemporaryDirectory(prefix="eval-export-") as tmp:
-        version_dir = export_model(model_dir, export_dir or tmp, "evaluation", log_to_mlflow=False)
-        return fid.evaluate_samples(version_dir, num_samples, reference_stats, extractor,
-                                    extractor_path, temperature=temperature, seed=seed,
-                                    pipeline_args=pipeline_args)
+    return fid.evaluate_samples(model_dir, num_samples, reference_stats, extractor,
+                                extractor_path, temperature=temperature, seed=seed,
+                                pipeline_args=pipeline_args, source_kind="model_dir")
 
 
 def log_results(model_dir: str, results: dict[str, Any], prefix: str) -> str | None:
     """Logs numeric results as MLflow metrics ``<prefix>/<name>`` to the model's run and
     the whole dict as a JSON artifact; returns the run id (None if the model has none)."""
-    from pipeline import tracking
+    from artifacts import tracking
 
     with tracking.attached_run(model_dir) as run_id:
         if run_id is None:
@@ -207,7 +201,7 @@ flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = the on
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from pipeline import tracking
+    from artifacts import tracking
 
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required")

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from pipeline import model_io
+from artifacts import model_io
 from pipeline.cli import user_errors
 
 log = logging.getLogger(__name__)

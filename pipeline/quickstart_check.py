@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import data as data_lib
-from pipeline import images as images_lib
+from artifacts import images as images_lib
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,8 +24,9 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from pipeline import data as data_lib
-from pipeline import images as images_lib
-from pipeline import model_io, model_lock
+from artifacts import images as images_lib
+from artifacts import model_io
+from pipeline import model_lock
 from tfp_models import flows, metrics
 from tfp_models.hybrid import HybridConfig, HybridModel
 
@@ -372,7 +373,7 @@ def train(model_config: HybridConfig, cfg: TrainConfig,
 def _train(model_config: HybridConfig, cfg: TrainConfig, params_to_log: dict[str, Any] | None,
            on_step: Callable[[int, dict], None] | None) -> dict[str, Any]:
     """:func:`train` without the model directory lock."""
-    from pipeline import tracking  # mlflow import is slow; keep it off tfp_models' path
+    from artifacts import tracking  # mlflow import is slow; keep it off tfp_models' path
 
     info = data_lib.read_dataset_info(cfg.data_dir)
     if "train" not in info.split_counts:

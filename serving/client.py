@@ -316,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sample":
             if args.n < 1:
                 raise ValueError(f"--n={args.n}: expected a positive number of samples")
-            from pipeline.images import save_grid
+            from artifacts.images import save_grid
 
             images = client.sample(np.arange(args.seed, args.seed + args.n), args.temperature)
             print(save_grid(images, args.out))

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from pipeline import model_io
+from artifacts import model_io
 from serving.signatures import (DEFAULT_MAX_BATCH, DEFAULT_SCORE_SEED, IW_OUTPUTS, SCORE_OUTPUTS,
                                 ServingModule)
 
@@ -275,7 +275,7 @@ def main(argv: list[str]) -> None:
     f = flags.FLAGS
     tracking_uri = f.mlflow_tracking_uri or None
     if f.mlflow:  # default: the store recorded in the model directory
-        from pipeline import tracking
+        from artifacts import tracking
         tracking_uri = tracking.configure(tracking_uri, f.model_dir)
     version_dir = export_model(
         f.model_dir, f.export_dir, f.model_name, f.version, f.score_importance_samples,

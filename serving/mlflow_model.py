@@ -130,7 +130,7 @@ def log_and_register(model_dir: str, version_dir: str, model_name: str,
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec
 
-    from pipeline import tracking
+    from artifacts import tracking
 
     if tracking_uri:
         tracking.configure(tracking_uri)

@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_models import flows, metrics
-from tfp_models.hybrid import HybridModel
+from tfp_models.hybrid import HybridModel, row_noise
 
 SCORE_OUTPUTS = ("log_likelihood_nats", "bits_per_dim")
 IW_OUTPUTS = ("iw_bound_nats", "iw_bound_stderr_nats", "iw_bits_per_dim",
@@ -144,16 +144,6 @@ def importance_weighted_score(model: HybridModel, images: tf.Tensor, num_samples
             "iw_bound_stderr_nats": tf.cast(stderr, tf.float32),
             "iw_bits_per_dim": tf.cast(metrics.bits_per_dim(bound, shape), tf.float32),
             "iw_bits_per_dim_stderr": tf.cast(stderr / (dims * np.log(2.0)), tf.float32)}
-
-
-def row_noise(seeds: tf.Tensor, shape: tuple, stream: int,
-              draw=tf.random.stateless_normal) -> tf.Tensor:
-    """Noise [N, *shape] (standard normal unless ``draw`` says otherwise, e.g.
-    tf.random.stateless_uniform), row i keyed on (seeds[i], stream) only."""
-    seeds = tf.cast(seeds, tf.int64)
-    return tf.map_fn(
-        lambda s: draw(shape, seed=tf.stack([s, tf.constant(stream, tf.int64)])),
-        seeds, fn_output_signature=tf.TensorSpec(shape, tf.float32))
 
 
 def _shape_text(dims) -> str:
@@ -261,11 +251,7 @@ class ServingModule(tf.Module):
         with tf.control_dependencies([same, valid]):
             seed = tf.identity(seed)
         seed = self._check_rows(tf.size(seed), seed, "seeds")
-        # The same streams as HybridModel.sample: prior noise (seed, 1), decoder eps (seed, 2).
-        z = row_noise(seed, self.model.prior_noise_shape(), 1)
-        eps = row_noise(seed, self.image_shape, 2) if self.model.spec.latent else None
-        images = self.model.generate(z, temperature, eps)
-        return {"images": flows.quantize_images(images)}
+        return {"images": self.model.sample_rows(seed, temperature)}
 
     def _sample_latent(self, latent: tf.Tensor) -> dict[str, tf.Tensor]:
         latent = self._check_latent(latent)

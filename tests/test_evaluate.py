@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import train_tiny
 from pipeline import data as data_lib
-from pipeline import evaluate, model_io
+from artifacts import model_io
+from pipeline import evaluate
 from tfp_models import flows, metrics
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,7 +91,7 @@ def test_cli_prints_json_and_logs_to_the_models_run(vae_dir, digits16, tracking_
 
 
 @pytest.mark.slow
-def test_fid_of_model_samples_through_export_and_beam(vae_dir, digits16, tmp_path):
+def test_fid_of_model_samples_through_beam(vae_dir, digits16, tmp_path):
     """End to end with a small (untrained) MNIST-classifier extractor: FID is finite and
     positive, KID/IS are reported, the sample count is exact."""
     from beam_jobs import extractors, fid
@@ -152,3 +153,25 @@ def test_cli_refuses_reference_stats_without_fingerprint(vae_dir, tmp_path, trac
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: statistics") and "no extractor fingerprint" in last
     assert "regenerate" in last
+
+
+def test_model_dir_samples_are_the_exports_sample_rows(vae_dir, tmp_path):
+    """FID's model-directory source draws, with no export, exactly the images the exported
+    ``sample`` signature returns for the same seeds (11 samples in batches of 4)."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from beam_jobs import fid
+    from serving.export import export_model
+
+    version_dir = export_model(vae_dir, str(tmp_path / "export"), "m", log_to_mlflow=False)
+    n, seed, temperature = 11, 40, 0.7
+    want = tf.saved_model.load(version_dir).signatures["sample"](
+        seed=tf.constant(np.arange(seed, seed + n), tf.int64),
+        temperature=tf.fill([n], np.float32(temperature)))["images"].numpy()
+    with beam.Pipeline(options=fid.pipeline_options(None)) as p:
+        images = p | fid.ReadImages(fid.ModelDirSampleSource(vae_dir, n, temperature, seed, 4))
+        rows = images | beam.MapTuple(lambda i, im: (i, im.dtype.name, im.tobytes()))
+        assert_that(rows, equal_to([(i, "uint8", want[i].tobytes()) for i in range(n)]))
+    with pytest.raises(FileNotFoundError, match="model_config.json"):
+        fid.ModelDirSampleSource(str(tmp_path), 3).validate()

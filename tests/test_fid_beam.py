@@ -13,7 +13,8 @@ import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from beam_jobs import extractors, fid, fid_math, identity, mnist_idx, records
+from artifacts import records
+from beam_jobs import extractors, fid, fid_math, identity, mnist_idx
 from beam_jobs.fid_math import FeatureStatistics
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

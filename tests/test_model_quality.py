@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 from beam_jobs.fid_math import CONFIDENT_THRESHOLD
-from pipeline import evaluate, model_io
+from artifacts import model_io
+from pipeline import evaluate
 from pipeline.quickstart import PROJECT_ROOT
 
 STEPS = 400          # half the quickstart's budget

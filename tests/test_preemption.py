@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
-from pipeline import model_io
+from artifacts import model_io
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_STEPS = 60  # room for the progress bar lagging a few steps behind the signal

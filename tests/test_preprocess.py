@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from beam_jobs import image_sources, mnist_idx, preprocess, records
+from artifacts import records
+from beam_jobs import image_sources, mnist_idx, preprocess
 from beam_jobs.image_transform import BadImage, ImageTransform
 from beam_jobs.preprocess import run_preprocess, shard_of, split_of
 

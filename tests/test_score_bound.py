@@ -14,7 +14,7 @@ from serving import client as client_lib
 from serving import export
 from serving.signatures import IW_OUTPUTS, importance_weighted_score
 from test_serving import _digits, write_untrained
-from pipeline import model_io
+from artifacts import model_io
 
 K = 8
 

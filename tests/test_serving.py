@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY, TINY_SHAPE, train_tiny
-from pipeline import model_io
+from artifacts import model_io
 from serving import client as client_lib
 from serving import export
 from serving.signatures import deterministic_score

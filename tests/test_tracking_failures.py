@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, TINY_SHAPE, tiny_train_config
-from pipeline import tracking, trainer
+from artifacts import tracking, trainer
 from tfp_models.hybrid import HybridConfig
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +41,7 @@ def test_call_with_retries_retries_then_warns(caplog):
     assert tracking.call_with_retries(flaky, 2, attempts=3, backoff_s=0.01) == "ok"
     assert len(calls) == 3
     calls.clear()
-    with caplog.at_level(logging.WARNING, logger="pipeline.tracking"):
+    with caplog.at_level(logging.WARNING, logger="artifacts.tracking"):
         assert tracking.call_with_retries(flaky, 5, attempts=3, backoff_s=0.01) is None
     assert len(calls) == 3 and "failed 3 times" in caplog.text and "unreachable" in caplog.text
 
@@ -65,7 +65,7 @@ def test_a_store_that_breaks_mid_run_costs_warnings_not_the_run(digits16, tmp_pa
     model_cfg = HybridConfig(variant="vae_f", image_shape=TINY_SHAPE, **TINY)
     cfg = tiny_train_config(digits16, tmp_path / "m", uri, train_steps=7, checkpoint_every=3)
     try:
-        with caplog.at_level(logging.WARNING, logger="pipeline.tracking"):
+        with caplog.at_level(logging.WARNING, logger="artifacts.tracking"):
             summary = trainer.train(model_cfg, cfg, on_step=break_and_mend)
         assert summary["step"] == 7 and summary["checkpoint"].endswith("ckpt-7")
         assert "log_metrics failed 3 times" in caplog.text, caplog.text

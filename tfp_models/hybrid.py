@@ -162,6 +162,17 @@ def gaussian_log_prob(y: tf.Tensor, mu: tf.Tensor, log_sigma: tf.Tensor) -> tf.T
     return tf.reduce_sum(per_dim, axis=[-3, -2, -1])
 
 
+def row_noise(seeds: tf.Tensor, shape: tuple, stream: int,
+              draw=tf.random.stateless_normal) -> tf.Tensor:
+    """Noise [N, *shape] (standard normal unless ``draw`` says otherwise, e.g.
+    tf.random.stateless_uniform), row i keyed on (seeds[i], stream) only: the same as
+    ``draw((1,) + shape, seed=(seeds[i], stream))[0]``, whatever the batch."""
+    seeds = tf.cast(seeds, tf.int64)
+    return tf.map_fn(
+        lambda s: draw(shape, seed=tf.stack([s, tf.constant(stream, tf.int64)])),
+        seeds, fn_output_signature=tf.TensorSpec(shape, tf.float32))
+
+
 class HybridModel(keras.Model):
     """Encoder, decoder, feature flow f and discriminator of one variant.
 
@@ -382,6 +393,13 @@ class HybridModel(keras.Model):
         """uint8 [num, H, W, C] samples, reproducible for a seed."""
         z = tf.random.stateless_normal((num,) + self.prior_noise_shape(), seed=(seed, 1))
         eps = tf.random.stateless_normal((num,) + self.config.image_shape, seed=(seed, 2))
+        return flows.quantize_images(self.generate(z, temperature, eps))
+
+    def sample_rows(self, seeds: tf.Tensor, temperature: tf.Tensor) -> tf.Tensor:
+        """uint8 [N, H, W, C] from int64 seeds [N] and float32 temperatures [N]: row i equals
+        ``sample(1, temperature[i], seeds[i])`` whatever the batch it is drawn in."""
+        z = row_noise(seeds, self.prior_noise_shape(), 1)
+        eps = row_noise(seeds, self.config.image_shape, 2) if self.spec.latent else None
         return flows.quantize_images(self.generate(z, temperature, eps))
 
     def adversarial_samples(self, prior_noise: tf.Tensor) -> tf.Tensor:

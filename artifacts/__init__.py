@@ -1,0 +1,10 @@
+"""What the project keeps on disk, below every job that reads or writes it.
+
+* :mod:`artifacts.records`: the data set format (sharded TFRecords + dataset.json);
+* :mod:`artifacts.model_io`: model directories (model_config.json + checkpoints);
+* :mod:`artifacts.tracking`: the MLflow run a model directory belongs to;
+* :mod:`artifacts.images`: sample grids as PNG.
+
+Imports run downward: ``tfp_models`` <- ``artifacts`` <- ``beam_jobs``, ``pipeline`` <-
+``serving`` <- ``benchmarks``. Nothing here imports ``beam_jobs``, ``pipeline`` or ``serving``.
+"""
