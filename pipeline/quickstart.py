@@ -25,26 +25,28 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
+
+from pipeline.stage_output import run_filtered
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MNIST = os.path.join(os.path.dirname(PROJECT_ROOT), "shared", "data", "mnist_test")
 
 
 def run_stage(index: int, total: int, title: str, argv: list[str], capture: bool = False) -> str:
-    """Runs one stage's command, streaming its progress; returns stdout if ``capture``."""
+    """Runs one stage's command, streaming its progress and messages without the start-up
+    noise of a CPU-only machine (:mod:`pipeline.stage_output`); returns stdout if
+    ``capture``."""
     print(f"\n=== [{index}/{total}] {title}\n    $ {' '.join(argv)}", flush=True)
     start = time.time()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    result = subprocess.run(argv, cwd=PROJECT_ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE if capture else None)
-    if result.returncode != 0:
+    code, stdout = run_filtered(argv, cwd=PROJECT_ROOT, env=env, capture=capture)
+    if code != 0:
         raise SystemExit(f"quickstart stage {index} ({title}) failed with exit code "
-                         f"{result.returncode}; its outputs so far are kept, rerun to continue")
+                         f"{code}; its outputs so far are kept, rerun to continue")
     print(f"    done in {time.time() - start:.0f} s", flush=True)
-    return result.stdout or ""
+    return stdout
 
 
 def last_json(text: str) -> dict:
