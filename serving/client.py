@@ -198,7 +198,7 @@ class GrpcClient(_Client):
         return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
 
 
-class MlflowClient(_Client):
+class MlflowServeClient(_Client):
     """`mlflow models serve` of the registered pyfunc model: POST /invocations with
     {"inputs": {...}, "params": {"signature": ...}}."""
 
@@ -256,7 +256,7 @@ def make_client(target: str, address: str, model_name: str | None = None, fmt: s
     elif target == "grpc":
         client = GrpcClient(address, model_name, version, timeout)
     elif target == "mlflow":
-        client = MlflowClient(address, timeout)
+        client = MlflowServeClient(address, timeout)
     elif target == "local":
         client = LocalClient(address)
     else:

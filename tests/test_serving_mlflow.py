@@ -108,7 +108,7 @@ def test_mlflow_models_serve_answers_like_the_saved_model(cqf_export, loaded, tr
             headers={"Content-Type": "application/json"}), timeout=60))
         np.testing.assert_allclose(raw["predictions"]["log_likelihood_nats"],
                                    want["log_likelihood_nats"], rtol=1e-6)
-        client = client_lib.MlflowClient(f"127.0.0.1:{port}")
+        client = client_lib.MlflowServeClient(f"127.0.0.1:{port}")
         np.testing.assert_allclose(client.score(images)["bits_per_dim"], want["bits_per_dim"],
                                    rtol=1e-6)
         got = client.sample([7, 8, 9], [1.0, 0.5, 0.0])
