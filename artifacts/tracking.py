@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from typing import Any, Callable, Iterator, Mapping
@@ -179,3 +180,18 @@ def attached_run(model_dir: str) -> Iterator[str | None]:
     # nested: another run (e.g. a caller's) may be active; MLflow refuses a second top one.
     with mlflow.start_run(run_id=previous.info.run_id, nested=active is not None):
         yield previous.info.run_id
+
+
+def log_results(model_dir: str, results: dict[str, Any], prefix: str) -> str | None:
+    """Logs the numeric entries of an evaluation's ``results`` as MLflow metrics
+    ``<prefix>/<name>`` on the run of ``model_dir``, and the whole dict as the JSON
+    artifact ``evaluation/<prefix>.json``; returns the run id (None if the model has none)."""
+    with attached_run(model_dir) as run_id:
+        if run_id is None:
+            log.warning("no MLflow run recorded in %s; results not logged", model_dir)
+            return None
+        numeric = {f"{prefix}/{k}": float(v) for k, v in results.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        mlflow.log_metrics(numeric)
+        mlflow.log_dict(results, f"evaluation/{prefix.replace('/', '_')}.json")
+        return run_id

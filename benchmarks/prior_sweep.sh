@@ -39,7 +39,7 @@ for name in "${names[@]}"; do
     $PY -m pipeline.fit_prior --model_dir=$OUT/std --output_model_dir=$dir --components=50
   else
     # shellcheck disable=SC2086
-    $PY -m pipeline.train --flagfile=$BASE --data_dir=$D --model_dir=$dir \
+    $PY -m pipeline.train --flagfile=$BASE --data_dir=$D --model_dir=$dir --train_steps=1200 \
         --show_progress=false --experiment=prior --run_name=$name ${ROWS[$name]}
   fi
   for t in 0 1; do

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from typing import Any
 
@@ -165,22 +164,6 @@ def evaluate_samples(model_dir: str, num_samples: int, extractor: str, extractor
                                 pipeline_args=pipeline_args, source_kind="model_dir")
 
 
-def log_results(model_dir: str, results: dict[str, Any], prefix: str) -> str | None:
-    """Logs numeric results as MLflow metrics ``<prefix>/<name>`` to the model's run and
-    the whole dict as a JSON artifact; returns the run id (None if the model has none)."""
-    from artifacts import tracking
-
-    with tracking.attached_run(model_dir) as run_id:
-        if run_id is None:
-            log.warning("no MLflow run recorded in %s; results not logged", model_dir)
-            return None
-        numeric = {f"{prefix}/{k}": float(v) for k, v in results.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-        tracking.mlflow.log_metrics(numeric)
-        tracking.mlflow.log_dict(results, f"evaluation/{prefix.replace('/', '_')}.json")
-        return run_id
-
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Model directory written by pipeline.train.")
 flags.DEFINE_string("data_dir", None, "Preprocessed data set (for BPD).")
@@ -202,6 +185,7 @@ def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from artifacts import tracking
+    from artifacts.tracking import log_results
 
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required")
