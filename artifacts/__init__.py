@@ -1,6 +1,7 @@
 """What the project keeps on disk, below every job that reads or writes it.
 
-* :mod:`artifacts.records`: the data set format (sharded TFRecords + dataset.json);
+* :mod:`artifacts.dataset_format`: the data set format (sharded TFRecords + dataset.json,
+  DatasetInfo, which raw files are images);
 * :mod:`artifacts.model_io`: model directories (model_config.json + checkpoints);
 * :mod:`artifacts.tracking`: the MLflow run a model directory belongs to;
 * :mod:`artifacts.images`: sample grids as PNG.

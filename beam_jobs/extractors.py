@@ -1,5 +1,10 @@
 """Feature extractors for FID/KID/IS and the Beam RunInference handlers that run them.
 
+This module resolves ``--extractor`` / ``--extractor_path`` (:func:`resolve_extractor`)
+and re-exports the names of the contract (:mod:`beam_jobs.extractor_contract`), the
+builders (:mod:`beam_jobs.extractor_builders`) and the RunInference handlers
+(:mod:`beam_jobs.inference_handlers`).
+
 The extractor contract: a SavedModel directory whose signature ``features`` takes
 ``images`` (uint8 [B, H, W, C], C in {1, 3}, values in [0, 255]) and returns
 ``{"pool": float32 [B, d], "logits": float32 [B, K]}``: ``pool`` feeds FID/KID, the
@@ -9,7 +14,7 @@ records the name, feature/class dimensions and the preprocessing ("resize protoc
 Extractors (``--extractor``):
 
 * ``mnist_classifier``: a small convnet trained on MNIST by
-  ``python -m beam_jobs.train_mnist_classifier``; ``--extractor_path`` is its SavedModel.
+  ``python -m pipeline.train_mnist_classifier``; ``--extractor_path`` is its SavedModel.
 * ``inception_v3``: ``--extractor_path`` is a local file the user supplies, either the
   TF 2015-12-05 frozen graph ``classify_image_graph_def.pb`` (TTUR / original FID) or a
   Keras ``InceptionV3`` weights ``.h5`` (with the classification top). A SavedModel
@@ -23,309 +28,21 @@ Nothing is ever downloaded.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
-import logging
 import os
-import shutil
-import tempfile
-from typing import Any, Iterable, Optional, Sequence
-
-import numpy as np
-import tensorflow as tf
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
-from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
+from typing import Any, Optional
 
 from beam_jobs import identity
-
-log = logging.getLogger(__name__)
-
-FEATURES_SIGNATURE = "features"
-SAMPLE_SIGNATURE = "sample"
-EXTRACTOR_JSON = "extractor.json"
-EXTRACTORS = ("mnist_classifier", "inception_v3", "saved_model")
-
-MNIST_SIZE = 28
-INCEPTION_SIZE = 299
-MNIST_PROTOCOL = (
-    "mnist_classifier: uint8 [0,255] -> grey (mean of 1 channel, or ITU-R 601 luma "
-    "0.299/0.587/0.114 of RGB) -> if not 28x28, tf.image.resize bilinear (half-pixel "
-    "centers, no antialias) to 28x28 -> /255 to [0,1]; pool = 128-d penultimate ReLU "
-    "layer, logits over 10 digits")
-INCEPTION_PB_PROTOCOL = (
-    "inception_v3 frozen graph classify_image_graph_def.pb (TTUR/original FID): uint8 -> "
-    "float32 [0,255] (grey tiled to 3 channels) fed to 'ExpandDims:0'; the graph's own "
-    "ResizeBilinear to 299x299 (TF1, align_corners=False) and (x-128)/128; pool = "
-    "'pool_3:0' 2048-d; logits = pool_3 @ softmax/weights + softmax/biases over 1008 classes")
-INCEPTION_KERAS_PROTOCOL = (
-    "inception_v3 Keras weights .h5: uint8 -> float32 [0,255] (grey tiled to 3 channels) "
-    "-> tf.image.resize bilinear (half-pixel centers, no antialias) to 299x299 -> "
-    "x/127.5-1 to [-1,1]; pool = 'avg_pool' 2048-d; logits = 'predictions' pre-softmax "
-    "over 1000 classes")
-
-_IMAGES_SPEC = tf.TensorSpec([None, None, None, None], tf.uint8, name="images")
-
-
-@dataclasses.dataclass(frozen=True)
-class ExtractorInfo:
-    """A ready extractor SavedModel: its directory, what it computes and its identity.
-
-    ``fingerprint`` is the content hash of :func:`beam_jobs.identity.extractor_fingerprint`
-    (the Inception source file, or the SavedModel's graph and variables).
-    """
-
-    saved_model_dir: str
-    name: str
-    resize_protocol: str
-    feature_dim: int
-    num_classes: int
-    fingerprint: str
-
-
-# --------------------------------------------------------------------------------------
-# Shared preprocessing pieces (inside tf.function, dynamic shapes).
-# --------------------------------------------------------------------------------------
-def _check_channels(images: tf.Tensor) -> tf.Tensor:
-    channels = tf.shape(images)[-1]
-    tf.debugging.assert_equal(
-        tf.logical_or(tf.equal(channels, 1), tf.equal(channels, 3)), True,
-        message="extractor 'images' must be uint8 [B, H, W, C] with C = 1 or 3")
-    return channels
-
-
-def _to_rgb(images: tf.Tensor) -> tf.Tensor:
-    """uint8 [B, H, W, 1 or 3] -> float32 [B, H, W, 3] in [0, 255]."""
-    channels = _check_channels(images)
-    x = tf.cast(images, tf.float32)
-    x = tf.cond(tf.equal(channels, 1), lambda: tf.tile(x[..., :1], [1, 1, 1, 3]),
-                lambda: x[..., :3])
-    return tf.ensure_shape(x, [None, None, None, 3])
-
-
-def _to_grey(images: tf.Tensor) -> tf.Tensor:
-    """uint8 [B, H, W, 1 or 3] -> float32 [B, H, W, 1] in [0, 255]."""
-    channels = _check_channels(images)
-    x = tf.cast(images, tf.float32)
-    luma = tf.constant([0.299, 0.587, 0.114], tf.float32)
-    x = tf.cond(tf.equal(channels, 3),
-                lambda: tf.reduce_sum(x[..., :3] * luma, axis=-1, keepdims=True),
-                lambda: x[..., :1])
-    return tf.ensure_shape(x, [None, None, None, 1])
-
-
-def _resize_if_needed(x: tf.Tensor, size: int) -> tf.Tensor:
-    """float [B, H, W, C] -> [B, size, size, C]; bilinear resize only if H, W != size."""
-    hw = tf.shape(x)[1:3]
-    same = tf.reduce_all(tf.equal(hw, [size, size]))
-    x = tf.cond(same, lambda: x, lambda: tf.image.resize(x, [size, size], method="bilinear"))
-    return tf.ensure_shape(x, [None, size, size, x.shape[-1]])
-
-
-# --------------------------------------------------------------------------------------
-# MNIST classifier.
-# --------------------------------------------------------------------------------------
-def build_mnist_classifier(feature_dim: int = 128, seed: int = 0):
-    """Returns (classifier, features_model) Keras models on float [B, 28, 28, 1] in [0, 1].
-
-    ``classifier`` maps to logits [B, 10]; ``features_model`` shares its layers and maps
-    to (pool [B, feature_dim], logits [B, 10]).
-    """
-    import keras
-    from keras import layers
-
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((MNIST_SIZE, MNIST_SIZE, 1), name="image")
-    x = layers.Conv2D(32, 3, activation="relu")(inputs)
-    x = layers.MaxPooling2D()(x)
-    x = layers.Conv2D(64, 3, activation="relu")(x)
-    x = layers.MaxPooling2D()(x)
-    x = layers.Flatten()(x)
-    pool = layers.Dense(feature_dim, activation="relu", name="pool")(x)
-    logits = layers.Dense(10, name="logits")(layers.Dropout(0.2)(pool))
-    classifier = keras.Model(inputs, logits, name="mnist_classifier")
-    features_model = keras.Model(inputs, [pool, logits], name="mnist_features")
-    return classifier, features_model
-
-
-class _MnistFeatures(tf.Module):
-    def __init__(self, features_model):
-        super().__init__()
-        self.model = features_model
-
-    @tf.function(input_signature=[_IMAGES_SPEC])
-    def features(self, images):
-        x = _resize_if_needed(_to_grey(images), MNIST_SIZE) / 255.0
-        pool, logits = self.model(x, training=False)
-        return {"pool": tf.cast(pool, tf.float32), "logits": tf.cast(logits, tf.float32)}
-
-
-def _write_info(directory: str, name: str, protocol: str, feature_dim: int,
-                num_classes: int, **extra) -> None:
-    with open(os.path.join(directory, EXTRACTOR_JSON), "w") as f:
-        json.dump({"name": name, "resize_protocol": protocol, "feature_dim": feature_dim,
-                   "num_classes": num_classes, **extra}, f, indent=2)
-
-
-def _save_atomically(module: tf.Module, output_dir: str, name: str, protocol: str,
-                     feature_dim: int, num_classes: int, **extra) -> None:
-    """Saves ``module`` with its ``features`` signature to a temp dir, then renames."""
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-extractor-", dir=parent)
-    try:
-        tf.saved_model.save(module, tmp, signatures={
-            FEATURES_SIGNATURE: module.features.get_concrete_function()})
-        _write_info(tmp, name, protocol, feature_dim, num_classes, **extra)
-        if os.path.isdir(output_dir):
-            shutil.rmtree(output_dir)
-        os.replace(tmp, output_dir)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def export_mnist_classifier(features_model, output_dir: str, **extra) -> str:
-    """Exports a :func:`build_mnist_classifier` features model as an extractor SavedModel."""
-    module = _MnistFeatures(features_model)
-    feature_dim = int(features_model.outputs[0].shape[-1])
-    _save_atomically(module, output_dir, "mnist_classifier", MNIST_PROTOCOL, feature_dim, 10,
-                     **extra)
-    return output_dir
-
-
-# --------------------------------------------------------------------------------------
-# Inception-v3 from a user-supplied file.
-# --------------------------------------------------------------------------------------
-class _KerasInception(tf.Module):
-    def __init__(self, weights_path: str):
-        super().__init__()
-        import keras
-
-        base = keras.applications.InceptionV3(weights=None, include_top=True,
-                                              classifier_activation=None)
-        try:
-            base.load_weights(weights_path)
-        except Exception as e:  # noqa: BLE001 - Keras raises ValueError/KeyError/OSError
-            raise ValueError(
-                f"could not load {weights_path!r} into keras.applications.InceptionV3"
-                f"(include_top=True): {e}. Expected the full ImageNet weights .h5 with the "
-                "classification top (e.g. inception_v3_weights_tf_dim_ordering_tf_kernels.h5)"
-            ) from e
-        self.model = keras.Model(base.inputs, [base.get_layer("avg_pool").output, base.output])
-
-    @tf.function(input_signature=[_IMAGES_SPEC])
-    def features(self, images):
-        x = tf.image.resize(_to_rgb(images), [INCEPTION_SIZE, INCEPTION_SIZE], method="bilinear")
-        pool, logits = self.model(x / 127.5 - 1.0, training=False)
-        return {"pool": tf.cast(pool, tf.float32), "logits": tf.cast(logits, tf.float32)}
-
-
-class _FrozenGraphInception(tf.Module):
-    """The 2015-12-05 Inception graph, batched by mapping its 'ExpandDims:0' input."""
-
-    def __init__(self, pb_path: str):
-        super().__init__()
-        graph_def = tf.compat.v1.GraphDef()
-        with open(pb_path, "rb") as f:
-            try:
-                graph_def.ParseFromString(f.read())
-            except Exception as e:  # noqa: BLE001 - protobuf DecodeError
-                raise ValueError(f"{pb_path!r} is not a serialized GraphDef: {e}") from e
-        names = {n.name for n in graph_def.node}
-        missing = {"ExpandDims", "pool_3", "softmax/logits"} - names
-        if missing:
-            raise ValueError(
-                f"{pb_path!r} lacks node(s) {sorted(missing)}; expected the Inception-v3 "
-                "frozen graph classify_image_graph_def.pb (2015-12-05)")
-        self._graph_def = graph_def
-
-    @tf.function(input_signature=[_IMAGES_SPEC])
-    def features(self, images):
-        x = _to_rgb(images)
-        pool3, logits_op = tf.compat.v1.import_graph_def(
-            self._graph_def, input_map={"ExpandDims:0": x},
-            return_elements=["pool_3:0", "softmax/logits"], name="inception")
-        pool = tf.reshape(pool3, [-1, pool3.shape[-1]])
-        if logits_op.type == "MatMul":
-            weights, bias = logits_op.inputs[1], None
-        else:  # BiasAdd / Add of (MatMul, biases)
-            weights, bias = logits_op.inputs[0].op.inputs[1], logits_op.inputs[1]
-        logits = tf.matmul(pool, weights)
-        if bias is not None:
-            logits = logits + bias
-        return {"pool": tf.cast(pool, tf.float32), "logits": tf.cast(logits, tf.float32)}
-
-
-def default_cache_dir() -> str:
-    """``$ADE_EXTRACTOR_CACHE`` or ``<tmp>/adaptive_density_extractors``."""
-    return os.environ.get("ADE_EXTRACTOR_CACHE",
-                          os.path.join(tempfile.gettempdir(), "adaptive_density_extractors"))
-
-
-def build_inception_saved_model(path: str, cache_dir: Optional[str] = None) -> str:
-    """Builds (or reuses) the extractor SavedModel of an Inception-v3 ``.pb`` or ``.h5``.
-
-    Returns the SavedModel directory ``<cache_dir>/inception_v3-<kind>-<sha256[:16]>``.
-    """
-    return _build_inception(path, cache_dir)[0]
-
-
-def _build_inception(path: str, cache_dir: Optional[str]) -> tuple[str, str]:
-    """(SavedModel directory, hex SHA-256 of the source file) of an Inception-v3 file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"Inception-v3 file {path!r} does not exist. Supply a local copy of the TF "
-            "frozen graph classify_image_graph_def.pb or Keras InceptionV3 weights .h5; "
-            "nothing is downloaded")
-    kind = identity.source_kind(path)
-    protocol, classes = ((INCEPTION_PB_PROTOCOL, 1008) if kind == "pb"
-                         else (INCEPTION_KERAS_PROTOCOL, 1000))
-    digest = identity.file_sha256(path)
-    out = os.path.join(cache_dir or default_cache_dir(), f"inception_v3-{kind}-{digest[:16]}")
-    if os.path.isfile(os.path.join(out, EXTRACTOR_JSON)):
-        log.info("using cached Inception-v3 extractor %s", out)
-        return out, digest
-    log.info("building the Inception-v3 extractor SavedModel from %s into %s", path, out)
-    module = _KerasInception(path) if kind == "keras_h5" else _FrozenGraphInception(path)
-    # Trace once on a tiny batch: checks the graph end to end and fixes the dimensions.
-    probe = module.features(tf.zeros([1, 8, 8, 3], tf.uint8))
-    dim, classes = int(probe["pool"].shape[-1]), int(probe["logits"].shape[-1])
-    _save_atomically(module, out, "inception_v3", protocol, dim, classes,
-                     source=os.path.abspath(path), sha256=digest)
-    return out, digest
-
-
-# --------------------------------------------------------------------------------------
-# Resolving an extractor and checking SavedModel signatures.
-# --------------------------------------------------------------------------------------
-def signature_inputs(saved_model_dir: str) -> dict[str, dict[str, Any]]:
-    """{signature: {input name: TensorSpec-like info}} read from ``saved_model.pb`` only."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    pb = os.path.join(saved_model_dir, "saved_model.pb")
-    if not os.path.isfile(pb):
-        raise FileNotFoundError(f"{saved_model_dir!r} is not a SavedModel directory "
-                                "(no saved_model.pb)")
-    sm = saved_model_pb2.SavedModel()
-    with open(pb, "rb") as f:
-        sm.ParseFromString(f.read())
-    out: dict[str, dict[str, Any]] = {}
-    for mg in sm.meta_graphs:
-        for name, sig in mg.signature_def.items():
-            out[name] = {k: tf.dtypes.as_dtype(v.dtype).name for k, v in sig.inputs.items()}
-    return out
-
-
-def check_signature(saved_model_dir: str, signature: str, inputs: dict[str, str]) -> None:
-    """Raises ValueError unless ``signature`` exists with exactly ``inputs`` {name: dtype}."""
-    sigs = signature_inputs(saved_model_dir)
-    if signature not in sigs:
-        raise ValueError(f"SavedModel {saved_model_dir!r} has no signature {signature!r} "
-                         f"(it has {sorted(sigs)}); expected {signature}({inputs})")
-    if sigs[signature] != inputs:
-        raise ValueError(f"SavedModel {saved_model_dir!r}: signature {signature!r} takes "
-                         f"{sigs[signature]}, expected {inputs}")
+from beam_jobs.extractor_builders import (INCEPTION_KERAS_PROTOCOL, INCEPTION_PB_PROTOCOL,
+                                          MNIST_PROTOCOL, build_inception_saved_model,
+                                          build_mnist_classifier, default_cache_dir,
+                                          export_mnist_classifier, inception_saved_model)
+from beam_jobs.extractor_contract import (EXTRACTOR_JSON, EXTRACTORS, FEATURES_SIGNATURE,
+                                          SAMPLE_SIGNATURE, ExtractorInfo, check_signature,
+                                          signature_inputs)
+from beam_jobs.inference_handlers import (ModelDirSamplerHandler, SavedModelSignatureHandler,
+                                          features_inference_fn, features_model_handler,
+                                          sample_inference_fn, sampler_model_handler)
 
 
 def resolve_extractor(name: str, path: str, cache_dir: Optional[str] = None) -> ExtractorInfo:
@@ -335,11 +52,11 @@ def resolve_extractor(name: str, path: str, cache_dir: Optional[str] = None) -> 
     if not path:
         raise ValueError(f"--extractor={name} needs --extractor_path")
     if name == "inception_v3":
-        directory, digest = _build_inception(path, cache_dir)
+        directory, digest = inception_saved_model(path, cache_dir)
         fingerprint = identity.source_file_fingerprint(path, digest)
     else:
         if not os.path.isdir(path):
-            hint = (" (train one with `python -m beam_jobs.train_mnist_classifier "
+            hint = (" (train one with `python -m pipeline.train_mnist_classifier "
                     "--mnist_dir=... --output=DIR`)" if name == "mnist_classifier" else "")
             raise FileNotFoundError(f"extractor SavedModel directory {path!r} does not "
                                     f"exist{hint}")
@@ -362,103 +79,12 @@ def resolve_extractor(name: str, path: str, cache_dir: Optional[str] = None) -> 
                          fingerprint=fingerprint)
 
 
-# --------------------------------------------------------------------------------------
-# Beam RunInference model handlers.
-# --------------------------------------------------------------------------------------
-class SavedModelSignatureHandler(TFModelHandlerNumpy):
-    """TFModelHandlerNumpy that loads a plain SavedModel with ``tf.saved_model.load``.
-
-    Beam's handler uses ``tf.keras.models.load_model``, which Keras 3 refuses for a
-    SavedModel written by ``tf.saved_model.save``; the ``inference_fn`` calls a named
-    signature of the loaded object.
-    """
-
-    def load_model(self) -> tf.Module:
-        log.info("loading SavedModel %s", self._model_uri)
-        return tf.saved_model.load(self._model_uri)
-
-
-def features_inference_fn(model: tf.Module, batch: Sequence[np.ndarray],
-                          inference_args: Optional[dict] = None,
-                          model_id: Optional[str] = None) -> Iterable[PredictionResult]:
-    """Runs ``features`` on uint8 images [H, W, C]; images of different shapes are run
-    as separate sub-batches. Each result's inference is {"pool": [d], "logits": [K]}."""
-    fn = model.signatures[FEATURES_SIGNATURE]
-    groups: dict[tuple, list[int]] = {}
-    for i, image in enumerate(batch):
-        image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim != 3:
-            raise ValueError(f"extractor input must be uint8 [H, W, C], got {image.dtype} "
-                             f"{image.shape}")
-        groups.setdefault(image.shape, []).append(i)
-    results: list[Optional[PredictionResult]] = [None] * len(batch)
-    for idx in groups.values():
-        out = fn(images=tf.constant(np.stack([batch[i] for i in idx])))
-        pool, logits = out["pool"].numpy(), out["logits"].numpy()
-        for j, i in enumerate(idx):
-            results[i] = PredictionResult(batch[i], {"pool": pool[j], "logits": logits[j]},
-                                          model_id)
-    return results
-
-
-def sample_inference_fn(model: tf.Module, batch: Sequence[Any],
-                        inference_args: Optional[dict] = None, model_id: Optional[str] = None,
-                        *, temperature: float = 1.0) -> Iterable[PredictionResult]:
-    """Calls ``sample(seed int64 [B], temperature float32 [B])``; inference = uint8 [H, W, C]."""
-    seeds = np.asarray(batch, np.int64).reshape(-1)
-    out = model.signatures[SAMPLE_SIGNATURE](
-        seed=tf.constant(seeds), temperature=tf.fill([len(seeds)], np.float32(temperature)))
-    if "images" not in out:
-        raise ValueError(f"signature 'sample' of {model_id!r} returned {sorted(out)}, "
-                         "expected a key 'images'")
-    images = out["images"].numpy()
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != len(seeds):
-        raise ValueError(f"signature 'sample' of {model_id!r} returned images {images.dtype} "
-                         f"{images.shape} for {len(seeds)} seeds; expected uint8 "
-                         f"[{len(seeds)}, H, W, C]")
-    return [PredictionResult(int(s), images[i], model_id) for i, s in enumerate(seeds)]
-
-
-def features_model_handler(extractor_dir: str, batch_size: int = 64) -> SavedModelSignatureHandler:
-    """RunInference handler: uint8 image [H, W, C] -> {"pool", "logits"}."""
-    return SavedModelSignatureHandler(extractor_dir, inference_fn=features_inference_fn,
-                                      min_batch_size=1, max_batch_size=batch_size)
-
-
-def sampler_model_handler(saved_model_dir: str, batch_size: int = 64,
-                          temperature: float = 1.0) -> SavedModelSignatureHandler:
-    """RunInference handler: int64 seed -> uint8 image [H, W, C] from signature ``sample``."""
-    return SavedModelSignatureHandler(
-        saved_model_dir,
-        inference_fn=functools.partial(sample_inference_fn, temperature=float(temperature)),
-        min_batch_size=batch_size, max_batch_size=batch_size)
-
-
-class ModelDirSamplerHandler(ModelHandler):
-    """RunInference handler: int64 seed -> uint8 image [H, W, C] drawn straight from a
-    trained model directory (``HybridModel.sample_rows``, the same rows as the exported
-    ``sample`` signature), so FID of a model needs no SavedModel export."""
-
-    def __init__(self, model_dir: str, batch_size: int = 64, temperature: float = 1.0):
-        super().__init__()
-        self._model_dir = model_dir
-        self._batch_size = int(batch_size)
-        self._temperature = float(temperature)
-
-    def load_model(self):
-        from artifacts import model_io
-
-        log.info("loading trained model %s", self._model_dir)
-        model, _ = model_io.load_trained_model(self._model_dir)
-        return tf.function(model.sample_rows, input_signature=[
-            tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.float32)])
-
-    def run_inference(self, batch: Sequence[Any], model, inference_args: Optional[dict] = None
-                      ) -> Iterable[PredictionResult]:
-        seeds = np.asarray(batch, np.int64).reshape(-1)
-        images = model(tf.constant(seeds), tf.fill([len(seeds)], np.float32(self._temperature)))
-        images = images.numpy()
-        return [PredictionResult(int(s), images[i], self._model_dir) for i, s in enumerate(seeds)]
-
-    def batch_elements_kwargs(self) -> dict:
-        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
+__all__ = [
+    "EXTRACTORS", "EXTRACTOR_JSON", "FEATURES_SIGNATURE", "SAMPLE_SIGNATURE", "ExtractorInfo",
+    "check_signature", "signature_inputs", "resolve_extractor",
+    "MNIST_PROTOCOL", "INCEPTION_PB_PROTOCOL", "INCEPTION_KERAS_PROTOCOL",
+    "build_mnist_classifier", "export_mnist_classifier", "build_inception_saved_model",
+    "default_cache_dir",
+    "SavedModelSignatureHandler", "ModelDirSamplerHandler", "features_inference_fn",
+    "sample_inference_fn", "features_model_handler", "sampler_model_handler",
+]

@@ -8,12 +8,17 @@ One image source per run:
   {"images": uint8 [B, H, W, C]}``; sample i uses seed ``seed + i``;
 * ``--model_dir=DIR --num_samples=N [...]``: a trained model directory (pipeline.train),
   sampled without an export (the same rows as its export's ``sample`` signature);
-* ``--image_folder=DIR``: image files (png, jpg, jpeg, bmp, webp, gif) under DIR.
+* ``--image_folder=DIR``: image files under DIR (the extensions of
+  :data:`artifacts.dataset_format.IMAGE_EXTENSIONS`; dotfiles and ``__MACOSX`` skipped).
 
 Features come from Beam RunInference over an extractor SavedModel (see
 :mod:`beam_jobs.extractors`); FID statistics are float64 sufficient statistics merged
 by a CombineFn (O(d^2) memory whatever N is), IS per-split softmax statistics, KID a
 bounded reservoir of features per side.
+
+This module is the job's CLI and programmatic API; the sources are in
+:mod:`beam_jobs.fid_sources`, the pipeline in :mod:`beam_jobs.fid_pipeline`, the math in
+:mod:`beam_jobs.fid_math`.
 
 Examples::
 
@@ -40,442 +45,31 @@ default is ``--runner=FnApiRunner`` (DirectRunner's Prism path needs the network
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import io
 import json
 import logging
 import os
 import sys
-import tempfile
-import time
-import uuid
-import zlib
 from typing import Any, Optional, Sequence, Union
 
-import apache_beam as beam
-import numpy as np
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
-
-from artifacts import records
-from beam_jobs import extractors, fid_math, identity
-from beam_jobs.image_sources import DEFAULT_MAX_MEMBER_BYTES
+from beam_jobs import extractors, fid_math
+from beam_jobs.beam_options import pipeline_options
 from beam_jobs.fid_math import FeatureStatistics
+from beam_jobs.fid_pipeline import (DEFAULT_KID_SAMPLES, NUM_IS_SPLITS, DistinctShapesCombineFn,
+                                    FeatureResult, run_features)
+from beam_jobs.fid_sources import (DEFAULT_BATCH_SIZE, ImageFolderSource, ImageSource,
+                                   ModelDirSampleSource, ReadImages, SampleSource, Source,
+                                   TFRecordSource)
+from beam_jobs.raw_source import DEFAULT_MAX_MEMBER_BYTES
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_KID_SAMPLES = 10000
-NUM_IS_SPLITS = 10
-
-
-# --------------------------------------------------------------------------------------
-# Sources.
-# --------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class TFRecordSource:
-    """A split of a preprocessed data set (``<data_dir>/<split>-*.tfrecord``)."""
-
-    data_dir: str
-    split: str
-
-    def files(self) -> list[str]:
-        meta = records.read_dataset_json(self.data_dir)
-        splits = meta.get("splits", {})
-        if self.split not in splits:
-            raise ValueError(f"split {self.split!r} not in {self.data_dir!r}/dataset.json; "
-                             f"available splits: {sorted(splits)}")
-        shards = splits[self.split].get("shards", [])
-        files = [os.path.join(self.data_dir, s["file"] if isinstance(s, dict) else s)
-                 for s in shards]
-        if not files:
-            raise ValueError(f"split {self.split!r} of {self.data_dir!r} lists no shards")
-        missing = [f for f in files if not os.path.isfile(f)]
-        if missing:
-            raise FileNotFoundError(f"shard(s) listed in {self.data_dir!r}/dataset.json are "
-                                    f"missing: {missing[:5]}")
-        return files
-
-    def size_hint(self) -> int:
-        meta = records.read_dataset_json(self.data_dir)
-        return int(meta.get("splits", {}).get(self.split, {}).get("count", 0))
-
-    def describe(self) -> str:
-        return f"TFRecords {self.data_dir} split {self.split}"
-
-
-@dataclasses.dataclass(frozen=True)
-class SampleSource:
-    """``num_samples`` images from a generator SavedModel's ``sample`` signature."""
-
-    saved_model_dir: str
-    num_samples: int
-    temperature: float = 1.0
-    seed: int = 0
-    batch_size: int = DEFAULT_BATCH_SIZE
-
-    def validate(self) -> None:
-        if self.num_samples < 1:
-            raise ValueError(f"--num_samples must be positive, got {self.num_samples}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch size must be positive, got {self.batch_size}")
-        if not os.path.isdir(self.saved_model_dir):
-            raise FileNotFoundError(f"generator SavedModel {self.saved_model_dir!r} does not exist")
-        extractors.check_signature(self.saved_model_dir, extractors.SAMPLE_SIGNATURE,
-                                   {"seed": "int64", "temperature": "float32"})
-
-    def size_hint(self) -> int:
-        return self.num_samples
-
-    def describe(self) -> str:
-        return (f"{self.num_samples} samples of {self.saved_model_dir} (seeds {self.seed}.."
-                f"{self.seed + self.num_samples - 1}, temperature {self.temperature})")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelDirSampleSource:
-    """``num_samples`` images drawn straight from a trained model directory (written by
-    ``pipeline.train``): the same rows as the export's ``sample`` signature, no export."""
-
-    model_dir: str
-    num_samples: int
-    temperature: float = 1.0
-    seed: int = 0
-    batch_size: int = DEFAULT_BATCH_SIZE
-
-    def validate(self) -> None:
-        from artifacts import model_io
-
-        if self.num_samples < 1:
-            raise ValueError(f"--num_samples must be positive, got {self.num_samples}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch size must be positive, got {self.batch_size}")
-        if not os.path.isfile(os.path.join(self.model_dir, model_io.CONFIG_FILE)):
-            raise FileNotFoundError(f"model directory {self.model_dir!r} has no "
-                                    f"{model_io.CONFIG_FILE}; expected one written by "
-                                    "pipeline.train")
-
-    def size_hint(self) -> int:
-        return self.num_samples
-
-    def describe(self) -> str:
-        return (f"{self.num_samples} samples of model directory {self.model_dir} (seeds "
-                f"{self.seed}..{self.seed + self.num_samples - 1}, temperature {self.temperature})")
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageFolderSource:
-    """All image files under a folder (recursively), keyed by relative path. Files larger
-    than ``max_member_bytes`` and images PIL refuses as decompression bombs are counted as
-    undecodable records and skipped."""
-
-    directory: str
-    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
-
-    def files(self) -> list[str]:
-        if not os.path.isdir(self.directory):
-            raise FileNotFoundError(f"image folder {self.directory!r} does not exist")
-        out = []
-        for root, _, names in os.walk(self.directory):
-            out += [os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
-        if not out:
-            raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under "
-                             f"{self.directory!r}")
-        return sorted(out)
-
-    def size_hint(self) -> int:
-        return len(self.files())
-
-    def describe(self) -> str:
-        return f"image folder {self.directory}"
-
-
-Source = Union[TFRecordSource, SampleSource, ModelDirSampleSource, ImageFolderSource]
-
-
-class _ParseRecord(beam.DoFn):
-    """Serialized tf.train.Example -> (key str, uint8 [H, W, C]); bad records counted."""
-
-    def setup(self):
-        import tensorflow as tf
-
-        self._tf = tf
-        self._spec = records.feature_spec()
-        self._bad = beam.metrics.Metrics.counter("fid", "undecodable_records")
-
-    def process(self, record: bytes):
-        tf = self._tf
-        try:
-            ex = tf.io.parse_single_example(record, self._spec)
-            image = tf.io.decode_png(ex[records.IMAGE_KEY]).numpy()
-            key = ex[records.KEY_KEY].numpy().decode("utf-8", "replace")
-        except (tf.errors.InvalidArgumentError, ValueError) as e:
-            self._bad.inc()
-            log.warning("skipping an undecodable record: %s", e)
-            return
-        yield key, image
-
-
-class _ReadImageFile(beam.DoFn):
-    """Path -> (relative path, uint8 [H, W, 1 or 3]); unreadable files, files over
-    ``max_bytes`` bytes and decompression bombs are counted and skipped."""
-
-    def __init__(self, root: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
-        self._root = root
-        self._max_bytes = int(max_bytes)
-
-    def setup(self):
-        self._bad = beam.metrics.Metrics.counter("fid", "undecodable_records")
-
-    def process(self, path: str):
-        from PIL import Image
-
-        try:
-            with FileSystems.open(path) as f:
-                data = f.read(self._max_bytes + 1)
-            if len(data) > self._max_bytes:
-                raise ValueError(f"file is longer than --max_member_bytes={self._max_bytes}")
-            with Image.open(io.BytesIO(data)) as im:
-                im = im.convert("L") if im.mode in ("L", "I;16", "1") else im.convert("RGB")
-                image = np.asarray(im, np.uint8)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            self._bad.inc()
-            log.warning("skipping unreadable image %s: %s", path, e)
-            return
-        yield os.path.relpath(path, self._root), image[..., None] if image.ndim == 2 else image
-
-
-class ReadImages(beam.PTransform):
-    """A source -> PCollection of (key, uint8 image [H, W, C]).
-
-    Keys: the record key (TFRecords), the relative path (folders), the sample index
-    ``i`` in [0, N) (samples, drawn with seed ``seed + i`` in batches of ``batch_size``).
-    """
-
-    def __init__(self, source: Source):
-        super().__init__()
-        self._source = source
-
-    def expand(self, pbegin):
-        s = self._source
-        if isinstance(s, TFRecordSource):
-            return (pbegin | "Shards" >> beam.Create(s.files())
-                    | "ReadTFRecords" >> beam.io.ReadAllFromTFRecord()
-                    | "Decode" >> beam.ParDo(_ParseRecord()))
-        if isinstance(s, ImageFolderSource):
-            return (pbegin | "Files" >> beam.Create(s.files())
-                    | "Reshuffle" >> beam.Reshuffle()
-                    | "ReadFiles" >> beam.ParDo(_ReadImageFile(s.directory, s.max_member_bytes)))
-        if isinstance(s, (SampleSource, ModelDirSampleSource)):
-            s.validate()
-            if isinstance(s, SampleSource):
-                handler = KeyedModelHandler(extractors.sampler_model_handler(
-                    s.saved_model_dir, batch_size=s.batch_size, temperature=s.temperature))
-            else:
-                handler = KeyedModelHandler(extractors.ModelDirSamplerHandler(
-                    s.model_dir, batch_size=s.batch_size, temperature=s.temperature))
-            return (pbegin | "Indices" >> beam.Create(range(s.num_samples))
-                    | "Seeds" >> beam.Map(lambda i, base: (i, base + i), s.seed)
-                    | "Sample" >> RunInference(handler)
-                    | "Images" >> beam.MapTuple(lambda i, result: (i, result.inference)))
-        raise TypeError(f"unknown source {s!r}; expected TFRecordSource, SampleSource, "
-                        "ModelDirSampleSource or ImageFolderSource")
-
-
-# --------------------------------------------------------------------------------------
-# The feature pipeline.
-# --------------------------------------------------------------------------------------
-def _split_index(key: Any, num_splits: int) -> int:
-    """IS split of a record: ``i % S`` for sample indices, crc32(key) % S otherwise."""
-    if isinstance(key, (int, np.integer)):
-        return int(key) % num_splits
-    data = key.encode("utf-8") if isinstance(key, str) else bytes(key)
-    return zlib.crc32(data) % num_splits
-
-
-class _Progress(beam.DoFn):
-    """Logs every ``every`` elements per worker and counts them in a Beam counter."""
-
-    def __init__(self, every: int = 1000):
-        self._every = every
-
-    def setup(self):
-        self._counter = beam.metrics.Metrics.counter("fid", "feature_vectors")
-        self._seen, self._start = 0, time.time()
-
-    def process(self, element):
-        self._seen += 1
-        self._counter.inc()
-        if self._seen % self._every == 0:
-            log.info("features: %d images on this worker (%.1f images/s)", self._seen,
-                     self._seen / max(time.time() - self._start, 1e-9))
-        yield element
-
-
-class DistinctShapesCombineFn(beam.CombineFn):
-    """Combines image shapes (H, W, C) into their distinct set, at most ``limit + 1`` kept
-    (enough to tell "one shape" from "mixed" and to list a few)."""
-
-    def __init__(self, limit: int = 8):
-        self._limit = limit
-
-    def create_accumulator(self) -> set:
-        return set()
-
-    def add_input(self, acc: set, shape) -> set:
-        if len(acc) <= self._limit:
-            acc.add(tuple(int(v) for v in shape))
-        return acc
-
-    def merge_accumulators(self, accs) -> set:
-        out: set = set()
-        for a in accs:
-            out |= a
-        return set(sorted(out)[:self._limit + 1])
-
-    def extract_output(self, acc: set) -> list:
-        return sorted(acc)
-
-
-def _write_npz(value: Any, path: str, kind: str) -> None:
-    """Writes a pipeline result to ``path`` (any Beam filesystem) as .npz."""
-    if kind == "stats":
-        value.flush()
-        arrays = {"count": np.int64(value.count), "dim": np.int64(value.dim or 0)}
-        if value.count:
-            arrays.update(sum=value.sum, sum_outer=value.sum_outer)
-    elif kind == "shapes":
-        arrays = {"shapes": np.asarray(value, np.int64).reshape(-1, 3)}
-    elif kind == "is":
-        arrays = {"count": value.count, "sum_plogp": value.sum_plogp,
-                  "confident": value.confident}
-        if value.sum_p is not None:
-            arrays.update(sum_p=value.sum_p, label_hist=value.label_hist)
-    else:
-        arrays = {"features": (fid_math.stack_features(value) if len(value)
-                               else np.zeros((0, 0), np.float32))}
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    with FileSystems.create(path) as f:
-        f.write(buf.getvalue())
-
-
-def _read_npz(path: str) -> dict[str, np.ndarray]:
-    with FileSystems.open(path) as f:
-        data = np.load(io.BytesIO(f.read()), allow_pickle=False)
-        return {k: data[k] for k in data.files}
-
-
-@dataclasses.dataclass
-class FeatureResult:
-    """What one feature pipeline produced."""
-
-    statistics: FeatureStatistics
-    is_mean: float
-    is_std: float
-    confident_rate: float  # share of images with top class probability >= 0.9
-    label_coverage: float  # entropy of the predicted-label histogram / ln K
-    kid_features: Optional[np.ndarray]  # float32 [n <= kid_samples, d]
-    undecodable: int
-    seconds: float
-
-
-def pipeline_options(pipeline_args: Optional[Sequence[str]], size_hint: int = 0) -> PipelineOptions:
-    """Beam options with local defaults: FnApiRunner, in_memory mode.
-
-    ``multi_threading`` is not the default: with the KID reservoir
-    (``Sample.FixedSizeGlobally``) it grew past 20 GB on 5,000 MNIST images here, while
-    in_memory stayed under 1 GB. ``size_hint`` (expected images) is only logged.
-    """
-    args = list(pipeline_args or [])
-    if not any(a.startswith("--runner") for a in args):
-        args.append("--runner=FnApiRunner")
-    if not any(a.startswith("--direct_running_mode") for a in args):
-        args.append("--direct_running_mode=in_memory")
-    log.info("Beam options for ~%d images: %s", size_hint, " ".join(args))
-    return PipelineOptions(args)
-
-
-def run_features(source: Source, extractor: extractors.ExtractorInfo, *,
-                 batch_size: int = DEFAULT_BATCH_SIZE, kid_samples: int = DEFAULT_KID_SAMPLES,
-                 num_splits: int = NUM_IS_SPLITS, work_dir: Optional[str] = None,
-                 pipeline_args: Optional[Sequence[str]] = None) -> FeatureResult:
-    """Runs the Beam pipeline source -> features -> (FID statistics, IS, KID reservoir).
-
-    ``kid_samples`` bounds the feature reservoir kept for KID (0: none). Results are
-    written under ``work_dir`` (a temp dir by default; any Beam filesystem path).
-    """
-    start = time.time()
-    work = work_dir or tempfile.mkdtemp(prefix="fid-")
-    run_dir = FileSystems.join(work, f"run-{uuid.uuid4().hex[:12]}")
-    paths = {k: FileSystems.join(run_dir, f"{k}.npz") for k in ("stats", "is", "kid", "shapes")}
-    size = source.size_hint()
-    log.info("FID features of %s with %s (%s); %d image(s) expected", source.describe(),
-             extractor.name, extractor.saved_model_dir, size)
-    handler = KeyedModelHandler(extractors.features_model_handler(
-        extractor.saved_model_dir, batch_size=batch_size))
-    options = pipeline_options(pipeline_args, size)
-    with beam.Pipeline(options=options) as p:
-        feats = (p | "Read" >> ReadImages(source)
-                 | "Features" >> RunInference(handler)
-                 | "Unpack" >> beam.MapTuple(
-                     lambda key, r: (key, r.inference["pool"], r.inference["logits"],
-                                     np.shape(r.example)))
-                 | "Progress" >> beam.ParDo(_Progress()))
-        (feats | "Shape" >> beam.MapTuple(lambda key, pool, logits, shape: shape)
-         | "DistinctShapes" >> beam.CombineGlobally(DistinctShapesCombineFn())
-         | "WriteShapes" >> beam.Map(_write_npz, paths["shapes"], "shapes"))
-        (feats | "Pool" >> beam.MapTuple(lambda key, pool, logits, shape: pool)
-         | "MeanCov" >> beam.CombineGlobally(fid_math.MeanCovCombineFn())
-         | "WriteStats" >> beam.Map(_write_npz, paths["stats"], "stats"))
-        (feats | "SplitLogits" >> beam.MapTuple(
-            lambda key, pool, logits, shape, s=num_splits: (_split_index(key, s), logits))
-         | "IS" >> beam.CombineGlobally(fid_math.InceptionScoreCombineFn(num_splits))
-         | "WriteIS" >> beam.Map(_write_npz, paths["is"], "is"))
-        if kid_samples > 0:
-            (feats | "PoolForKID" >> beam.MapTuple(lambda key, pool, logits, shape: pool)
-             | "Reservoir" >> beam.combiners.Sample.FixedSizeGlobally(kid_samples)
-             | "WriteKID" >> beam.Map(_write_npz, paths["kid"], "kid"))
-        result = p.run()
-        result.wait_until_finish()
-    undecodable = 0
-    for c in result.metrics().query(
-            beam.metrics.MetricsFilter().with_name("undecodable_records"))["counters"]:
-        undecodable += c.committed or 0
-    if undecodable:
-        log.warning("%d undecodable record(s)/image(s) in %s were skipped", undecodable,
-                    source.describe())
-
-    raw = _read_npz(paths["stats"])
-    count = int(raw["count"])
-    if count == 0:
-        raise ValueError(f"no images were read from {source.describe()} "
-                         f"({undecodable} undecodable)")
-    suff = fid_math.SufficientStatistics(int(raw["dim"]))
-    suff.count, suff.sum, suff.sum_outer = count, raw["sum"], raw["sum_outer"]
-    shapes = [tuple(s) for s in _read_npz(paths["shapes"])["shapes"]]
-    stats = FeatureStatistics.from_sufficient(
-        suff, extractor=extractor.name, resize_protocol=extractor.resize_protocol,
-        extractor_fingerprint=extractor.fingerprint,
-        image_shape=identity.image_shape_label(shapes))
-    raw_is = _read_npz(paths["is"])
-    is_stats = fid_math.InceptionScoreStatistics(num_splits)
-    is_stats.count, is_stats.sum_plogp, is_stats.sum_p = (
-        raw_is["count"], raw_is["sum_plogp"], raw_is["sum_p"])
-    is_stats.confident, is_stats.label_hist = raw_is["confident"], raw_is["label_hist"]
-    is_mean, is_std = is_stats.score()
-    kid = _read_npz(paths["kid"])["features"] if kid_samples > 0 else None
-    seconds = time.time() - start
-    log.info("%d feature vectors of dimension %d in %.1f s (IS %.3f +- %.3f)", count,
-             stats.dim, seconds, is_mean, is_std)
-    try:
-        FileSystems.delete([run_dir])
-    except Exception:  # noqa: BLE001 - leftovers in a temp dir are harmless
-        pass
-    return FeatureResult(stats, is_mean, is_std, is_stats.confident_rate(),
-                         is_stats.label_coverage(), kid, undecodable, seconds)
+__all__ = [
+    "TFRecordSource", "SampleSource", "ModelDirSampleSource", "ImageFolderSource",
+    "ImageSource", "Source", "ReadImages", "FeatureResult", "DistinctShapesCombineFn",
+    "run_features", "pipeline_options", "compute_statistics", "compare_stats",
+    "check_reference_stats", "evaluate", "evaluate_samples", "main", "cli",
+    "DEFAULT_BATCH_SIZE", "DEFAULT_KID_SAMPLES", "NUM_IS_SPLITS",
+]
 
 
 # --------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ Sources (``--source``): ``lsun_lmdb``, ``imagenet64_npz``, ``image_folder``, ``i
 
 Pipeline: the driver lists every record's key and locator, assigns it to a split and a
 shard by sha256(key), sorts each shard by key, pickles the shard's locators next to the
-output and cuts it into work units of RECORDS_PER_PART records -> Create (reshuffled over
-the workers) -> one DoFn reads its records by random access, decodes, resizes/crops,
+output and cuts it into work units of RECORDS_PER_PART records (:mod:`beam_jobs.shard_plan`)
+-> Create (reshuffled over the workers) -> one DoFn (:mod:`beam_jobs.preprocess_fns`)
+reads its records by random access, decodes, resizes/crops,
 encodes PNG + Example and writes a fragment file (records that fail go to a ``bad`` output
 with the reason) -> GroupByKey of the fragment *names* by shard -> each shard is the
 concatenation of its fragments in order, written to a temporary file and renamed. Encoded
@@ -21,250 +22,44 @@ input on any runner. Everything is written into a temporary sibling of ``--outpu
 
 Without ``--runner`` the job runs locally on Beam's ``FnApiRunner`` (Beam 2.77's
 DirectRunner first tries to download the Prism runner, which fails offline) with a running
-mode chosen by input size unless ``--direct_running_mode`` is given.
+mode chosen by input size unless ``--direct_running_mode`` is given
+(:mod:`beam_jobs.beam_options`).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import hashlib
 import json
 import logging
-import math
 import os
-import pickle
 import shutil
 import subprocess
 import sys
 import uuid
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from artifacts import records
-from beam_jobs.image_sources import (DEFAULT_MAX_MEMBER_BYTES, SOURCE_KINDS, SourcePlan,
-                                     SourceReader, plan_source)
-from beam_jobs.image_transform import BadImage, ImageTransform
+from artifacts import dataset_format
+from beam_jobs import beam_options
+from beam_jobs.image_sources import DEFAULT_MAX_MEMBER_BYTES, SOURCE_KINDS, SourcePlan, plan_source
+from beam_jobs.image_transform import ImageTransform
+from beam_jobs.preprocess_fns import ConcatShardFn, EncodePartFn
+from beam_jobs.shard_plan import WorkUnit, default_num_shards, plan_parts, split_of
 
-FORMAT_VERSION = 1
 SPLITS = ("train", "validation")
-TARGET_SHARD_PIXEL_BYTES = 64 * 2 ** 20  # default shard size: ~64 MiB of raw uint8 pixels
-MAX_DEFAULT_SHARDS = 4096
-IN_MEMORY_MAX_RECORDS = 2_000  # below: one thread, no worker start-up at all
-# below: threads; above: processes. Threads start in ~0 s (processes ~3 s) and, as PIL
-# releases the GIL while decoding/resizing/encoding, process CIFAR JPEGs -> 64x64 PNG only
-# ~2% slower per image (benchmarks/bench_preprocess.py): break-even near 150k images.
-THREADS_MAX_RECORDS = 100_000
-RECORDS_PER_PART = 256  # records per work unit: many more units than workers
-_COPY_CHUNK = 8 * 2 ** 20
 _META_DIR = "_meta"
 _PLAN_DIR = "_plan"
 _PARTS_DIR = "_parts"
-_LOCAL_RUNNERS = ("fnapirunner", "fnapi")
 
 log = logging.getLogger(__name__)
-
-
-# -- deterministic split / shard assignment -----------------------------------------------
-
-def split_of(key: str, validation_fraction: float) -> str:
-    """'validation' iff the first 8 bytes of sha256(key) / 2**64 < validation_fraction."""
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
-    u = int.from_bytes(digest[:8], "big") / 2.0 ** 64
-    return "validation" if u < validation_fraction else "train"
-
-
-def shard_of(key: str, num_shards: int) -> int:
-    """Shard index in [0, num_shards): bytes 8..16 of sha256(key), big-endian, mod N."""
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
-    return int.from_bytes(digest[8:16], "big") % num_shards
-
-
-def default_num_shards(count: int, image_shape: Sequence[int]) -> int:
-    """About TARGET_SHARD_PIXEL_BYTES of raw pixels per shard, at least 1."""
-    per_record = int(image_shape[0]) * int(image_shape[1]) * int(image_shape[2])
-    return max(1, min(MAX_DEFAULT_SHARDS, math.ceil(count * per_record / TARGET_SHARD_PIXEL_BYTES)))
-
-
-def plan_parts(plan: SourcePlan, splits: Sequence[str], shards: dict[str, int],
-               plan_dir: str, records_per_part: int | None = None) -> list[tuple]:
-    """Driver side: puts every record in its shard and cuts shards into parts.
-
-    ``splits[i]`` is the split of record i (``split_of`` of its key).
-
-    Each shard's locators, sorted by record key, are pickled to
-    ``plan_dir/<split>-<shard>.pkl`` (so the pipeline graph stays small on any runner).
-    Returns the work units ``(split, shard, start, stop, part, num_parts)``: records
-    ``[start, stop)`` of that shard's sorted list.
-    """
-    records_per_part = records_per_part or RECORDS_PER_PART
-    by_shard: dict[tuple[str, int], list] = {}
-    for key, locator, split in zip(plan.keys, plan.locators, splits):
-        by_shard.setdefault((split, shard_of(key, shards[split])), []).append((key, locator))
-    units = []
-    for (split, index), items in sorted(by_shard.items()):
-        items.sort(key=lambda item: item[0])  # stable: equal keys keep the source order
-        with open(os.path.join(plan_dir, f"{split}-{index:05d}.pkl"), "wb") as f:
-            pickle.dump([locator for _, locator in items], f, protocol=pickle.HIGHEST_PROTOCOL)
-        num_parts = math.ceil(len(items) / records_per_part)
-        units.extend((split, index, i * records_per_part,
-                      min(len(items), (i + 1) * records_per_part), i, num_parts)
-                     for i in range(num_parts))
-    return units
-
-
-class EncodePartFn(beam.DoFn):
-    """Work unit -> one fragment file of framed Examples (in key order) on local disk.
-
-    Yields ``((split, shard), (part, num_parts, fragment file, count))``; records that
-    cannot be read or decoded go to the ``bad`` output as ``(key, reason)``. Encoded
-    images never travel through the runner, only these small tuples do.
-    """
-
-    BAD = "bad"
-
-    def __init__(self, kind: str, input_path: str, transform: ImageTransform, plan_dir: str,
-                 parts_dir: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
-        self._kind = kind
-        self._max_member_bytes = max_member_bytes
-        self._input_path = input_path
-        self._transform = transform
-        self._plan_dir = plan_dir
-        self._parts_dir = parts_dir
-        self._reader = None
-        self._cached: tuple[str, list] | None = None  # (shard plan file, its locators)
-        self._good = beam.metrics.Metrics.counter("preprocess", "images_written")
-        self._bad = beam.metrics.Metrics.counter("preprocess", "bad_records")
-
-    def setup(self) -> None:
-        self._reader = SourceReader(self._kind, self._input_path, self._max_member_bytes)
-
-    def teardown(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-
-    def _shard_locators(self, split: str, index: int) -> list:
-        path = os.path.join(self._plan_dir, f"{split}-{index:05d}.pkl")
-        if self._cached is None or self._cached[0] != path:
-            with open(path, "rb") as f:
-                self._cached = (path, pickle.load(f))
-        return self._cached[1]
-
-    def process(self, unit: tuple) -> Iterable:
-        split, index, start, stop, part, num_parts = unit
-        locators = self._shard_locators(split, index)[start:stop]
-        name = f"{split}-{index:05d}-part-{part:05d}"
-        count = 0
-        with _atomic_file(os.path.join(self._parts_dir, name)) as f:
-            for key, label, payload in self._reader.read(locators):
-                try:
-                    if isinstance(payload, BadImage):
-                        raise payload
-                    if isinstance(payload, (bytes, bytearray, memoryview)):
-                        png = self._transform.from_bytes(bytes(payload))
-                    else:
-                        png = self._transform.from_array(payload)
-                except BadImage as e:
-                    self._bad.inc()
-                    yield beam.pvalue.TaggedOutput(self.BAD, (key, str(e)))
-                    continue
-                f.write(records.frame_tfrecord(records.encode_example_fast(png, label, key)))
-                count += 1
-        self._good.inc(count)
-        yield (split, index), (part, num_parts, name, count)
-
-
-class ConcatShardFn(beam.DoFn):
-    """((split, shard), fragments) -> the shard file (fragments in part order); its metadata."""
-
-    def __init__(self, out_dir: str, parts_dir: str, num_shards: dict[str, int]):
-        self._out_dir = out_dir
-        self._parts_dir = parts_dir
-        self._num_shards = dict(num_shards)
-
-    def process(self, element) -> Iterable[dict]:
-        (split, index), fragments = element
-        fragments = sorted(fragments)
-        name = records.shard_name(split, index, self._num_shards[split])
-        expected = fragments[0][1]
-        if [p for p, *_ in fragments] != list(range(expected)):
-            raise RuntimeError(f"shard {name}: got parts {[p for p, *_ in fragments]} of "
-                               f"{expected}; refusing to write an incomplete shard")
-        sha = hashlib.sha256()
-        with _atomic_file(os.path.join(self._out_dir, name)) as out:
-            for _, _, fragment, _ in fragments:
-                with open(os.path.join(self._parts_dir, fragment), "rb") as f:
-                    while chunk := f.read(_COPY_CHUNK):
-                        sha.update(chunk)
-                        out.write(chunk)
-        yield {"split": split, "index": index, "file": name,
-               "count": sum(c for *_, c in fragments), "sha256": sha.hexdigest()}
-
-
-@contextlib.contextmanager
-def _atomic_file(final: str):
-    """Binary file written under a temporary name and renamed to ``final`` on success
-    (retried bundles rewrite identical bytes; a failed one leaves nothing behind)."""
-    directory, base = os.path.split(final)
-    partial = os.path.join(directory, f".{base}.partial-{uuid.uuid4().hex}")
-    try:
-        with open(partial, "wb") as f:
-            yield f
-        os.replace(partial, final)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
 
 
 def _write_json(obj, path: str) -> None:
     with open(path, "w") as f:
         json.dump(obj, f)
-
-
-# -- pipeline options ---------------------------------------------------------------------
-
-def _has_flag(args: Sequence[str], name: str) -> bool:
-    return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in args)
-
-
-def auto_running_mode(num_records: int) -> str:
-    """FnApiRunner mode for an input of this many records (see module constants)."""
-    if num_records <= IN_MEMORY_MAX_RECORDS:
-        return "in_memory"
-    if num_records <= THREADS_MAX_RECORDS:
-        return "multi_threading"
-    return "multi_processing"
-
-
-def build_pipeline(pipeline_args: Sequence[str] | None, num_records: int):
-    """(runner or None, PipelineOptions): FnApiRunner locally unless --runner is given."""
-    args = list(pipeline_args or [])
-    options = PipelineOptions(args)
-    runner_name = options.view_as(StandardOptions).runner
-    if runner_name is not None and runner_name.lower() not in _LOCAL_RUNNERS:
-        return None, options  # Dataflow / Flink / Spark / DirectRunner: as the user asked
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-    options.view_as(StandardOptions).runner = None
-    direct = options.view_as(DirectOptions)
-    if not _has_flag(args, "direct_running_mode"):
-        direct.direct_running_mode = auto_running_mode(num_records)
-    if not _has_flag(args, "direct_num_workers"):
-        direct.direct_num_workers = (1 if direct.direct_running_mode == "in_memory"
-                                     else os.cpu_count() or 1)
-    if direct.direct_running_mode == "multi_processing":
-        _export_import_path()
-    return FnApiRunner(), options
-
-
-def _export_import_path() -> None:
-    """Lets FnApiRunner's worker subprocesses import beam_jobs from any working dir."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if root not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([root] + [p for p in paths if p])
 
 
 # -- output directory handling ------------------------------------------------------------
@@ -276,10 +71,11 @@ def _check_output_dir(output_dir: str, overwrite: bool) -> None:
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise NotADirectoryError(f"output_dir {output_dir!r} exists and is not a directory")
     if os.path.isdir(output_dir) and os.listdir(output_dir):
-        if not os.path.isfile(os.path.join(output_dir, records.DATASET_JSON)):
+        if not os.path.isfile(os.path.join(output_dir, dataset_format.DATASET_JSON)):
             raise FileExistsError(
-                f"output_dir {output_dir!r} is not empty and holds no {records.DATASET_JSON}; "
-                "refusing to replace a directory that is not a data set")
+                f"output_dir {output_dir!r} is not empty and holds no "
+                f"{dataset_format.DATASET_JSON}; refusing to replace a directory that is not "
+                "a data set")
         if not overwrite:
             raise FileExistsError(
                 f"output_dir {output_dir!r} already holds a data set; pass --overwrite "
@@ -359,8 +155,11 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
 
     splits = [split_of(key, validation_fraction) for key in plan.keys]
     shards = {s: (num_shards or default_num_shards(splits.count(s), image_shape)) for s in SPLITS}
-    runner, options = build_pipeline(pipeline_args, len(plan.keys))
-    mode = options.view_as(DirectOptions).direct_running_mode if runner else "n/a"
+    n = len(plan.keys)
+    options = beam_options.pipeline_options(pipeline_args, n,
+                                            running_mode=beam_options.auto_running_mode(n))
+    local = beam_options.is_local(options)
+    mode = options.view_as(DirectOptions).direct_running_mode if local else "n/a"
 
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
@@ -372,9 +171,8 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
         units = plan_parts(plan, splits, shards, os.path.join(meta, _PLAN_DIR))
         log.info("preprocess %s %r: %d records in %d work units -> %s (%s, mode %s), shards %s",
                  source, plan.input_path, len(plan.keys), len(units), output_dir,
-                 type(runner).__name__ if runner else options.view_as(StandardOptions).runner,
-                 mode, shards)
-        _run_beam(plan, transform, units, shards, tmp_dir, runner, options, int(max_member_bytes))
+                 options.view_as(StandardOptions).runner, mode, shards)
+        _run_beam(plan, transform, units, shards, tmp_dir, options, int(max_member_bytes))
         plan.info["max_member_bytes"] = int(max_member_bytes)  # -> dataset.json["source"]
         info = _finalize(plan, transform, validation_fraction, shards, tmp_dir, image_shape)
         _move_into_place(tmp_dir, output_dir)
@@ -384,12 +182,12 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
     return info
 
 
-def _run_beam(plan: SourcePlan, transform: ImageTransform, units: list[tuple],
-              shards: dict[str, int], tmp_dir: str, runner, options: PipelineOptions,
+def _run_beam(plan: SourcePlan, transform: ImageTransform, units: list[WorkUnit],
+              shards: dict[str, int], tmp_dir: str, options: PipelineOptions,
               max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> None:
     meta = os.path.join(tmp_dir, _META_DIR)
     parts_dir = os.path.join(meta, _PARTS_DIR)
-    with beam.Pipeline(runner=runner, options=options) as p:
+    with beam.Pipeline(options=options) as p:
         outputs = (p
                    | "WorkUnits" >> beam.Create(units)  # reshuffled: spread over workers
                    | "DecodeResizeEncode" >> beam.ParDo(EncodePartFn(
@@ -438,7 +236,7 @@ def _finalize(plan: SourcePlan, transform: ImageTransform, validation_fraction: 
         for index in range(shards[split]):
             m = by_split[split].get(index)
             if m is None:  # no record hashed to this shard: keep the -of-N naming complete
-                name = records.shard_name(split, index, shards[split])
+                name = dataset_format.shard_name(split, index, shards[split])
                 open(os.path.join(tmp_dir, name), "wb").close()
                 m = {"file": name, "count": 0, "sha256": empty_sha}
             entries.append({"file": m["file"], "count": m["count"], "sha256": m["sha256"]})
@@ -452,7 +250,7 @@ def _finalize(plan: SourcePlan, transform: ImageTransform, validation_fraction: 
         "num_shards": {s: shards[s] for s in splits},
     })
     info = {
-        "format_version": FORMAT_VERSION,
+        "format_version": dataset_format.FORMAT_VERSION,
         "image_shape": list(image_shape),
         "splits": splits,
         "label_names": plan.label_names,
@@ -464,9 +262,7 @@ def _finalize(plan: SourcePlan, transform: ImageTransform, validation_fraction: 
         "code_version": code_version(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    with open(os.path.join(tmp_dir, records.DATASET_JSON), "w") as f:
-        json.dump(info, f, indent=2)
-        f.write("\n")
+    dataset_format.write_dataset_json(tmp_dir, info)
     return info
 
 

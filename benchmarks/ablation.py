@@ -56,7 +56,7 @@ def prepare(work: str, mnist_dir: str) -> tuple[str, str, str]:
                                        "--image_size=28", "--grayscale",
                                        "--validation_fraction=0.1"])
     if not os.path.isdir(classifier):
-        run_stage(0, 0, "classifier", [py, "-m", "beam_jobs.train_mnist_classifier",
+        run_stage(0, 0, "classifier", [py, "-m", "pipeline.train_mnist_classifier",
                                        f"--mnist_dir={mnist_dir}", f"--output={classifier}"])
     from beam_jobs.identity import stale_statistics_reason
 

@@ -36,7 +36,7 @@ import zipfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from artifacts import records  # noqa: E402
+from artifacts import dataset_format  # noqa: E402
 from beam_jobs.image_transform import BadImage, ImageTransform  # noqa: E402
 from beam_jobs.preprocess import run_preprocess  # noqa: E402
 
@@ -56,7 +56,7 @@ def plain_loop(zip_path: str, out_path: str, image_size: int, start: int = 0,
                 png = transform.from_bytes(zf.read(name))
             except BadImage:
                 continue
-            f.write(records.frame_tfrecord(records.encode_example_fast(png, 0, name)))
+            f.write(dataset_format.frame_tfrecord(dataset_format.encode_example_fast(png, 0, name)))
             n += 1
     return n
 

@@ -1,70 +1,19 @@
 """tf.data input from the data sets that ``beam_jobs.preprocess`` writes.
 
 A data set directory holds ``<split>-NNNNN-of-MMMMM.tfrecord`` shards and ``dataset.json``
-(format: :mod:`artifacts.records`). :func:`make_image_dataset` yields uint8 image
+(format: :mod:`artifacts.dataset_format`). :func:`make_image_dataset` yields uint8 image
 batches [B, H, W, C] (optionally with int64 labels [B]), deterministically for a seed.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import tensorflow as tf
 
-from artifacts import records
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """What dataset.json says about a preprocessed data set.
-
-    Attributes:
-      data_dir: absolute path of the data set directory.
-      image_shape: (H, W, C) of every image, px / channels.
-      split_counts: records per split, e.g. {"train": 9000, "validation": 1000}.
-      split_files: absolute shard paths per split, in shard order.
-      label_names: class names (label i is label_names[i]) or None if unlabelled.
-      raw: the whole dataset.json content.
-    """
-
-    data_dir: str
-    image_shape: tuple[int, int, int]
-    split_counts: dict[str, int]
-    split_files: dict[str, list[str]]
-    label_names: list[str] | None
-    raw: dict
-
-
-def read_dataset_info(data_dir: str) -> DatasetInfo:
-    """Reads and checks ``<data_dir>/dataset.json`` (shards must exist; >= 1 record)."""
-    data_dir = os.path.abspath(os.fspath(data_dir))
-    raw = records.read_dataset_json(data_dir)
-    path = os.path.join(data_dir, records.DATASET_JSON)
-    try:
-        shape = tuple(int(d) for d in raw["image_shape"])
-        splits = raw["splits"]
-        if len(shape) != 3 or min(shape) < 1 or not isinstance(splits, dict):
-            raise ValueError
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{path!r} lacks a valid 'image_shape' [H, W, C] and 'splits' "
-                         "mapping; expected the dataset.json that beam_jobs.preprocess "
-                         "writes") from None
-    counts, files = {}, {}
-    for split, entry in splits.items():
-        shard_paths = []
-        for shard in entry.get("shards", []):
-            p = os.path.join(data_dir, shard["file"])
-            if not os.path.isfile(p):
-                raise FileNotFoundError(f"shard {p!r} listed in {path!r} is missing; the data "
-                                        "set is incomplete (re-run beam_jobs.preprocess)")
-            shard_paths.append(p)
-        counts[split] = int(entry.get("count", 0))
-        files[split] = shard_paths
-    if sum(counts.values()) == 0:
-        raise ValueError(f"data set {data_dir!r} holds no records (splits: "
-                         f"{sorted(splits) or 'none'})")
-    return DatasetInfo(data_dir=data_dir, image_shape=shape, split_counts=counts,
-                       split_files=files, label_names=raw.get("label_names"), raw=raw)
+from artifacts import dataset_format
+# DatasetInfo and read_dataset_info are the format's (artifacts.dataset_format); imported
+# here because pipeline.train and pipeline.trainer use them as data_lib.<name>.
+from artifacts.dataset_format import DatasetInfo, read_dataset_info
 
 
 def make_image_dataset(data: str | os.PathLike | DatasetInfo, split: str, batch_size: int, *,
@@ -79,9 +28,7 @@ def make_image_dataset(data: str | os.PathLike | DatasetInfo, split: str, batch_
     the record's position). ``seed=None`` gives a different order on every run.
     """
     info = data if isinstance(data, DatasetInfo) else read_dataset_info(data)
-    if split not in info.split_counts:
-        raise ValueError(f"split {split!r} not in data set {info.data_dir!r}; available "
-                         f"splits: {sorted(info.split_counts)}")
+    info.check_split(split)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected a positive int")
     count = info.split_counts[split]
@@ -102,13 +49,13 @@ def make_image_dataset(data: str | os.PathLike | DatasetInfo, split: str, batch_
         ds = ds.shuffle(min(shuffle_buffer, count), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    spec = records.feature_spec()
+    spec = dataset_format.feature_spec()
 
     def parse(serialized):
         ex = tf.io.parse_single_example(serialized, spec)
-        image = tf.io.decode_png(ex[records.IMAGE_KEY], channels=c, dtype=tf.uint8)
+        image = tf.io.decode_png(ex[dataset_format.IMAGE_KEY], channels=c, dtype=tf.uint8)
         image = tf.ensure_shape(image, (h, w, c))
-        return image, ex[records.LABEL_KEY]
+        return image, ex[dataset_format.LABEL_KEY]
 
     ds = ds.map(parse, num_parallel_calls=autotune, deterministic=True)
     if random_flip:

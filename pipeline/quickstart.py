@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n=== [1/{total}] data set exists: {data_dir}")
     if not os.path.isdir(classifier):
         run_stage(2, total, "MNIST classifier for FID/KID/IS features", [
-            py, "-m", "beam_jobs.train_mnist_classifier", f"--mnist_dir={args.mnist_dir}",
+            py, "-m", "pipeline.train_mnist_classifier", f"--mnist_dir={args.mnist_dir}",
             f"--output={classifier}"])
     else:
         print(f"\n=== [2/{total}] classifier exists: {classifier}")

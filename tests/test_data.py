@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 from beam_jobs import mnist_idx
-from beam_jobs.preprocess import run_preprocess, split_of
+from beam_jobs.preprocess import run_preprocess
+from beam_jobs.shard_plan import split_of
 from pipeline.data import DatasetInfo, make_image_dataset, read_dataset_info
 
 

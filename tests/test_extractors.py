@@ -1,4 +1,4 @@
-"""beam_jobs.extractors and beam_jobs.train_mnist_classifier."""
+"""beam_jobs.extractors and pipeline.train_mnist_classifier."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_jobs import extractors, identity, train_mnist_classifier
+from beam_jobs import extractors, identity
+from pipeline import train_mnist_classifier
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from artifacts import records
+from artifacts import dataset_format
 from beam_jobs import extractors, fid, fid_math, identity, mnist_idx
 from beam_jobs.fid_math import FeatureStatistics
 
@@ -59,14 +59,14 @@ def mnist_records(tmp_path_factory, mnist_dir) -> tuple[str, np.ndarray]:
     out = tmp_path_factory.mktemp("records")
     shards = []
     for s in range(2):
-        name = records.shard_name("train", s, 2)
+        name = dataset_format.shard_name("train", s, 2)
         idx = range(s, NUM_REAL, 2)
         with tf.io.TFRecordWriter(str(out / name)) as w:
             for i in idx:
                 png = tf.io.encode_png(images[i]).numpy()
-                w.write(records.encode_example(png, int(labels[i]), f"mnist-{i}"))
+                w.write(dataset_format.encode_example(png, int(labels[i]), f"mnist-{i}"))
         shards.append({"file": name, "count": len(idx)})
-    with open(out / records.DATASET_JSON, "w") as f:
+    with open(out / dataset_format.DATASET_JSON, "w") as f:
         json.dump({"image_shape": [28, 28, 1],
                    "splits": {"train": {"count": NUM_REAL, "shards": shards}}}, f)
     return str(out), images
@@ -153,6 +153,35 @@ def test_image_folder_counts_and_skips_bad_files(tmp_path, extractor_dir):
                            kid_samples=0)
     assert res.statistics.count == 7 and res.undecodable == 1
     assert res.statistics.image_shape == "mixed:28x28x1,32x32x3"
+
+
+def test_image_folder_source_takes_the_image_names_preprocess_takes(tmp_path):
+    """.tif/.tiff are images; dotfiles (macOS ``._x``), hidden folders and ``__MACOSX``
+    are not: the rule of artifacts.dataset_format, shared with beam_jobs.preprocess."""
+    from beam_jobs.image_sources import plan_source
+
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "imgs"
+    images = {"a.png": (9, 7, 3), "b.tif": (8, 8, 3), "sub/c.TIFF": (6, 5, 1),
+              "sub/d.jpg": (10, 4, 3)}
+    for name, shape in images.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 255, shape, dtype=np.uint8)
+        Image.fromarray(pixels[..., 0] if shape[2] == 1 else pixels).save(folder / name)
+    junk = ["._a.png", "sub/.e.png", ".hidden/f.png", "__MACOSX/g.png", "__MACOSX/sub/._d.jpg",
+            "notes.txt"]
+    for name in junk:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)).save(
+            folder / name, format="PNG")
+    source = fid.ImageFolderSource(str(folder))
+    expected = sorted(images)
+    assert [os.path.relpath(f, folder) for f in source.files()] == expected
+    assert source.size_hint() == 4
+    assert plan_source("image_folder", str(folder)).keys == expected
+    with beam.Pipeline(options=fid.pipeline_options(None)) as p:
+        shapes = p | fid.ReadImages(source) | beam.MapTuple(lambda key, im: (key, im.shape))
+        assert_that(shapes, equal_to(list(images.items())))
 
 
 def test_bad_inputs_have_clear_errors(tmp_path, extractor_dir, generator_dir, mnist_records):

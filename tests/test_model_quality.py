@@ -34,7 +34,7 @@ def test_short_cqf_run_uses_its_latent_and_samples_digits(mnist_dir, tmp_path, t
     data, classifier, model_dir = tmp_path / "mnist28", tmp_path / "clf", tmp_path / "cqf"
     _run("beam_jobs.preprocess", "--source=mnist_idx", f"--input={mnist_dir}",
          f"--output_dir={data}", "--image_size=28", "--grayscale", "--validation_fraction=0.1")
-    _run("beam_jobs.train_mnist_classifier", f"--mnist_dir={mnist_dir}", f"--output={classifier}")
+    _run("pipeline.train_mnist_classifier", f"--mnist_dir={mnist_dir}", f"--output={classifier}")
     _run("pipeline.train", f"--flagfile={os.path.join(PROJECT_ROOT, 'configs', 'quickstart.cfg')}",
          f"--data_dir={data}", f"--model_dir={model_dir}", f"--train_steps={STEPS}",
          "--sample_every=1000", "--show_progress=false", f"--mlflow_tracking_uri={tracking_uri}")

@@ -16,10 +16,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from artifacts import records
-from beam_jobs import image_sources, mnist_idx, preprocess
+from artifacts import dataset_format
+from beam_jobs import array_sources, mnist_idx, shard_plan
 from beam_jobs.image_transform import BadImage, ImageTransform
-from beam_jobs.preprocess import run_preprocess, shard_of, split_of
+from beam_jobs.preprocess import run_preprocess
+from beam_jobs.shard_plan import shard_of, split_of
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -35,13 +36,14 @@ def read_split(out_dir, info: dict, split: str) -> dict[str, tuple[np.ndarray, i
         with open(path, "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == shard["sha256"]
         keys = []
-        for rec in records.iter_tfrecord(path):
+        for rec in dataset_format.iter_tfrecord(path):
             ex = tf.train.Example.FromString(rec).features.feature
-            key = ex[records.KEY_KEY].bytes_list.value[0].decode()
-            img = np.asarray(Image.open(io.BytesIO(ex[records.IMAGE_KEY].bytes_list.value[0])))
+            key = ex[dataset_format.KEY_KEY].bytes_list.value[0].decode()
+            png = ex[dataset_format.IMAGE_KEY].bytes_list.value[0]
+            img = np.asarray(Image.open(io.BytesIO(png)))
             if img.ndim == 2:
                 img = img[:, :, None]
-            result[key] = (img, ex[records.LABEL_KEY].int64_list.value[0])
+            result[key] = (img, ex[dataset_format.LABEL_KEY].int64_list.value[0])
             keys.append(key)
         assert keys == sorted(keys) and len(keys) == shard["count"]
     assert len(result) == info["splits"][split]["count"]
@@ -63,20 +65,20 @@ def rng_image(rng, h, w, c=3) -> np.ndarray:
 def test_fast_example_encoder_parses_like_tf_and_frames_read_by_tf(tmp_path):
     for png, label, key in [(b"\x89PNG" * 100, 7, "a/b.jpg"), (b"", -1, b"\xff\x00"),
                             (b"x" * 70000, 2 ** 40, "k")]:
-        fast = records.encode_example_fast(png, label, key)
-        assert fast == records.encode_example_fast(png, label, key)
+        fast = dataset_format.encode_example_fast(png, label, key)
+        assert fast == dataset_format.encode_example_fast(png, label, key)
         assert tf.train.Example.FromString(fast) == tf.train.Example.FromString(
-            records.encode_example(png, label, key))
+            dataset_format.encode_example(png, label, key))
     path = tmp_path / "x.tfrecord"
-    recs = [records.encode_example_fast(b"img%d" % i, i, f"k{i}") for i in range(5)]
-    path.write_bytes(b"".join(records.frame_tfrecord(r) for r in recs))
+    recs = [dataset_format.encode_example_fast(b"img%d" % i, i, f"k{i}") for i in range(5)]
+    path.write_bytes(b"".join(dataset_format.frame_tfrecord(r) for r in recs))
     assert [t.numpy() for t in tf.data.TFRecordDataset(str(path))] == recs
-    assert list(records.iter_tfrecord(str(path))) == recs
+    assert list(dataset_format.iter_tfrecord(str(path))) == recs
     data = bytearray(path.read_bytes())
     data[20] ^= 1
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="CRC"):
-        list(records.iter_tfrecord(str(path)))
+        list(dataset_format.iter_tfrecord(str(path)))
 
 
 def test_transform_geometry_and_passthrough():
@@ -193,7 +195,7 @@ def test_zip_subset_bad_records_labels_and_determinism(tmp_path, cifar_subset_zi
 def test_lsun_lmdb_webp_key_ranges(tmp_path, monkeypatch):
     import lmdb
 
-    monkeypatch.setattr(preprocess, "RECORDS_PER_PART", 7)  # shards of many fragments
+    monkeypatch.setattr(shard_plan, "RECORDS_PER_PART", 7)  # shards of many fragments
     rng = np.random.default_rng(3)
     db = str(tmp_path / "church_outdoor_train_lmdb")
     sources = {}
@@ -217,7 +219,7 @@ def test_lsun_lmdb_webp_key_ranges(tmp_path, monkeypatch):
     assert set(got) == set(sources)
     t = ImageTransform(32, resize_shorter_side=48)
     for key, (img, label) in got.items():
-        assert label == records.UNKNOWN_LABEL
+        assert label == dataset_format.UNKNOWN_LABEL
         assert np.array_equal(img, np.asarray(Image.open(io.BytesIO(t.from_bytes(sources[key])))))
 
 
@@ -257,9 +259,9 @@ def test_npz_member_array_maps_stored_and_extracts_compressed(tmp_path):
     np.savez_compressed(tmp_path / "deflated.npz", data=data, labels=np.arange(7))
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    stored = image_sources.npz_member_array(str(tmp_path / "stored.npz"), "data.npy", str(scratch))
+    stored = array_sources.npz_member_array(str(tmp_path / "stored.npz"), "data.npy", str(scratch))
     assert isinstance(stored, np.memmap) and not os.listdir(scratch)  # mapped in place
-    deflated = image_sources.npz_member_array(str(tmp_path / "deflated.npz"), "data.npy",
+    deflated = array_sources.npz_member_array(str(tmp_path / "deflated.npz"), "data.npy",
                                               str(scratch))
     assert len(os.listdir(scratch)) == 1  # extracted once, then memory-mapped
     for got in (stored, deflated):
@@ -390,9 +392,9 @@ def test_cli_on_the_real_cifar_zip(tmp_path, cifar_zip):
     labels = np.zeros(10, int)
     for split in info["splits"]:
         for shard in info["splits"][split]["shards"]:
-            for rec in records.iter_tfrecord(str(out / shard["file"])):
+            for rec in dataset_format.iter_tfrecord(str(out / shard["file"])):
                 ex = tf.train.Example.FromString(rec).features.feature
-                labels[ex[records.LABEL_KEY].int64_list.value[0]] += 1
+                labels[ex[dataset_format.LABEL_KEY].int64_list.value[0]] += 1
     assert labels.tolist() == [1000] * 10
     again = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                            timeout=60)

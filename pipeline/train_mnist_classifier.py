@@ -1,6 +1,6 @@
 """Trains the small MNIST convnet used as the ``mnist_classifier`` FID/KID/IS extractor.
 
-    python -m beam_jobs.train_mnist_classifier --mnist_dir=../shared/data/mnist_test \\
+    python -m pipeline.train_mnist_classifier --mnist_dir=../shared/data/mnist_test \\
         --output=work/mnist_classifier [--epochs=4]
 
 Trains on the first 9,000 images of the given IDX files, reports accuracy on the last
@@ -75,6 +75,8 @@ def train_classifier(mnist_dir: str, output: str, epochs: int = 4, batch_size: i
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; prints the result of :func:`train_classifier` as JSON, exit code 1 below
+    ``--min_accuracy``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mnist_dir", required=True,
                         help="folder with t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")

@@ -1,0 +1,93 @@
+"""How the FID pipeline hands its combined results to the driver: one ``.npz`` per
+statistics class on any Beam filesystem, written by the pipeline's last step
+(``write_*``, used as ``beam.Map(write_x, path)``) and read back by the driver
+(``read_*``).
+
+* :class:`~beam_jobs.fid_math.SufficientStatistics`: ``count``, ``dim`` and, if
+  ``count`` > 0, float64 ``sum`` [d] and ``sum_outer`` [d, d];
+* :class:`~beam_jobs.fid_math.InceptionScoreStatistics`: per-split ``count``,
+  ``sum_plogp``, ``confident`` and, once logits were seen, ``sum_p`` and
+  ``label_hist`` [splits, K];
+* image shapes: int64 ``shapes`` [n, 3] (H, W, C);
+* the KID reservoir: float32 ``features`` [n, d] ([0, 0] when empty).
+"""
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from beam_jobs import fid_math
+
+
+def _write(path: str, arrays: dict[str, np.ndarray]) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    with FileSystems.create(path) as f:
+        f.write(buf.getvalue())
+
+
+def _read(path: str) -> dict[str, np.ndarray]:
+    with FileSystems.open(path) as f:
+        data = np.load(io.BytesIO(f.read()), allow_pickle=False)
+        return {k: data[k] for k in data.files}
+
+
+def write_sufficient(stats: fid_math.SufficientStatistics, path: str) -> None:
+    """Writes FID sufficient statistics (pending rows are folded in first)."""
+    stats.flush()
+    arrays = {"count": np.int64(stats.count), "dim": np.int64(stats.dim or 0)}
+    if stats.count:
+        arrays.update(sum=stats.sum, sum_outer=stats.sum_outer)
+    _write(path, arrays)
+
+
+def read_sufficient(path: str) -> fid_math.SufficientStatistics:
+    """The statistics :func:`write_sufficient` wrote (count 0: no sums)."""
+    raw = _read(path)
+    stats = fid_math.SufficientStatistics(int(raw["dim"]))
+    stats.count = int(raw["count"])
+    if stats.count:
+        stats.sum, stats.sum_outer = raw["sum"], raw["sum_outer"]
+    return stats
+
+
+def write_inception_score(stats: fid_math.InceptionScoreStatistics, path: str) -> None:
+    """Writes per-split Inception Score statistics."""
+    arrays = {"count": stats.count, "sum_plogp": stats.sum_plogp, "confident": stats.confident}
+    if stats.sum_p is not None:
+        arrays.update(sum_p=stats.sum_p, label_hist=stats.label_hist)
+    _write(path, arrays)
+
+
+def read_inception_score(path: str, num_splits: int) -> fid_math.InceptionScoreStatistics:
+    """The statistics :func:`write_inception_score` wrote, over ``num_splits`` splits."""
+    raw = _read(path)
+    stats = fid_math.InceptionScoreStatistics(num_splits)
+    stats.count, stats.sum_plogp, stats.confident = (
+        raw["count"], raw["sum_plogp"], raw["confident"])
+    stats.sum_p, stats.label_hist = raw.get("sum_p"), raw.get("label_hist")
+    return stats
+
+
+def write_shapes(shapes: Sequence[Sequence[int]], path: str) -> None:
+    """Writes image shapes (H, W, C)."""
+    _write(path, {"shapes": np.asarray(shapes, np.int64).reshape(-1, 3)})
+
+
+def read_shapes(path: str) -> list[tuple[int, ...]]:
+    """The shapes :func:`write_shapes` wrote, as tuples."""
+    return [tuple(s) for s in _read(path)["shapes"]]
+
+
+def write_features(rows: Sequence[np.ndarray], path: str) -> None:
+    """Writes feature vectors [d] (the KID reservoir) stacked to float32 [n, d]."""
+    _write(path, {"features": (fid_math.stack_features(rows) if len(rows)
+                               else np.zeros((0, 0), np.float32))})
+
+
+def read_features(path: str) -> np.ndarray:
+    """The features :func:`write_features` wrote, float32 [n, d]."""
+    return _read(path)["features"]

@@ -1,0 +1,318 @@
+"""The FID job's image sources, one class per kind, each read by its own PTransform.
+
+A source reads to a PCollection of ``(key, uint8 image [H, W, C])``; keys are the record
+key (TFRecords), the path relative to the folder (image folders) or the sample index
+``i`` in [0, N) (samples, drawn with seed ``seed + i`` in batches of ``batch_size``).
+:class:`ReadImages` applies any source's transform.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import io
+import logging
+import os
+from typing import Iterator, Union
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+from artifacts import dataset_format
+from beam_jobs.extractor_contract import SAMPLE_SIGNATURE, check_signature
+from beam_jobs.inference_handlers import ModelDirSamplerHandler, sampler_model_handler
+from beam_jobs.raw_source import DEFAULT_MAX_MEMBER_BYTES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 64
+
+
+class ImageSource(abc.ABC):
+    """What the FID job reads images from."""
+
+    @abc.abstractmethod
+    def size_hint(self) -> int:
+        """The number of images expected (for logs and Beam options)."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """The source in words, for logs and errors."""
+
+    @abc.abstractmethod
+    def transform(self) -> beam.PTransform:
+        """PBegin -> PCollection of (key, uint8 image [H, W, C])."""
+
+
+# --------------------------------------------------------------------------------------
+# TFRecords of a preprocessed data set.
+# --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TFRecordSource(ImageSource):
+    """A split of a preprocessed data set (``<data_dir>/<split>-*.tfrecord``)."""
+
+    data_dir: str
+    split: str
+
+    def files(self) -> list[str]:
+        """The split's shard paths; clear errors for a missing split or shard."""
+        info = dataset_format.read_dataset_info(self.data_dir)
+        info.check_split(self.split)
+        files = info.split_files[self.split]
+        if not files:
+            raise ValueError(f"split {self.split!r} of {self.data_dir!r} lists no shards")
+        return files
+
+    def size_hint(self) -> int:
+        return dataset_format.read_dataset_info(self.data_dir).split_counts.get(self.split, 0)
+
+    def describe(self) -> str:
+        return f"TFRecords {self.data_dir} split {self.split}"
+
+    def transform(self) -> beam.PTransform:
+        return ReadTFRecordImages(self)
+
+
+class _ParseRecord(beam.DoFn):
+    """Serialized tf.train.Example -> (key str, uint8 [H, W, C]); bad records counted."""
+
+    def setup(self):
+        import tensorflow as tf
+
+        self._tf = tf
+        self._spec = dataset_format.feature_spec()
+        self._bad = beam.metrics.Metrics.counter("fid", "undecodable_records")
+
+    def process(self, record: bytes) -> Iterator[tuple[str, np.ndarray]]:
+        tf = self._tf
+        try:
+            ex = tf.io.parse_single_example(record, self._spec)
+            image = tf.io.decode_png(ex[dataset_format.IMAGE_KEY]).numpy()
+            key = ex[dataset_format.KEY_KEY].numpy().decode("utf-8", "replace")
+        except (tf.errors.InvalidArgumentError, ValueError) as e:
+            self._bad.inc()
+            log.warning("skipping an undecodable record: %s", e)
+            return
+        yield key, image
+
+
+class ReadTFRecordImages(beam.PTransform):
+    """A :class:`TFRecordSource` -> (record key, uint8 [H, W, C])."""
+
+    def __init__(self, source: TFRecordSource):
+        super().__init__()
+        self._source = source
+
+    def expand(self, pbegin):
+        return (pbegin | "Shards" >> beam.Create(self._source.files())
+                | "ReadTFRecords" >> beam.io.ReadAllFromTFRecord()
+                | "Decode" >> beam.ParDo(_ParseRecord()))
+
+
+# --------------------------------------------------------------------------------------
+# A folder of image files.
+# --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ImageFolderSource(ImageSource):
+    """All image files under a folder (recursively), keyed by relative path: the names
+    :func:`artifacts.dataset_format.is_image_file` accepts, outside hidden folders (as
+    ``beam_jobs.preprocess --source=image_folder`` reads them). Files larger than
+    ``max_member_bytes`` and images PIL refuses as decompression bombs are counted as
+    undecodable records and skipped."""
+
+    directory: str
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+
+    def files(self) -> list[str]:
+        """Sorted paths of the image files."""
+        if not os.path.isdir(self.directory):
+            raise FileNotFoundError(f"image folder {self.directory!r} does not exist")
+        out = []
+        for root, dirnames, names in os.walk(self.directory):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            paths = (os.path.join(root, n) for n in names)
+            out += [p for p in paths
+                    if dataset_format.is_image_file(os.path.relpath(p, self.directory))]
+        if not out:
+            raise ValueError(f"no image files ({', '.join(dataset_format.IMAGE_EXTENSIONS)}) "
+                             f"under {self.directory!r}")
+        return sorted(out)
+
+    def size_hint(self) -> int:
+        return len(self.files())
+
+    def describe(self) -> str:
+        return f"image folder {self.directory}"
+
+    def transform(self) -> beam.PTransform:
+        return ReadFolderImages(self)
+
+
+class _ReadImageFile(beam.DoFn):
+    """Path -> (relative path, uint8 [H, W, 1 or 3]); unreadable files, files over
+    ``max_bytes`` bytes and decompression bombs are counted and skipped."""
+
+    def __init__(self, root: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
+        self._root = root
+        self._max_bytes = int(max_bytes)
+
+    def setup(self):
+        self._bad = beam.metrics.Metrics.counter("fid", "undecodable_records")
+
+    def process(self, path: str) -> Iterator[tuple[str, np.ndarray]]:
+        from PIL import Image
+
+        try:
+            with FileSystems.open(path) as f:
+                data = f.read(self._max_bytes + 1)
+            if len(data) > self._max_bytes:
+                raise ValueError(f"file is longer than --max_member_bytes={self._max_bytes}")
+            with Image.open(io.BytesIO(data)) as im:
+                im = im.convert("L") if im.mode in ("L", "I;16", "1") else im.convert("RGB")
+                image = np.asarray(im, np.uint8)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            self._bad.inc()
+            log.warning("skipping unreadable image %s: %s", path, e)
+            return
+        yield os.path.relpath(path, self._root), image[..., None] if image.ndim == 2 else image
+
+
+class ReadFolderImages(beam.PTransform):
+    """An :class:`ImageFolderSource` -> (relative path, uint8 [H, W, 1 or 3])."""
+
+    def __init__(self, source: ImageFolderSource):
+        super().__init__()
+        self._source = source
+
+    def expand(self, pbegin):
+        s = self._source
+        return (pbegin | "Files" >> beam.Create(s.files())
+                | "Reshuffle" >> beam.Reshuffle()
+                | "ReadFiles" >> beam.ParDo(_ReadImageFile(s.directory, s.max_member_bytes)))
+
+
+# --------------------------------------------------------------------------------------
+# Samples of a generator.
+# --------------------------------------------------------------------------------------
+class _GeneratorSource(ImageSource):
+    """``num_samples`` samples at ``temperature``, sample i drawn with seed ``seed + i``
+    in batches of ``batch_size``; subclasses say where the generator is."""
+
+    num_samples: int
+    temperature: float
+    seed: int
+    batch_size: int
+
+    @abc.abstractmethod
+    def model_handler(self) -> KeyedModelHandler:
+        """RunInference handler: (i, int64 seed) -> (i, uint8 image [H, W, C])."""
+
+    def _check_counts(self) -> None:
+        if self.num_samples < 1:
+            raise ValueError(f"--num_samples must be positive, got {self.num_samples}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {self.batch_size}")
+
+    @abc.abstractmethod
+    def validate(self) -> None:
+        """Raises a clear error unless the generator can be sampled as asked."""
+
+    def size_hint(self) -> int:
+        return self.num_samples
+
+    def _seeds(self) -> str:
+        return (f"seeds {self.seed}..{self.seed + self.num_samples - 1}, temperature "
+                f"{self.temperature}")
+
+    def transform(self) -> beam.PTransform:
+        return ReadSampledImages(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSource(_GeneratorSource):
+    """``num_samples`` images from a generator SavedModel's ``sample`` signature."""
+
+    saved_model_dir: str
+    num_samples: int
+    temperature: float = 1.0
+    seed: int = 0
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def validate(self) -> None:
+        self._check_counts()
+        if not os.path.isdir(self.saved_model_dir):
+            raise FileNotFoundError(f"generator SavedModel {self.saved_model_dir!r} does not exist")
+        check_signature(self.saved_model_dir, SAMPLE_SIGNATURE,
+                        {"seed": "int64", "temperature": "float32"})
+
+    def model_handler(self) -> KeyedModelHandler:
+        return KeyedModelHandler(sampler_model_handler(
+            self.saved_model_dir, batch_size=self.batch_size, temperature=self.temperature))
+
+    def describe(self) -> str:
+        return f"{self.num_samples} samples of {self.saved_model_dir} ({self._seeds()})"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDirSampleSource(_GeneratorSource):
+    """``num_samples`` images drawn straight from a trained model directory (written by
+    ``pipeline.train``): the same rows as the export's ``sample`` signature, no export."""
+
+    model_dir: str
+    num_samples: int
+    temperature: float = 1.0
+    seed: int = 0
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def validate(self) -> None:
+        from artifacts import model_io
+
+        self._check_counts()
+        if not os.path.isfile(os.path.join(self.model_dir, model_io.CONFIG_FILE)):
+            raise FileNotFoundError(f"model directory {self.model_dir!r} has no "
+                                    f"{model_io.CONFIG_FILE}; expected one written by "
+                                    "pipeline.train")
+
+    def model_handler(self) -> KeyedModelHandler:
+        return KeyedModelHandler(ModelDirSamplerHandler(
+            self.model_dir, batch_size=self.batch_size, temperature=self.temperature))
+
+    def describe(self) -> str:
+        return f"{self.num_samples} samples of model directory {self.model_dir} ({self._seeds()})"
+
+
+class ReadSampledImages(beam.PTransform):
+    """A generator source -> (sample index i, uint8 [H, W, C]); checks the source first."""
+
+    def __init__(self, source: _GeneratorSource):
+        super().__init__()
+        self._source = source
+
+    def expand(self, pbegin):
+        s = self._source
+        s.validate()
+        return (pbegin | "Indices" >> beam.Create(range(s.num_samples))
+                | "Seeds" >> beam.Map(lambda i, base: (i, base + i), s.seed)
+                | "Sample" >> RunInference(s.model_handler())
+                | "Images" >> beam.MapTuple(lambda i, result: (i, result.inference)))
+
+
+# --------------------------------------------------------------------------------------
+# Any source.
+# --------------------------------------------------------------------------------------
+Source = Union[TFRecordSource, SampleSource, ModelDirSampleSource, ImageFolderSource]
+
+
+class ReadImages(beam.PTransform):
+    """A source -> PCollection of (key, uint8 image [H, W, C]) (see the module doc)."""
+
+    def __init__(self, source: Source):
+        super().__init__()
+        self._source = source
+
+    def expand(self, pbegin):
+        if not isinstance(self._source, ImageSource):
+            raise TypeError(f"unknown source {self._source!r}; expected TFRecordSource, "
+                            "SampleSource, ModelDirSampleSource or ImageFolderSource")
+        return pbegin | self._source.transform()

@@ -1,0 +1,127 @@
+"""The preprocessing job's DoFns: encode a work unit into a fragment file, concatenate a
+shard's fragments into the shard.
+
+Encoded images never travel through the runner: fragments are local (or mounted) files
+and only their names, counts and digests are shuffled.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pickle
+import uuid
+from typing import BinaryIO, Iterable, Iterator
+
+import apache_beam as beam
+
+from artifacts import dataset_format
+from beam_jobs.image_sources import DEFAULT_MAX_MEMBER_BYTES, open_reader
+from beam_jobs.image_transform import BadImage, ImageTransform
+from beam_jobs.shard_plan import WorkUnit, locators_file
+
+_COPY_CHUNK = 8 * 2 ** 20
+
+
+@contextlib.contextmanager
+def atomic_file(final: str) -> Iterator[BinaryIO]:
+    """Binary file written under a temporary name and renamed to ``final`` on success
+    (retried bundles rewrite identical bytes; a failed one leaves nothing behind)."""
+    directory, base = os.path.split(final)
+    partial = os.path.join(directory, f".{base}.partial-{uuid.uuid4().hex}")
+    try:
+        with open(partial, "wb") as f:
+            yield f
+        os.replace(partial, final)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+class EncodePartFn(beam.DoFn):
+    """Work unit -> one fragment file of framed Examples (in key order) on local disk.
+
+    Yields ``((split, shard), (part, num_parts, fragment file, count))``; records that
+    cannot be read or decoded go to the ``bad`` output as ``(key, reason)``. Encoded
+    images never travel through the runner, only these small tuples do.
+    """
+
+    BAD = "bad"
+
+    def __init__(self, kind: str, input_path: str, transform: ImageTransform, plan_dir: str,
+                 parts_dir: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
+        self._kind = kind
+        self._max_member_bytes = max_member_bytes
+        self._input_path = input_path
+        self._transform = transform
+        self._plan_dir = plan_dir
+        self._parts_dir = parts_dir
+        self._reader = None
+        self._cached: tuple[str, list] | None = None  # (shard plan file, its locators)
+        self._good = beam.metrics.Metrics.counter("preprocess", "images_written")
+        self._bad = beam.metrics.Metrics.counter("preprocess", "bad_records")
+
+    def setup(self) -> None:
+        self._reader = open_reader(self._kind, self._input_path, self._max_member_bytes)
+
+    def teardown(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+    def _shard_locators(self, split: str, index: int) -> list:
+        path = locators_file(self._plan_dir, split, index)
+        if self._cached is None or self._cached[0] != path:
+            with open(path, "rb") as f:
+                self._cached = (path, pickle.load(f))
+        return self._cached[1]
+
+    def process(self, unit: WorkUnit) -> Iterable:
+        split, index, start, stop, part, num_parts = unit
+        locators = self._shard_locators(split, index)[start:stop]
+        name = f"{split}-{index:05d}-part-{part:05d}"
+        count = 0
+        with atomic_file(os.path.join(self._parts_dir, name)) as f:
+            for key, label, payload in self._reader.read(locators):
+                try:
+                    if isinstance(payload, BadImage):
+                        raise payload
+                    if isinstance(payload, (bytes, bytearray, memoryview)):
+                        png = self._transform.from_bytes(bytes(payload))
+                    else:
+                        png = self._transform.from_array(payload)
+                except BadImage as e:
+                    self._bad.inc()
+                    yield beam.pvalue.TaggedOutput(self.BAD, (key, str(e)))
+                    continue
+                f.write(dataset_format.frame_tfrecord(
+                    dataset_format.encode_example_fast(png, label, key)))
+                count += 1
+        self._good.inc(count)
+        yield (split, index), (part, num_parts, name, count)
+
+
+class ConcatShardFn(beam.DoFn):
+    """((split, shard), fragments) -> the shard file (fragments in part order); its metadata."""
+
+    def __init__(self, out_dir: str, parts_dir: str, num_shards: dict[str, int]):
+        self._out_dir = out_dir
+        self._parts_dir = parts_dir
+        self._num_shards = dict(num_shards)
+
+    def process(self, element) -> Iterable[dict]:
+        (split, index), fragments = element
+        fragments = sorted(fragments)
+        name = dataset_format.shard_name(split, index, self._num_shards[split])
+        expected = fragments[0][1]
+        if [p for p, *_ in fragments] != list(range(expected)):
+            raise RuntimeError(f"shard {name}: got parts {[p for p, *_ in fragments]} of "
+                               f"{expected}; refusing to write an incomplete shard")
+        sha = hashlib.sha256()
+        with atomic_file(os.path.join(self._out_dir, name)) as out:
+            for _, _, fragment, _ in fragments:
+                with open(os.path.join(self._parts_dir, fragment), "rb") as f:
+                    while chunk := f.read(_COPY_CHUNK):
+                        sha.update(chunk)
+                        out.write(chunk)
+        yield {"split": split, "index": index, "file": name,
+               "count": sum(c for *_, c in fragments), "sha256": sha.hexdigest()}

@@ -1,0 +1,129 @@
+"""What every raw source kind of the preprocessing job provides (:class:`RawSource`),
+the plan it makes on the driver (:class:`SourcePlan`) and the helpers the kinds share.
+
+A kind has
+
+* a *planner* (:meth:`RawSource.plan`, runs on the driver, before Beam starts): validates
+  the input and lists every record's key and a small picklable *locator* (cheaply: LMDB
+  keys only, zip central directory, file names, npz/IDX headers and labels);
+* a *reader* (an instance, opened once per worker in a DoFn's ``setup()``): reads any
+  list of locators, in the given order, as ``(key, label, payload)`` records, where
+  payload is encoded image bytes, a uint8 array, or a
+  :class:`~beam_jobs.image_transform.BadImage` for an unreadable entry. Every source
+  allows random access (LMDB ``get``, zip members, files, memory-mapped arrays), so the
+  job can read each output shard's records directly instead of shuffling encoded images
+  between workers.
+
+Keys are unique strings within a source; labels are ints (-1 when unknown).
+
+An encoded entry (file, zip member, LMDB value) larger than ``max_member_bytes`` (default
+:data:`DEFAULT_MAX_MEMBER_BYTES`) is a bad record, not memory: the reader never holds more
+than that many bytes of one entry (a zip member's declared size is checked first, then its
+decompressed stream is read only up to the cap).
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+from typing import ClassVar, Iterator, Sequence
+
+from tqdm import tqdm
+
+from artifacts.dataset_format import UNKNOWN_LABEL
+from beam_jobs.image_transform import BadImage
+
+DEFAULT_MAX_MEMBER_BYTES = 64 << 20  # 64 MiB of encoded bytes per image
+
+Record = tuple  # (key: str, label: int, payload: bytes | np.ndarray | BadImage)
+
+
+@dataclasses.dataclass
+class SourcePlan:
+    """What the driver learned about an input: record keys, their locators, label names.
+
+    ``locators[i]`` tells the kind's reader where record ``keys[i]`` is:
+    image_folder/image_zip ``(relative name, label)``, lsun_lmdb the raw LMDB key (bytes),
+    imagenet64_npz ``(npz path, row, 0-based label)``, mnist_idx ``(images path, row,
+    label)``.
+    """
+
+    kind: str
+    input_path: str  # absolute
+    keys: list[str]
+    locators: list
+    label_names: list[str] | None
+    info: dict  # extra facts for dataset.json["source"]
+
+
+class RawSource(abc.ABC):
+    """One raw source kind: :meth:`plan` lists an input's records on the driver; an
+    instance reads them back by locator (create once per worker, ``close()`` at teardown).
+
+    ``max_member_bytes``: entries (files, zip members, LMDB values) larger than this many
+    bytes are returned as :class:`BadImage` without being read into memory.
+    """
+
+    kind: ClassVar[str]  # the --source name
+    what: ClassVar[str]  # what the input must be, for error messages
+
+    def __init__(self, input_path: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
+        if int(max_member_bytes) < 1:
+            raise ValueError(f"--max_member_bytes={max_member_bytes}: expected a positive "
+                             "number of bytes")
+        self.input_path = input_path
+        self.max_member_bytes = int(max_member_bytes)
+
+    @classmethod
+    @abc.abstractmethod
+    def plan(cls, path: str) -> SourcePlan:
+        """Validates ``path`` as an input of this kind and lists its keys and locators."""
+
+    @abc.abstractmethod
+    def read(self, locators: Sequence) -> Iterator[Record]:
+        """The records at ``locators`` (from this kind's :class:`SourcePlan`), in order."""
+
+    def close(self) -> None:
+        """Releases what :meth:`read` opened (files, environments, scratch space)."""
+
+
+def progress(iterable, desc: str, total: int | None = None):
+    """tqdm over driver-side key scans, shown only for inputs of 50,000 keys or more."""
+    return tqdm(iterable, desc=desc, total=total, unit="key", leave=False,
+                disable=total is not None and total < 50_000, mininterval=1.0)
+
+
+def require_exists(path: str, what: str) -> str:
+    """Absolute ``path``; FileNotFoundError naming ``what`` was expected if it is missing."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"input {path!r} does not exist; expected {what}")
+    return os.path.abspath(path)
+
+
+def no_images(path: str, what: str) -> ValueError:
+    """The error of an input that holds no images."""
+    return ValueError(f"input {path!r} holds no images; expected {what}")
+
+
+def labels_from_parents(relpaths: list[str]) -> tuple[list[int], list[str] | None]:
+    """Label = index of the parent folder name among the sorted names, when >= 2 names."""
+    parents = [os.path.basename(os.path.dirname(p)) for p in relpaths]
+    names = sorted({p for p in parents if p})
+    if len(names) < 2:
+        return [UNKNOWN_LABEL] * len(relpaths), None
+    index = {n: i for i, n in enumerate(names)}
+    return [index[p] if p else UNKNOWN_LABEL for p in parents], names
+
+
+def too_large(size: int, max_bytes: int, what: str) -> BadImage:
+    """The bad-record reason of an entry of ``size`` bytes over the ``max_bytes`` cap."""
+    return BadImage(f"{what} of {size} bytes exceeds --max_member_bytes={max_bytes}")
+
+
+def read_capped(f, max_bytes: int, what: str) -> bytes | BadImage:
+    """At most ``max_bytes`` bytes of the open binary stream ``f``; a :class:`BadImage`
+    (after reading ``max_bytes + 1`` bytes, no more) if the stream is longer."""
+    data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        return BadImage(f"{what} is longer than --max_member_bytes={max_bytes} bytes")
+    return data
