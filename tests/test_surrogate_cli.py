@@ -72,13 +72,13 @@ def test_cli_prints_and_logs_the_summary(gan_dir, digits16, tmp_path, tracking_u
 
 
 def test_mismatched_image_shape_is_refused(gan_dir, tmp_path):
-    from artifacts import records
+    from artifacts import dataset_format
 
     model, _ = model_io.load_trained_model(gan_dir)
     fake_data = tmp_path / "d"
     fake_data.mkdir()
     (fake_data / "t-00000-of-00001.tfrecord").write_bytes(b"")
-    (fake_data / records.DATASET_JSON).write_text(json.dumps({
+    (fake_data / dataset_format.DATASET_JSON).write_text(json.dumps({
         "image_shape": [8, 8, 1], "splits": {"validation": {
             "count": 1, "shards": [{"file": "t-00000-of-00001.tfrecord", "count": 1}]}}}))
     with pytest.raises(ValueError, match=r"\[8, 8, 1\] images, the model was trained on"):
