@@ -11,7 +11,8 @@ import tensorflow as tf
 from scipy import special, stats
 
 from conftest import TINY, TINY_SHAPE, tiny_train_config
-from artifacts import model_io, trainer
+from artifacts import model_io
+from pipeline import trainer
 from serving import export
 from serving.signatures import deterministic_score
 from tfp_models import priors

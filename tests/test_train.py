@@ -16,7 +16,8 @@ import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, TINY_SHAPE, tiny_train_config
-from artifacts import model_io, trainer
+from artifacts import model_io
+from pipeline import trainer
 from tfp_models.hybrid import VARIANTS, HybridConfig
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
