@@ -10,22 +10,8 @@ decoder mu(z), sigma(z) in feature space.
     L_adv    = -E_{z~p}[logit D(f^-1(mu(z)))]                         (log-ratio loss)
     L_G      = L_MLE + lambda_adv * L_adv;   L_D = BCE(real, fake) [+ R1 / WGAN-GP]
 
-How images meet the discriminator (``disc_inputs``): 'quantized' (default) shows D the
-real images at their bin centres (x + 0.5) / 256 and the samples quantized to bin centres
-with a straight-through gradient, so both live on the same 256-level lattice and D cannot
-separate them by dequantization noise or sub-bin values, while the generator still gets
-D's gradient everywhere (also where f^-1 leaves [0, 1]). 'dequantized' is the earlier
-behaviour: real images with the training dequantization noise (x + u) / 256 against
-samples clipped to [0, 1] (zero gradient outside).
-
-Deviations from the paper's objective, off by default (``free_bits`` = 0, and the
-trainer's ``kl_warmup_steps`` = 0 give L_MLE exactly): free bits (Kingma et al., 2016)
-replace each example's KL_j of latent dimension j by max(free_bits, KL_j) in the
-training loss only; reported bounds always use the true KL. A deviation of the model
-rather than the objective: ``prior='mixture'`` learns p(z) as a mixture of
-``prior_components`` diagonal Gaussians (:mod:`tfp_models.priors`); the KL term is then a
-one-sample Monte Carlo estimate ln q(z|x) - ln p(z), and the adversarial fakes are
-decoded from z ~ p(z) of the learned prior.
+Settings, how images meet the discriminator (``disc_inputs``) and the deviations from
+the paper's objective: :mod:`tfp_models.hybrid_config`.
 
 All log-likelihoods are in nats per image; :func:`tfp_models.metrics.bits_per_dim`
 turns them into bits/dim. Random noise can be passed in explicitly (``noise`` dicts):
@@ -34,126 +20,20 @@ split across replicas.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-from typing import Any
 
 import keras
 import tensorflow as tf
 
 from tfp_models import flows
+from tfp_models.hybrid_config import (  # noqa: F401 -- re-exported: the settings live there
+    DISC_INPUTS, GRADIENT_PENALTIES, VARIANTS, HybridConfig, Variant)
 from tfp_models.metrics import importance_weighted_bound
 from tfp_models.networks import ConvDecoder, ConvEncoder, Discriminator
-from tfp_models.posteriors import POSTERIORS, make_posterior, standard_normal_log_prob
-from tfp_models.priors import PRIORS, make_prior
+from tfp_models.posteriors import make_posterior, standard_normal_log_prob
+from tfp_models.priors import make_prior
 
 _LOG_2PI = math.log(2.0 * math.pi)
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    """What a variant of the paper's ablation trains and has."""
-    name: str
-    latent: bool       # a VAE latent z with encoder/decoder
-    learned_flow: bool  # f includes a Real NVP (else: logit preprocessing only)
-    mle: bool          # trained by maximum likelihood
-    adversarial: str   # '' (none), 'log_ratio' (BCE discriminator) or 'wgan' (WGAN-GP critic)
-    description: str
-
-    @property
-    def has_likelihood(self) -> bool:
-        """Whether the model defines (a bound on) log p(x): all but 'gan'."""
-        return self.mle or not self.latent
-
-
-VARIANTS: dict[str, Variant] = {v.name: v for v in [
-    Variant("vae", True, False, True, "", "VAE, Gaussian decoder in logit-pixel space, MLE"),
-    Variant("vae_f", True, True, True, "", "VAE with Real NVP feature space, MLE"),
-    Variant("cq", True, False, True, "log_ratio", "VAE trained by MLE + adversarial loss"),
-    Variant("cqf", True, True, True, "log_ratio",
-            "main model: VAE in Real NVP feature space, MLE + adversarial"),
-    Variant("gan", True, False, False, "log_ratio", "generator mu(z) trained adversarially only"),
-    Variant("flow", False, True, True, "", "plain Real NVP by maximum likelihood (NVP baseline)"),
-    Variant("flow_wgan", False, True, False, "wgan", "Real NVP trained as a WGAN-GP generator"),
-]}
-
-
-DISC_INPUTS = ("quantized", "dequantized")
-
-
-@dataclasses.dataclass
-class HybridConfig:
-    """Architecture and loss settings; serializable to JSON (stored with checkpoints)."""
-    variant: str = "cqf"
-    image_shape: tuple = (28, 28, 1)
-    latent_dim: int = 32
-    posterior: str = "diag"
-    posterior_steps: int = 2
-    posterior_hidden: int = 128
-    prior: str = "standard"
-    prior_components: int = 10
-    enc_dec_channels: int = 32
-    enc_dec_downsamples: int = 2
-    flow_scales: int = 2
-    flow_hidden: int = 32
-    flow_res_blocks: int = 1
-    flow_kernel_size: int = 3
-    use_actnorm: bool = True
-    logit_alpha: float = flows.LOGIT_ALPHA
-    decoder_min_log_sigma: float = -6.0
-    disc_channels: int = 32
-    spectral_norm: bool = False
-    lambda_adv: float = 1.0
-    gradient_penalty: str = "none"
-    gp_weight: float = 10.0
-    disc_inputs: str = "quantized"
-    free_bits: float = 0.0
-    decoder_data_init: bool = True
-
-    def __post_init__(self):
-        self.image_shape = tuple(int(d) for d in self.image_shape)
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown variant {self.variant!r}; expected one of {sorted(VARIANTS)}")
-        if self.posterior not in POSTERIORS:
-            raise ValueError(f"unknown posterior {self.posterior!r}; expected one of {POSTERIORS}")
-        if self.prior not in PRIORS:
-            raise ValueError(f"unknown prior {self.prior!r}; expected one of {PRIORS}")
-        if self.prior_components < 1:
-            raise ValueError(f"prior_components={self.prior_components}: expected >= 1")
-        if self.prior != "standard" and not (self.spec.latent and self.spec.mle):
-            raise ValueError(f"prior={self.prior!r} is learned by maximum likelihood; variant "
-                             f"{self.variant!r} has no such term (use prior='standard')")
-        if self.gradient_penalty not in ("none", "r1", "wgan-gp"):
-            raise ValueError(
-                f"unknown gradient_penalty {self.gradient_penalty!r}; expected none, r1 or wgan-gp")
-        if self.disc_inputs not in DISC_INPUTS:
-            raise ValueError(f"unknown disc_inputs {self.disc_inputs!r}; expected one of "
-                             f"{DISC_INPUTS}")
-        if self.flow_kernel_size < 1 or self.flow_kernel_size % 2 == 0:
-            raise ValueError(f"flow_kernel_size={self.flow_kernel_size}: expected a positive "
-                             "odd integer")
-        if self.free_bits < 0:
-            raise ValueError(f"free_bits={self.free_bits}: expected >= 0 (nats per latent dim)")
-        if len(self.image_shape) != 3:
-            raise ValueError(f"image_shape must be (H, W, C), got {self.image_shape}")
-        if self.spec.learned_flow:
-            flows.check_squeezable(self.image_shape, self.flow_scales)
-
-    @property
-    def spec(self) -> Variant:
-        return VARIANTS[self.variant]
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "HybridConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown HybridConfig fields {unknown}")
-        return cls(**values)
 
 
 def gaussian_log_prob(y: tf.Tensor, mu: tf.Tensor, log_sigma: tf.Tensor) -> tf.Tensor:
@@ -404,7 +284,7 @@ class HybridModel(keras.Model):
 
     def adversarial_samples(self, prior_noise: tf.Tensor) -> tf.Tensor:
         """The discriminator's fakes [N, H, W, C]: x_s = f^-1(mu(z)) for latent variants,
-        f^-1(eps) for flows, prepared as ``disc_inputs`` says (module docstring):
+        f^-1(eps) for flows, prepared as ``disc_inputs`` says (:mod:`tfp_models.hybrid_config`):
         straight-through quantized to bin centres, or clipped to [0, 1]. Latent variants
         take prior noise [N, noise_dim] (z = p.from_noise(noise))."""
         if self.spec.latent:

@@ -1,0 +1,158 @@
+"""The state of a training run (:class:`TrainState`): strategy, model, optimizers, step
+counter and checkpoint manager, built or restored by :func:`build_state`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import keras
+import tensorflow as tf
+
+from artifacts import model_io
+from pipeline import data as data_lib
+from pipeline.train_config import TrainConfig
+from pipeline.train_input import make_train_dataset
+from tfp_models import flows
+from tfp_models.hybrid import HybridConfig, HybridModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What a run trains and checkpoints. ``step_var`` (int64) holds the last completed
+    step; ``start_step`` is its value when the run started (0, or the restored step)."""
+    strategy: tf.distribute.Strategy
+    model: HybridModel
+    g_opt: keras.optimizers.Optimizer
+    flow_opt: keras.optimizers.Optimizer | None
+    d_opt: keras.optimizers.Optimizer | None
+    step_var: tf.Variable
+    manager: tf.train.CheckpointManager
+    start_step: int
+    noise_shapes: dict[str, tuple]
+
+
+def generator_learning_rate(
+        cfg: TrainConfig, base: float) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate of a generator-side Adam (encoder/decoder/flow, and the flow's own
+    optimizer): ``base`` for 'constant'; for 'cosine', Keras' CosineDecay from ``base`` to 0
+    at step ``cfg.lr_decay_steps`` (0 = ``cfg.train_steps``) over the optimizer's own
+    iteration count, which is checkpointed: a resume continues the same curve as long as the
+    horizon is unchanged. The discriminator keeps its constant rate."""
+    if cfg.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            base, decay_steps=cfg.lr_decay_steps or cfg.train_steps)
+    return base
+
+
+def make_strategy(name: str, devices: tuple = ()) -> tf.distribute.Strategy:
+    """'auto': MirroredStrategy over the visible GPUs if any, else the default strategy;
+    'mirrored': MirroredStrategy over ``devices`` (default: all GPUs, else the CPU);
+    'multi_worker': MultiWorkerMirroredStrategy (hosts from TF_CONFIG)."""
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored" or (name == "auto" and gpus):
+        return tf.distribute.MirroredStrategy(devices=list(devices) or None)
+    return tf.distribute.get_strategy()
+
+
+def check_compatible(model_dir: str, config: HybridConfig) -> None:
+    """A model directory can only resume the same architecture on the same image shape."""
+    if not os.path.isfile(os.path.join(model_dir, model_io.CONFIG_FILE)):
+        return
+    saved, _ = model_io.load_model_config(model_dir)
+    if saved.image_shape != config.image_shape:
+        raise ValueError(
+            f"the data set's images are {config.image_shape} (H, W, C) but the model in "
+            f"{model_dir!r} was built for {saved.image_shape}; use a new --model_dir, the "
+            "matching data set, or --resize_with_crop_or_pad")
+    differ = {k: (v, getattr(config, k)) for k, v in dataclasses.asdict(saved).items()
+              if getattr(config, k) != v and k != "image_shape"}
+    if differ:
+        raise ValueError(
+            f"--model_dir={model_dir!r} holds a model with different settings "
+            f"(saved vs requested: {differ}); use a new --model_dir to train another model")
+
+
+def build_state(model_config: HybridConfig, cfg: TrainConfig,
+                info: data_lib.DatasetInfo) -> TrainState:
+    """Checks the run against the model directory and the data set, then builds the
+    strategy, the model (seeded by ``cfg.seed``), its optimizers and the checkpoint
+    manager and restores the latest checkpoint of ``cfg.model_dir``; a new run gets the
+    data-dependent init from one batch. Writes the model directory's model_config.json.
+    ``model_config.image_shape`` must already be the data's."""
+    check_compatible(cfg.model_dir, model_config)
+    if cfg.batch_size > info.split_counts["train"]:
+        raise ValueError(f"--batch_size={cfg.batch_size} exceeds the {info.split_counts['train']}"
+                         f" training images of {cfg.data_dir!r}")
+    strategy = make_strategy(cfg.strategy, cfg.devices)
+    if cfg.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f"--batch_size={cfg.batch_size} must be divisible by the "
+                         f"{strategy.num_replicas_in_sync} replicas")
+
+    keras.utils.set_random_seed(cfg.seed)
+    with strategy.scope():
+        model = HybridModel(model_config)
+        g_opt, flow_opt, d_opt = _make_optimizers(model, cfg)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    optimizers = {"generator_optimizer": g_opt}
+    if flow_opt is not None:
+        optimizers["flow_optimizer"] = flow_opt
+    if d_opt is not None:
+        optimizers["discriminator_optimizer"] = d_opt
+    checkpoint = model_io.make_checkpoint(model, step_var, **optimizers)
+    manager = tf.train.CheckpointManager(checkpoint, cfg.model_dir, max_to_keep=cfg.keep_checkpoints)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log.info("resumed from %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
+    state = TrainState(strategy, model, g_opt, flow_opt, d_opt, step_var, manager,
+                       start_step=int(step_var.numpy()), noise_shapes=model.noise_shapes())
+    if state.start_step == 0:
+        _data_init(state, cfg, info)
+    model_io.save_model_config(cfg.model_dir, model_config, {
+        "data_dir": os.path.abspath(cfg.data_dir), "dataset": info.raw.get("source"),
+        "label_names": info.label_names})
+    return state
+
+
+def _make_optimizers(model: HybridModel, cfg: TrainConfig) -> tuple[
+        keras.optimizers.Optimizer, keras.optimizers.Optimizer | None,
+        keras.optimizers.Optimizer | None]:
+    """(generator Adam, the flow's own Adam or None, discriminator Adam or None), built on
+    their variables; call under the strategy's scope."""
+    g_opt = keras.optimizers.Adam(generator_learning_rate(cfg, cfg.learning_rate),
+                                  beta_1=cfg.adam_beta1)
+    flow_vars = list(model.flow.trainable_variables)
+    flow_opt = None
+    if cfg.flow_learning_rate and flow_vars:
+        flow_opt = keras.optimizers.Adam(generator_learning_rate(cfg, cfg.flow_learning_rate),
+                                         beta_1=cfg.adam_beta1)
+        flow_opt.build(flow_vars)
+        flow_ids = {id(v) for v in flow_vars}
+        g_opt.build([v for v in model.generator_variables if id(v) not in flow_ids])
+    else:
+        g_opt.build(model.generator_variables)
+    d_opt = None
+    if model.spec.adversarial:
+        d_opt = keras.optimizers.Adam(cfg.disc_learning_rate, beta_1=cfg.disc_adam_beta1,
+                                      beta_2=cfg.disc_adam_beta2)
+        d_opt.build(model.discriminator_variables)
+    return g_opt, flow_opt, d_opt
+
+
+def _data_init(state: TrainState, cfg: TrainConfig, info: data_lib.DatasetInfo) -> None:
+    """Data-dependent init (ActNorm, the decoder's) from the first batch of at most
+    ``cfg.data_init_batch`` training images, with prior noise seeded by ``cfg.seed``."""
+    init_ds = make_train_dataset(info, dataclasses.replace(
+        cfg, batch_size=min(cfg.data_init_batch, info.split_counts["train"])), 0,
+        state.noise_shapes)
+    first = next(iter(init_ds))
+    n_init = int(first["images"].shape[0])
+    prior = tf.random.stateless_normal((n_init,) + state.model.prior_noise_shape(),
+                                       seed=(cfg.seed, 7))
+    with state.strategy.scope():
+        state.model.data_init(flows.dequantize_images(first["images"], first["dequant"]), prior)

@@ -1,0 +1,101 @@
+"""The compiled, distributed training step: one MLE and/or adversarial update of a
+:class:`~tfp_models.hybrid.HybridModel` per global batch.
+
+Losses are per-example sums (nats per image) divided by the global batch size, so the
+replicas' gradients add up to those of the whole batch; the returned metrics are summed
+over replicas the same way (per-image means of the global batch).
+"""
+from __future__ import annotations
+
+import logging
+
+import keras
+import tensorflow as tf
+
+from pipeline.train_config import TrainConfig
+from tfp_models import flows
+from tfp_models.hybrid import HybridModel
+
+log = logging.getLogger(__name__)
+
+
+class StepFunctions:
+    """The compiled distributed training step of one model.
+
+    ``step_fn(batch)`` takes a distributed batch of :func:`pipeline.train_input.make_train_dataset`
+    and returns scalar metrics: 'loss' (the generator's, nats per image), 'd_loss' and
+    'adv' (adversarial variants), 'nll', 'recon', 'kl', 'log_det' (variants with a
+    likelihood) and 'grad_norm_<network>' (one replica only)."""
+
+    def __init__(self, model: HybridModel, strategy: tf.distribute.Strategy, cfg: TrainConfig,
+                 g_opt: keras.optimizers.Optimizer, d_opt: keras.optimizers.Optimizer | None,
+                 flow_opt: keras.optimizers.Optimizer | None = None):
+        self.model, self.strategy, self.cfg = model, strategy, cfg
+        self.g_opt, self.d_opt, self.flow_opt = g_opt, d_opt, flow_opt
+        # XLA-compile the per-replica step (as Keras' own fit does): ~2x faster on CPU.
+        # One replica only: XLA cannot reach a mirrored variable's copy on another device
+        # from inside the compiled cluster (seen with 2 logical CPUs).
+        jit = cfg.jit_compile and strategy.num_replicas_in_sync == 1
+        if cfg.jit_compile and not jit:
+            log.info("jit_compile is off with %d replicas", strategy.num_replicas_in_sync)
+        self.replica_fn = tf.function(self._replica_step, jit_compile=jit)
+        self.step_fn = tf.function(self._distributed_step)
+
+    def _replica_step(self, batch: dict) -> dict[str, tf.Tensor]:
+        model, spec = self.model, self.model.spec
+        scale = 1.0 / self.cfg.batch_size  # per-example sums / global batch: Keras sums replicas
+        x = flows.dequantize_images(batch["images"], batch["dequant"])
+        out: dict[str, tf.Tensor] = {}
+        g_vars = model.generator_variables
+        with tf.GradientTape() as tape:
+            total = tf.zeros(tf.shape(x)[:1])
+            if spec.mle:
+                terms = model.mle_training_loss(x, batch.get("posterior"), batch["kl_weight"])
+                total += terms["loss"]
+            if spec.adversarial:
+                # One batch of samples x_s serves both updates: D learns on it first (no
+                # gradient to G), then G's loss uses the updated D (alternating updates).
+                fake = model.adversarial_samples(batch["prior"])
+                real = model.discriminator_real_inputs(batch["images"], x)
+                for _ in range(self.cfg.disc_steps):
+                    with tf.GradientTape() as d_tape:
+                        d_loss = tf.reduce_sum(
+                            model.discriminator_losses(real, fake, batch["mix"])) * scale
+                    d_grads = d_tape.gradient(d_loss, model.discriminator_variables)
+                    self.d_opt.apply_gradients(zip(d_grads, model.discriminator_variables))
+                out["d_loss"] = d_loss
+                adv = model.generator_adversarial_losses(fake)
+                total += (model.config.lambda_adv if spec.mle else 1.0) * adv
+                out["adv"] = tf.reduce_sum(adv) * scale
+            loss = tf.reduce_sum(total) * scale
+        grads = tape.gradient(loss, g_vars)
+        if self.cfg.flow_warmup_steps:  # the flow's nets stay fixed while flow_on is 0
+            flow_ids = {id(v) for v in model.flow.trainable_variables}
+            flow_on = tf.reduce_max(batch["flow_on"])
+            grads = [g * flow_on if g is not None and id(v) in flow_ids else g
+                     for v, g in zip(g_vars, grads)]
+        if self.flow_opt is None:
+            self.g_opt.apply_gradients(zip(grads, g_vars))
+        else:  # the flow's own learning rate (--flow_learning_rate)
+            flow_ids = {id(v) for v in model.flow.trainable_variables}
+            pairs = list(zip(grads, g_vars))
+            self.g_opt.apply_gradients([p for p in pairs if id(p[1]) not in flow_ids])
+            self.flow_opt.apply_gradients([p for p in pairs if id(p[1]) in flow_ids])
+        out["loss"] = loss
+        if self.strategy.num_replicas_in_sync == 1:  # per-replica norms would not add up
+            for group, variables in model.generator_variable_groups().items():
+                ids = {id(v) for v in variables}
+                chosen = [g for v, g in zip(g_vars, grads) if id(v) in ids and g is not None]
+                if chosen:
+                    out[f"grad_norm_{group}"] = tf.linalg.global_norm(chosen)
+        if spec.has_likelihood:
+            if not spec.mle:  # monitor the exact likelihood of an adversarially trained flow
+                terms = model.mle_terms(x)
+            for name in ("nll", "recon", "kl", "log_det"):
+                out[name] = tf.reduce_sum(terms[name]) * scale
+        return out
+
+    def _distributed_step(self, batch: dict) -> dict[str, tf.Tensor]:
+        per_replica = self.strategy.run(self.replica_fn, args=(batch,))
+        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()}
