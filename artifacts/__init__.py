@@ -4,7 +4,8 @@
   DatasetInfo, which raw files are images);
 * :mod:`artifacts.model_io`: model directories (model_config.json + checkpoints);
 * :mod:`artifacts.tracking`: the MLflow run a model directory belongs to;
-* :mod:`artifacts.images`: sample grids as PNG.
+* :mod:`artifacts.images`: sample grids as PNG;
+* :mod:`artifacts.cli`: what every command line shares (one-line user errors, logging).
 
 Imports run downward: ``tfp_models`` <- ``artifacts`` <- ``beam_jobs``, ``pipeline`` <-
 ``serving`` <- ``benchmarks``. Nothing here imports ``beam_jobs``, ``pipeline`` or ``serving``.

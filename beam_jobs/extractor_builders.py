@@ -18,9 +18,12 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import tensorflow as tf
+
+if TYPE_CHECKING:  # keras is imported where a model is built (slow import)
+    import keras
 
 from beam_jobs import identity
 from beam_jobs.extractor_contract import EXTRACTOR_JSON, FEATURES_SIGNATURE

@@ -51,6 +51,7 @@ import os
 import sys
 from typing import Any, Optional, Sequence, Union
 
+from artifacts.cli import setup_logging
 from beam_jobs import extractors, fid_math
 from beam_jobs.beam_options import pipeline_options
 from beam_jobs.fid_math import FeatureStatistics
@@ -244,7 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """The CLI; user errors (missing files, statistics that cannot be compared) print one
     ``error: ...`` line on stderr and return 2."""
     args, pipeline_args = _parser().parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
     try:
         return _run(args, pipeline_args)
     except (fid_math.StatisticsError, FileNotFoundError) as e:

@@ -42,6 +42,7 @@ from typing import Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from artifacts.cli import setup_logging
 from artifacts import dataset_format
 from beam_jobs import beam_options
 from beam_jobs.image_sources import DEFAULT_MAX_MEMBER_BYTES, SOURCE_KINDS, SourcePlan, plan_source
@@ -295,7 +296,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         info = run_preprocess(

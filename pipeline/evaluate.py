@@ -27,6 +27,7 @@ import tensorflow as tf
 from absl import app, flags
 from tqdm import tqdm
 
+from artifacts.cli import setup_logging
 from pipeline import data as data_lib
 from artifacts import model_io
 from tfp_models import flows, metrics
@@ -183,7 +184,7 @@ flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = the on
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
     from artifacts import tracking
     from artifacts.tracking import log_results
 
@@ -219,6 +220,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from pipeline.cli import user_errors
+    from artifacts.cli import user_errors
 
     app.run(user_errors("python -m pipeline.evaluate")(main))

@@ -24,8 +24,9 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from artifacts.cli import setup_logging
 from artifacts import model_io
-from pipeline.cli import user_errors
+from artifacts.cli import user_errors
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ def _copy_weights(source, target, checkpoint_path: str) -> None:
 
 def main(argv):
     del argv
+    setup_logging()
     if not FLAGS.model_dir or not FLAGS.output_model_dir:
         raise ValueError("--model_dir and --output_model_dir are required")
     summary = fit_mixture_prior(FLAGS.model_dir, FLAGS.output_model_dir, FLAGS.components,

@@ -31,6 +31,7 @@ import tensorflow as tf
 from absl import app, flags
 from tqdm import tqdm
 
+from artifacts.cli import setup_logging
 from artifacts import model_io
 from pipeline import data as data_lib
 from tfp_models import metrics, surrogate
@@ -144,7 +145,7 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
     from artifacts import tracking
 
     if not os.path.isdir(FLAGS.model_dir):
@@ -170,7 +171,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from pipeline.cli import user_errors
+    from artifacts.cli import user_errors
 
     define_flags()
     app.run(user_errors("python -m pipeline.surrogate_likelihood")(main))

@@ -6,12 +6,12 @@ A second run with the same ``--model_dir`` resumes from its latest checkpoint.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from typing import Any
 
 from absl import app, flags
 
+from artifacts.cli import setup_logging
 from pipeline import config_flags
 from pipeline.train_config import TrainConfig
 
@@ -31,7 +31,7 @@ def configs_from_flags() -> tuple[dict[str, Any], TrainConfig]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
     from pipeline.trainer import TrainingInterrupted, train
 
     model_values, train_cfg = configs_from_flags()
@@ -45,7 +45,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from pipeline.cli import user_errors
+    from artifacts.cli import user_errors
     from pipeline.model_lock import ModelDirInUse
     from pipeline.trainer import TrainingDiverged
 

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from artifacts.cli import setup_logging
 from beam_jobs import extractors, mnist_idx
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min_accuracy", type=float, default=0.97,
                         help="fail (exit 1) below this held-out accuracy")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
     try:
         result = train_classifier(args.mnist_dir, args.output, epochs=args.epochs,
                                   batch_size=args.batch_size, seed=args.seed,

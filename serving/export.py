@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from artifacts.cli import setup_logging
 from artifacts import model_io
 from serving.signatures import (DEFAULT_MAX_BATCH, DEFAULT_SCORE_SEED, IW_OUTPUTS, SCORE_OUTPUTS,
                                 ServingModule)
@@ -315,8 +316,8 @@ def _define_flags() -> None:
 if __name__ == "__main__":
     from absl import app
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     _define_flags()
-    from pipeline.cli import user_errors
+    from artifacts.cli import user_errors
 
     app.run(user_errors("python -m serving.export")(main))

@@ -1,4 +1,5 @@
-"""User errors of the command-line tools as one line on stderr and a non-zero exit.
+"""What every command-line tool of the project shares: user errors as one line on stderr
+and a non-zero exit (:func:`user_errors`), and one logging setup (:func:`setup_logging`).
 
 ``@user_errors("python -m pipeline.train")`` on a ``main`` turns the exceptions that mean
 "the input is wrong" (missing files or directories, bad values, mismatched model
@@ -9,6 +10,7 @@ without a traceback. Any other exception is a bug and keeps its traceback. Set
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from typing import Any, Callable
@@ -44,3 +46,17 @@ def user_errors(prog: str, extra: tuple[type[BaseException], ...] = ()
         return run
 
     return decorate
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Libraries whose INFO lines are bookkeeping, not news (e.g. TensorFlow's one line per
+# checkpoint shard and per renamed SavedModel input); their warnings and errors still show.
+QUIET_LOGGERS = ("tensorflow", "absl", "h5py", "matplotlib", "PIL")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """The one logging setup of every CLI: ``level`` for the project's loggers, WARNING for
+    the chatty libraries in :data:`QUIET_LOGGERS`, one format."""
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
