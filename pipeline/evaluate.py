@@ -166,20 +166,24 @@ def evaluate_samples(model_dir: str, num_samples: int, extractor: str, extractor
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "Model directory written by pipeline.train.")
-flags.DEFINE_string("data_dir", None, "Preprocessed data set (for BPD).")
-flags.DEFINE_string("split", "validation", "Split to score.")
-flags.DEFINE_integer("importance_samples", 1, "K of the importance-weighted bound (VAE variants).")
-flags.DEFINE_integer("batch_size", 100, "Images per batch.")
-flags.DEFINE_integer("max_examples", None, "Score at most this many images of the split.")
-flags.DEFINE_integer("seed", 0, "Seed of the dequantization noise and the samples.")
-flags.DEFINE_integer("fid_samples", 0, "If > 0, FID/KID/IS of this many samples.")
-flags.DEFINE_string("extractor", "mnist_classifier", "Feature extractor (beam_jobs.extractors).")
-flags.DEFINE_string("extractor_path", None, "Local path of the extractor.")
-flags.DEFINE_string("reference_stats", None, ".npz reference statistics (mu, sigma).")
-flags.DEFINE_float("temperature", 1.0, "Sampling temperature for FID.")
-flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = the one recorded "
-                    "in --model_dir, else MLflow's default).")
+
+
+def define_flags() -> None:
+    """The CLI's flags (defined only when run as a program)."""
+    flags.DEFINE_string("model_dir", None, "Model directory written by pipeline.train.")
+    flags.DEFINE_string("data_dir", None, "Preprocessed data set (for BPD).")
+    flags.DEFINE_string("split", "validation", "Split to score.")
+    flags.DEFINE_integer("importance_samples", 1, "K of the importance-weighted bound (VAE variants).")
+    flags.DEFINE_integer("batch_size", 100, "Images per batch.")
+    flags.DEFINE_integer("max_examples", None, "Score at most this many images of the split.")
+    flags.DEFINE_integer("seed", 0, "Seed of the dequantization noise and the samples.")
+    flags.DEFINE_integer("fid_samples", 0, "If > 0, FID/KID/IS of this many samples.")
+    flags.DEFINE_string("extractor", "mnist_classifier", "Feature extractor (beam_jobs.extractors).")
+    flags.DEFINE_string("extractor_path", None, "Local path of the extractor.")
+    flags.DEFINE_string("reference_stats", None, ".npz reference statistics (mu, sigma).")
+    flags.DEFINE_float("temperature", 1.0, "Sampling temperature for FID.")
+    flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = the one recorded "
+                        "in --model_dir, else MLflow's default).")
 
 
 def main(argv):
@@ -222,4 +226,5 @@ def main(argv):
 if __name__ == "__main__":
     from artifacts.cli import user_errors
 
+    define_flags()
     app.run(user_errors("python -m pipeline.evaluate")(main))

@@ -17,9 +17,13 @@ from pipeline.train_config import TrainConfig
 
 FLAGS = flags.FLAGS
 
-# One flag per HybridConfig field (but image_shape) and per TrainConfig field, with the
-# fields' defaults and help texts; --data_dir and --model_dir are required.
-config_flags.define_train_flags(FLAGS)
+
+
+def define_flags() -> None:
+    """One flag per HybridConfig field (but image_shape) and per TrainConfig field, with the
+    fields' defaults and help texts; --data_dir and --model_dir are required. Defined only
+    when run as a program, like every absl CLI of the project."""
+    config_flags.define_train_flags(FLAGS)
 
 
 def configs_from_flags() -> tuple[dict[str, Any], TrainConfig]:
@@ -49,4 +53,5 @@ if __name__ == "__main__":
     from pipeline.model_lock import ModelDirInUse
     from pipeline.trainer import TrainingDiverged
 
+    define_flags()
     app.run(user_errors("python -m pipeline.train", (ModelDirInUse, TrainingDiverged))(main))

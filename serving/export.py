@@ -285,7 +285,7 @@ def main(argv: list[str]) -> None:
     print(json.dumps({"version_dir": version_dir}))
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
     from absl import flags
 
     flags.DEFINE_string("model_dir", None, "Model directory written by pipeline.train.")
@@ -317,7 +317,7 @@ if __name__ == "__main__":
     from absl import app
 
     setup_logging()
-    _define_flags()
+    define_flags()
     from artifacts.cli import user_errors
 
     app.run(user_errors("python -m serving.export")(main))
