@@ -109,7 +109,7 @@ def numpy_sqrtm_fid(n: int, d: int, reference: FeatureStatistics,
     """The baseline once: numpy statistics and the sqrtm Frechet distance; with
     ``thread_limited`` under the Beam side's BLAS thread policy (a control run)."""
     stats, t_stats = _timed(numpy_statistics, n, d)
-    with fid_math._blas_threads() if thread_limited else contextlib.nullcontext():
+    with fid_math.limited_blas_threads() if thread_limited else contextlib.nullcontext():
         fid, t_dist = _timed(fid_math.frechet_distance_sqrtm, stats.mu, stats.sigma,
                              reference.mu, reference.sigma)
     return {"fid": fid, "statistics_s": t_stats, "distance_s": t_dist,

@@ -11,7 +11,7 @@ import scipy.linalg
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import fid_math
-from beam_jobs.fid_math import FeatureStatistics
+from beam_jobs.fid_math import FeatureStatistics, blas_threads
 
 LOCAL = PipelineOptions(["--runner=FnApiRunner", "--direct_running_mode=in_memory"])
 
@@ -443,13 +443,13 @@ def test_confident_rate_and_label_coverage_against_hand_computed_values():
 def test_blas_threads_follow_the_load(monkeypatch):
     """Library default on idle cores; the free cores (at least 1) when other processes
     keep them busy (the load average counts this process's own thread)."""
-    monkeypatch.setattr(fid_math.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(blas_threads.os, "cpu_count", lambda: 4)
     for load, expected in [(0.2, None), (1.3, None), (2.0, 3), (3.2, 1), (9.0, 1)]:
-        monkeypatch.setattr(fid_math.os, "getloadavg", lambda load=load: (load, load, load))
+        monkeypatch.setattr(blas_threads.os, "getloadavg", lambda load=load: (load, load, load))
         assert fid_math.blas_threads_for_load() == expected, load
     # Under a limit the result is unchanged.
     rng = np.random.default_rng(15)
     s1, s2 = _random_psd(30, 30, rng), _random_psd(30, 10, rng)
     limited = fid_math.trace_sqrt_product(s1, s2)
-    monkeypatch.setattr(fid_math.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(blas_threads.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert fid_math.trace_sqrt_product(s1, s2) == pytest.approx(limited, rel=1e-12)

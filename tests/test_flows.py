@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import keras
+import tensorflow_probability as tfp
 
 from tfp_models import flows
+from tfp_models.networks import ResNetCouplingNet
 
 SHAPE = (8, 8, 3)
 
@@ -51,7 +53,7 @@ def uniform_images(n=2, shape=SHAPE, seed=1):
 
 
 def _net(channels_out, hidden=8):
-    return flows.ResNetCouplingNet(channels_out, hidden, 1)
+    return ResNetCouplingNet(channels_out, hidden, 1)
 
 
 @pytest.mark.parametrize("mask,parity", [("checkerboard", 0), ("checkerboard", 1),
@@ -121,6 +123,23 @@ def test_factor_out_passes_half_through_inner():
     check_step(step, x)
 
 
+def test_chain_applies_its_list_last_to_first_like_tfp_chain():
+    layer = flows.ActNormLayer(3)
+    layer.bias.assign([0.1, -0.2, 0.3])
+    layer.log_scale.assign([0.5, -0.4, 0.2])
+    actnorm, logit = flows.ActNorm(layer, name="an"), flows.logit_preprocess(0.05)
+    chain = flows.Chain([actnorm, logit], name="chain")  # actnorm(logit(x)): they do not commute
+    x = uniform_images()
+    y, ldj = chain.forward_and_log_det(x)
+    np.testing.assert_allclose(y, actnorm.forward(logit.forward(x)), rtol=1e-6)
+    reference = tfp.bijectors.Chain([actnorm, logit])
+    np.testing.assert_allclose(y, reference.forward(x), rtol=1e-6)
+    np.testing.assert_allclose(ldj, reference.forward_log_det_jacobian(x, event_ndims=3),
+                               rtol=1e-6)
+    np.testing.assert_allclose(chain.inverse(y), reference.inverse(y), rtol=1e-5, atol=1e-6)
+    check_step(chain, x)
+
+
 @pytest.fixture(scope="module")
 def perturbed_flow():
     # Seeded: with some random Keras inits the x -> 1 edge loses ~1e-3 in float32 (seen in CI).
@@ -132,7 +151,10 @@ def perturbed_flow():
 
 
 def test_multiscale_structure_matches_real_nvp(perturbed_flow):
-    kinds = [type(s).__name__ for s in perturbed_flow.steps[1].steps]
+    # Chain order: listed last to first, so the logit step (applied first) comes last.
+    scale_0 = perturbed_flow.bijectors[0]
+    assert isinstance(perturbed_flow.bijectors[-1], flows.LogitPreprocess)
+    kinds = [type(s).__name__ for s in reversed(scale_0.bijectors)]  # in application order
     assert kinds.count("AffineCoupling") == 6 and kinds.count("Squeeze") == 1
     assert kinds[-2:] == ["FactorOut", "Unsqueeze"]
     # 3 scales: 6 + 6 couplings, then 4 at the last scale.
