@@ -21,6 +21,7 @@ quickstart: $(STAMP)
 	$(PY) -m pipeline.quickstart
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # pytest exits 5 when no test is marked slow; that is not a failure.

@@ -17,8 +17,14 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from beam_jobs import mnist_idx
-from beam_jobs.raw_source import (DEFAULT_MAX_MEMBER_BYTES, RawSource, Record, SourcePlan,
-                                  no_images, require_exists)
+from beam_jobs.raw_source import (
+    DEFAULT_MAX_MEMBER_BYTES,
+    RawSource,
+    Record,
+    SourcePlan,
+    no_images,
+    require_exists,
+)
 
 
 def _read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:

@@ -33,16 +33,33 @@ import os
 from typing import Any, Optional
 
 from beam_jobs import identity
-from beam_jobs.extractor_builders import (INCEPTION_KERAS_PROTOCOL, INCEPTION_PB_PROTOCOL,
-                                          MNIST_PROTOCOL, build_inception_saved_model,
-                                          build_mnist_classifier, default_cache_dir,
-                                          export_mnist_classifier, inception_saved_model)
-from beam_jobs.extractor_contract import (EXTRACTOR_JSON, EXTRACTORS, FEATURES_SIGNATURE,
-                                          SAMPLE_SIGNATURE, ExtractorInfo, check_signature,
-                                          signature_inputs)
-from beam_jobs.inference_handlers import (ModelDirSamplerHandler, SavedModelSignatureHandler,
-                                          features_inference_fn, features_model_handler,
-                                          sample_inference_fn, sampler_model_handler)
+from beam_jobs.extractor_builders import (
+    INCEPTION_KERAS_PROTOCOL,
+    INCEPTION_PB_PROTOCOL,
+    MNIST_PROTOCOL,
+    build_inception_saved_model,
+    build_mnist_classifier,
+    default_cache_dir,
+    export_mnist_classifier,
+    inception_saved_model,
+)
+from beam_jobs.extractor_contract import (
+    EXTRACTOR_JSON,
+    EXTRACTORS,
+    FEATURES_SIGNATURE,
+    SAMPLE_SIGNATURE,
+    ExtractorInfo,
+    check_signature,
+    signature_inputs,
+)
+from beam_jobs.inference_handlers import (
+    ModelDirSamplerHandler,
+    SavedModelSignatureHandler,
+    features_inference_fn,
+    features_model_handler,
+    sample_inference_fn,
+    sampler_model_handler,
+)
 
 
 def resolve_extractor(name: str, path: str, cache_dir: Optional[str] = None) -> ExtractorInfo:

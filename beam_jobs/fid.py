@@ -55,11 +55,23 @@ from artifacts.cli import setup_logging
 from beam_jobs import extractors, fid_math
 from beam_jobs.beam_options import pipeline_options
 from beam_jobs.fid_math import FeatureStatistics
-from beam_jobs.fid_pipeline import (DEFAULT_KID_SAMPLES, NUM_IS_SPLITS, DistinctShapesCombineFn,
-                                    FeatureResult, run_features)
-from beam_jobs.fid_sources import (DEFAULT_BATCH_SIZE, ImageFolderSource, ImageSource,
-                                   ModelDirSampleSource, ReadImages, SampleSource, Source,
-                                   TFRecordSource)
+from beam_jobs.fid_pipeline import (
+    DEFAULT_KID_SAMPLES,
+    NUM_IS_SPLITS,
+    DistinctShapesCombineFn,
+    FeatureResult,
+    run_features,
+)
+from beam_jobs.fid_sources import (
+    DEFAULT_BATCH_SIZE,
+    ImageFolderSource,
+    ImageSource,
+    ModelDirSampleSource,
+    ReadImages,
+    SampleSource,
+    Source,
+    TFRecordSource,
+)
 from beam_jobs.raw_source import DEFAULT_MAX_MEMBER_BYTES
 
 log = logging.getLogger(__name__)

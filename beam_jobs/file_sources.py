@@ -14,9 +14,17 @@ from typing import Iterator, Sequence
 
 from artifacts.dataset_format import IMAGE_EXTENSIONS, is_image_file
 from beam_jobs.image_transform import BadImage
-from beam_jobs.raw_source import (DEFAULT_MAX_MEMBER_BYTES, RawSource, Record, SourcePlan,
-                                  labels_from_parents, no_images, read_capped, require_exists,
-                                  too_large)
+from beam_jobs.raw_source import (
+    DEFAULT_MAX_MEMBER_BYTES,
+    RawSource,
+    Record,
+    SourcePlan,
+    labels_from_parents,
+    no_images,
+    read_capped,
+    require_exists,
+    too_large,
+)
 
 
 class ImageFolder(RawSource):

@@ -9,8 +9,16 @@ import os
 from typing import Iterator, Sequence
 
 from artifacts.dataset_format import UNKNOWN_LABEL
-from beam_jobs.raw_source import (DEFAULT_MAX_MEMBER_BYTES, RawSource, Record, SourcePlan,
-                                  no_images, progress, require_exists, too_large)
+from beam_jobs.raw_source import (
+    DEFAULT_MAX_MEMBER_BYTES,
+    RawSource,
+    Record,
+    SourcePlan,
+    no_images,
+    progress,
+    require_exists,
+    too_large,
+)
 
 
 def lmdb_key_str(key: bytes) -> str:

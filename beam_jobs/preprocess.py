@@ -42,8 +42,8 @@ from typing import Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from artifacts.cli import setup_logging
 from artifacts import dataset_format
+from artifacts.cli import setup_logging
 from beam_jobs import beam_options
 from beam_jobs.image_sources import DEFAULT_MAX_MEMBER_BYTES, SOURCE_KINDS, SourcePlan, plan_source
 from beam_jobs.image_transform import ImageTransform

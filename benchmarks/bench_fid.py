@@ -22,7 +22,6 @@ import json
 import os
 import pickle
 import resource
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -31,9 +30,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from beam_jobs import fid_math  # noqa: E402
-from beam_jobs.fid_math import FeatureStatistics  # noqa: E402
+from beam_jobs import fid_math
+from beam_jobs.fid_math import FeatureStatistics
 
 
 def _dump(value, path):

@@ -15,10 +15,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import tensorflow as tf
 
-from tfp_models import flows  # noqa: E402
+from tfp_models import flows
 
 
 def main() -> None:

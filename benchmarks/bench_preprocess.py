@@ -28,17 +28,15 @@ import multiprocessing
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from artifacts import dataset_format  # noqa: E402
-from beam_jobs.image_transform import BadImage, ImageTransform  # noqa: E402
-from beam_jobs.preprocess import run_preprocess  # noqa: E402
+from artifacts import dataset_format
+from beam_jobs.image_transform import BadImage, ImageTransform
+from beam_jobs.preprocess import run_preprocess
 
 CIFAR_ZIP = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10_test_jpg",
                          "cifar10_test_jpg.zip")

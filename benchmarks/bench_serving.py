@@ -13,23 +13,21 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from beam_jobs.mnist_idx import load_mnist  # noqa: E402
-from artifacts import model_io  # noqa: E402
-from serving import export  # noqa: E402
-from serving.signatures import deterministic_score  # noqa: E402
-from tfp_models import flows  # noqa: E402
-from tfp_models.hybrid import HybridConfig, HybridModel  # noqa: E402
+from artifacts import model_io
+from beam_jobs.mnist_idx import load_mnist
+from serving import export
+from serving.signatures import deterministic_score
+from tfp_models import flows
+from tfp_models.hybrid import HybridConfig, HybridModel
 
 
 def _time(fn, repeats: int, warmup: int = 2) -> list[float]:

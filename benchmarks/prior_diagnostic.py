@@ -21,9 +21,9 @@ import numpy as np
 import tensorflow as tf
 from sklearn.mixture import GaussianMixture
 
+from artifacts.model_io import load_trained_model
 from beam_jobs.fid_math import frechet_distance
 from pipeline.evaluate import split_batches
-from artifacts.model_io import load_trained_model
 from tfp_models import flows
 
 

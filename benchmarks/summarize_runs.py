@@ -22,10 +22,9 @@ import sys
 
 def posterior_scale(model_dir: str, data_dir: str) -> tuple[float, float]:
     """(mean posterior sigma, mean SNR) on the first 500 validation images, mid-bin."""
-    import numpy as np
 
-    from pipeline import data as data_lib
     from artifacts import model_io
+    from pipeline import data as data_lib
     from tfp_models import flows
 
     model, _ = model_io.load_trained_model(model_dir)

@@ -11,6 +11,7 @@ import os
 import tensorflow as tf
 
 from artifacts import dataset_format
+
 # DatasetInfo and read_dataset_info are the format's (artifacts.dataset_format); imported
 # here because pipeline.train and pipeline.trainer use them as data_lib.<name>.
 from artifacts.dataset_format import DatasetInfo, read_dataset_info

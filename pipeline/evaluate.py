@@ -27,9 +27,9 @@ import tensorflow as tf
 from absl import app, flags
 from tqdm import tqdm
 
+from artifacts import model_io
 from artifacts.cli import setup_logging
 from pipeline import data as data_lib
-from artifacts import model_io
 from tfp_models import flows, metrics
 from tfp_models.hybrid import HybridModel
 

@@ -24,9 +24,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from artifacts.cli import setup_logging
 from artifacts import model_io
-from artifacts.cli import user_errors
+from artifacts.cli import setup_logging, user_errors
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from pipeline import data as data_lib
 from artifacts import images as images_lib
+from pipeline import data as data_lib
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,8 +31,8 @@ import tensorflow as tf
 from absl import app, flags
 from tqdm import tqdm
 
-from artifacts.cli import setup_logging
 from artifacts import model_io
+from artifacts.cli import setup_logging
 from pipeline import data as data_lib
 from tfp_models import metrics, surrogate
 from tfp_models.hybrid import HybridModel

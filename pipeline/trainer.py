@@ -32,10 +32,14 @@ from pipeline import data as data_lib
 from pipeline import model_lock
 from pipeline.preemption import SignalGuard, TrainingInterrupted, save_interrupted
 from pipeline.train_config import LR_SCHEDULES, STRATEGIES, TrainConfig
-from pipeline.train_input import (ValidationBound, add_step_noise, data_image_shape, kl_weight,
-                                  make_train_dataset)
-from pipeline.train_state import (TrainState, build_state, generator_learning_rate,
-                                  make_strategy)
+from pipeline.train_input import (
+    ValidationBound,
+    add_step_noise,
+    data_image_shape,
+    kl_weight,
+    make_train_dataset,
+)
+from pipeline.train_state import TrainState, build_state, generator_learning_rate, make_strategy
 from pipeline.train_step import StepFunctions
 from tfp_models import metrics
 from tfp_models.hybrid import HybridConfig

@@ -24,7 +24,6 @@ because each row's result depends only on that row.
 from __future__ import annotations
 
 import abc
-
 import argparse
 import json
 import sys

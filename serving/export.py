@@ -25,10 +25,15 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from artifacts.cli import setup_logging
 from artifacts import model_io
-from serving.signatures import (DEFAULT_MAX_BATCH, DEFAULT_SCORE_SEED, IW_OUTPUTS, SCORE_OUTPUTS,
-                                ServingModule)
+from artifacts.cli import setup_logging
+from serving.signatures import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_SCORE_SEED,
+    IW_OUTPUTS,
+    SCORE_OUTPUTS,
+    ServingModule,
+)
 
 log = logging.getLogger(__name__)
 

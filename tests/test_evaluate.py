@@ -12,11 +12,12 @@ import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
-from conftest import train_tiny
-from pipeline import data as data_lib
 from artifacts import model_io
+from pipeline import data as data_lib
 from pipeline import evaluate
 from tfp_models import flows, metrics
+
+from conftest import train_tiny
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -3,10 +3,10 @@
 per-pixel model on the 1,000 held-out digits."""
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from beam_jobs.mnist_idx import load_mnist
 from tfp_models import flows, metrics

@@ -2,10 +2,10 @@
 tracking, no stale cache."""
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 import tensorflow_probability as tfp
 
 from tfp_models import flows

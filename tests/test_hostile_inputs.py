@@ -20,10 +20,11 @@ from PIL import Image
 
 from beam_jobs import extractors, fid
 from beam_jobs.preprocess import run_preprocess
-from conftest import TINY, TINY_SHAPE, tiny_train_config
 from pipeline import model_lock, trainer
 from serving import export
 from tfp_models.hybrid import HybridConfig
+
+from conftest import TINY, TINY_SHAPE, tiny_train_config
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_MEMORY = ["--direct_running_mode=in_memory"]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_jobs.fid_math import CONFIDENT_THRESHOLD
 from artifacts import model_io
+from beam_jobs.fid_math import CONFIDENT_THRESHOLD
 from pipeline import evaluate
 from pipeline.quickstart import PROJECT_ROOT
 

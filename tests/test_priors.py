@@ -10,13 +10,14 @@ import pytest
 import tensorflow as tf
 from scipy import special, stats
 
-from conftest import TINY, TINY_SHAPE, tiny_train_config
 from artifacts import model_io
 from pipeline import trainer
 from serving import export
 from serving.signatures import deterministic_score
 from tfp_models import priors
 from tfp_models.hybrid import HybridConfig, HybridModel
+
+from conftest import TINY, TINY_SHAPE, tiny_train_config
 
 
 def mixture(d=3, k=4, seed=0) -> priors.MixturePrior:
@@ -147,8 +148,9 @@ def test_fit_prior_refits_only_the_prior_and_raises_its_likelihood(digits16, tmp
     import subprocess
     import sys
 
-    from conftest import train_tiny
     from pipeline import fit_prior
+
+    from conftest import train_tiny
 
     source = train_tiny(digits16, str(tmp_path / "std"), tracking_uri, "cqf", train_steps=2,
                         data_init_batch=16, seed=3)

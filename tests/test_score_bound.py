@@ -9,12 +9,12 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_serving import _digits, write_untrained
 
+from artifacts import model_io
 from serving import client as client_lib
 from serving import export
 from serving.signatures import IW_OUTPUTS, importance_weighted_score
-from test_serving import _digits, write_untrained
-from artifacts import model_io
 
 K = 8
 

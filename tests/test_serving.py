@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, TINY_SHAPE, train_tiny
 from artifacts import model_io
 from serving import client as client_lib
 from serving import export
 from serving.signatures import deterministic_score
 from tfp_models.hybrid import HybridConfig, HybridModel
+
+from conftest import TINY, TINY_SHAPE, train_tiny
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = TINY_SHAPE
@@ -69,8 +70,9 @@ def loaded(cqf_export):
 
 
 def _digits(n: int, offset: int = 0) -> np.ndarray:
-    from beam_jobs.mnist_idx import load_mnist
     from PIL import Image
+
+    from beam_jobs.mnist_idx import load_mnist
 
     images, _ = load_mnist(os.path.join(PROJECT_ROOT, "..", "shared", "data", "mnist_test"))
     return np.stack([np.asarray(Image.fromarray(images[i]).resize((16, 16), Image.LANCZOS))

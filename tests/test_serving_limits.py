@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_serving import PROJECT_ROOT, _digits, write_untrained
 
 from serving import client as client_lib
 from serving import export
-from test_serving import PROJECT_ROOT, _digits, write_untrained
 
 LIMIT = 4
 

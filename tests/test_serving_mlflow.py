@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
+from test_serving import PROJECT_ROOT, _digits, cqf_dir, cqf_export, loaded  # noqa: F401
 
 from serving import client as client_lib
-from test_serving import PROJECT_ROOT, _digits, cqf_dir, cqf_export, loaded  # noqa: F401
 
 
 def _registered_version(name: str) -> str:

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from artifacts import model_io
-from conftest import train_tiny
 from pipeline import data as data_lib
 from pipeline import surrogate_likelihood as sl
 from tfp_models import surrogate
+
+from conftest import train_tiny
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,10 +13,11 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, TINY_SHAPE, tiny_train_config
 from artifacts import tracking
 from pipeline import trainer
 from tfp_models.hybrid import HybridConfig
+
+from conftest import TINY, TINY_SHAPE, tiny_train_config
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,10 +15,11 @@ import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, TINY_SHAPE, tiny_train_config
 from artifacts import model_io
 from pipeline import trainer
 from tfp_models.hybrid import VARIANTS, HybridConfig
+
+from conftest import TINY, TINY_SHAPE, tiny_train_config
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _cfgs(data_dir, model_dir, uri, variant="cqf", **train_kw):

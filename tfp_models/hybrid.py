@@ -27,7 +27,12 @@ import tensorflow as tf
 
 from tfp_models import flows
 from tfp_models.hybrid_config import (  # noqa: F401 -- re-exported: the settings live there
-    DISC_INPUTS, GRADIENT_PENALTIES, VARIANTS, HybridConfig, Variant)
+    DISC_INPUTS,
+    GRADIENT_PENALTIES,
+    VARIANTS,
+    HybridConfig,
+    Variant,
+)
 from tfp_models.metrics import importance_weighted_bound
 from tfp_models.networks import ConvDecoder, ConvEncoder, Discriminator
 from tfp_models.posteriors import make_posterior, standard_normal_log_prob

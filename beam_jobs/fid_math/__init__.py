@@ -21,17 +21,29 @@ Modules: :mod:`~beam_jobs.fid_math.sufficient` (running sums),
 ``beam_jobs.fid_math``.
 """
 from beam_jobs.fid_math.blas_threads import blas_threads_for_load, limited_blas_threads
-from beam_jobs.fid_math.combiners import (
-    InceptionScoreCombineFn, MeanCovCombineFn, stack_features)
+from beam_jobs.fid_math.combiners import InceptionScoreCombineFn, MeanCovCombineFn, stack_features
 from beam_jobs.fid_math.comparability import (
-    StatisticsError, StatisticsMismatchError, UnverifiedStatisticsError, check_comparable,
-    check_identity)
+    StatisticsError,
+    StatisticsMismatchError,
+    UnverifiedStatisticsError,
+    check_comparable,
+    check_identity,
+)
 from beam_jobs.fid_math.feature_stats import STATS_FORMAT_VERSION, FeatureStatistics
 from beam_jobs.fid_math.frechet import (
-    IMAG_TOL, PSD_TOL, fid_from_statistics, frechet_distance, frechet_distance_sqrtm,
-    psd_sqrt, trace_sqrt_product)
+    IMAG_TOL,
+    PSD_TOL,
+    fid_from_statistics,
+    frechet_distance,
+    frechet_distance_sqrtm,
+    psd_sqrt,
+    trace_sqrt_product,
+)
 from beam_jobs.fid_math.inception import (
-    CONFIDENT_THRESHOLD, InceptionScoreStatistics, inception_score)
+    CONFIDENT_THRESHOLD,
+    InceptionScoreStatistics,
+    inception_score,
+)
 from beam_jobs.fid_math.kid import kernel_inception_distance, polynomial_mmd2_unbiased
 from beam_jobs.fid_math.sufficient import FLUSH_ROWS, SufficientStatistics
 

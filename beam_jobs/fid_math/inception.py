@@ -8,7 +8,6 @@ import math
 import numpy as np
 import scipy.special
 
-
 CONFIDENT_THRESHOLD = 0.9
 
 

@@ -22,12 +22,27 @@ importable from ``tfp_models.flows``.
 """
 from tfp_models.flows.base import EVENT_NDIMS, Chain, FlowStep, sum_event
 from tfp_models.flows.feature_flow import (
-    FeatureFlow, FeatureFlowNets, build_feature_flow, check_squeezable)
+    FeatureFlow,
+    FeatureFlowNets,
+    build_feature_flow,
+    check_squeezable,
+)
 from tfp_models.flows.quantization import (
-    dequantize_images, quantize_images, straight_through_quantize)
+    dequantize_images,
+    quantize_images,
+    straight_through_quantize,
+)
 from tfp_models.flows.steps import (
-    LOGIT_ALPHA, ActNorm, ActNormLayer, AffineCoupling, FactorOut, LogitPreprocess, Squeeze,
-    Unsqueeze, logit_preprocess)
+    LOGIT_ALPHA,
+    ActNorm,
+    ActNormLayer,
+    AffineCoupling,
+    FactorOut,
+    LogitPreprocess,
+    Squeeze,
+    Unsqueeze,
+    logit_preprocess,
+)
 
 __all__ = [
     "EVENT_NDIMS", "Chain", "FlowStep", "sum_event",

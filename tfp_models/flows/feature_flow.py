@@ -13,8 +13,15 @@ import tensorflow as tf
 
 from tfp_models.flows.base import Chain, FlowStep
 from tfp_models.flows.steps import (
-    LOGIT_ALPHA, ActNorm, ActNormLayer, AffineCoupling, FactorOut, Squeeze, Unsqueeze,
-    logit_preprocess)
+    LOGIT_ALPHA,
+    ActNorm,
+    ActNormLayer,
+    AffineCoupling,
+    FactorOut,
+    Squeeze,
+    Unsqueeze,
+    logit_preprocess,
+)
 from tfp_models.networks import ResNetCouplingNet, track_layer
 
 
