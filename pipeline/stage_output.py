@@ -26,6 +26,7 @@ NOISE = tuple(re.compile(p) for p in (
     r"^I\d{4} [\d:. ]+\d+ cpu_feature_guard\.cc:\d+\] ",
     r"^I\d{4} [\d:. ]+\d+ functional_saver\.py:\d+\] Sharding callback duration",
     r"^WARNING:root:apitools not found, and bigquery client libraries are not available",
+    r"^W\d{4} [\d:. ]+\d+ __init__\.py:\d+\] apitools not found, and bigquery client",
     r"^WARNING:root:Resource module is not available for current platform",
 ))
 NO_DRIVER = re.compile(r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine")

@@ -58,8 +58,8 @@ def train_classifier(mnist_dir: str, output: str, epochs: int = 4, batch_size: i
         epochs = max(1, -(-max_steps // steps_per_epoch))
     start = time.time()
     log.info("training the MNIST classifier on %d images for %d epoch(s)", NUM_TRAIN, epochs)
-    classifier.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                   verbose=2 if sys.stderr.isatty() else 0)
+    classifier.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch, shuffle=False,  # ds is
+                   verbose=2 if sys.stderr.isatty() else 0)  # shuffled by tf.data already
     logits = classifier.predict(x_test, batch_size=500, verbose=0)
     accuracy = float(np.mean(np.argmax(logits, axis=-1) == y_test))
     seconds = time.time() - start

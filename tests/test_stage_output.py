@@ -22,6 +22,8 @@ NOISE = [
     "be fetched.\n",
     "I1203 12:16:13.228008 140689805159296 functional_saver.py:440] Sharding callback "
     "duration: 240 microseconds\n",
+    "W1203 13:56:02.277256 140209140771712 __init__.py:32] apitools not found, and bigquery "
+    "client libraries are not available despite the import not raising an ImportError.\n",
 ]
 NEWS = [
     "2026/12/03 12:25:19 INFO mlflow.store.db.utils: Creating initial MLflow database tables...\n",
