@@ -7,7 +7,9 @@ the project's MNIST classifier and Inception-v3 from a user-supplied file.
 * ``inception_v3``: the TF 2015-12-05 frozen graph ``classify_image_graph_def.pb`` (TTUR /
   original FID) or a Keras ``InceptionV3`` weights ``.h5`` (with the classification top),
   built once into a SavedModel cached by the file's SHA-256
-  (:func:`build_inception_saved_model`). Nothing is ever downloaded.
+  (:func:`build_inception_saved_model`) in a directory only the user can write
+  (:func:`default_cache_dir`); a cached entry is reused only when its files still have the
+  fingerprint recorded when it was built, else it is rebuilt. Nothing is ever downloaded.
 
 Each build writes ``extractor.json`` with its resize protocol (the ``*_PROTOCOL`` texts).
 """
@@ -145,6 +147,8 @@ def _save_atomically(module: tf.Module, output_dir: str, name: str, protocol: st
     try:
         tf.saved_model.save(module, tmp, signatures={
             FEATURES_SIGNATURE: module.features.get_concrete_function()})
+        # What was saved, so a later reuse can check the files are still these.
+        extra["saved_model_fingerprint"] = identity.saved_model_fingerprint(tmp)
         _write_info(tmp, name, protocol, feature_dim, num_classes, **extra)
         if os.path.isdir(output_dir):
             shutil.rmtree(output_dir)
@@ -227,9 +231,45 @@ class _FrozenGraphInception(tf.Module):
 
 
 def default_cache_dir() -> str:
-    """``$ADE_EXTRACTOR_CACHE`` or ``<tmp>/adaptive_density_extractors``."""
-    return os.environ.get("ADE_EXTRACTOR_CACHE",
-                          os.path.join(tempfile.gettempdir(), "adaptive_density_extractors"))
+    """``$ADE_EXTRACTOR_CACHE``, else ``$XDG_CACHE_HOME/adaptive_density/extractors``, else
+    ``~/.cache/adaptive_density/extractors``: a directory of the user's own, never a
+    shared temporary one (a SavedModel planted there would be loaded and run)."""
+    if os.environ.get("ADE_EXTRACTOR_CACHE"):
+        return os.environ["ADE_EXTRACTOR_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "adaptive_density", "extractors")
+
+
+def check_private_dir(directory: str) -> str:
+    """Creates ``directory`` (mode 0700) if needed; raises PermissionError unless it is
+    owned by the current user and writable by nobody else. Returns its absolute path."""
+    directory = os.path.abspath(directory)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    st = os.stat(directory)
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise PermissionError(f"extractor cache {directory!r} is owned by uid {st.st_uid}, not "
+                              f"by you (uid {os.getuid()}); use a directory of your own "
+                              "(--extractor_cache or ADE_EXTRACTOR_CACHE)")
+    if st.st_mode & 0o022:
+        raise PermissionError(f"extractor cache {directory!r} is writable by other users (mode "
+                              f"{st.st_mode & 0o777:o}); expected one only you can write "
+                              f"(chmod go-w {directory!r}, or another --extractor_cache)")
+    return directory
+
+
+def _cached_entry_is_intact(directory: str, source_sha256: str) -> bool:
+    """True when ``directory`` holds an extractor built from the file with this SHA-256 and
+    its SavedModel files are still those recorded when it was built (fingerprint)."""
+    info_path = os.path.join(directory, EXTRACTOR_JSON)
+    if not os.path.isfile(info_path):
+        return False
+    try:
+        with open(info_path) as f:
+            info = json.load(f)
+        return (info.get("sha256") == source_sha256 and info.get("saved_model_fingerprint")
+                == identity.saved_model_fingerprint(directory))
+    except (OSError, ValueError):
+        return False
 
 
 def build_inception_saved_model(path: str, cache_dir: Optional[str] = None) -> str:
@@ -251,10 +291,14 @@ def inception_saved_model(path: str, cache_dir: Optional[str]) -> tuple[str, str
     protocol, classes = ((INCEPTION_PB_PROTOCOL, 1008) if kind == "pb"
                          else (INCEPTION_KERAS_PROTOCOL, 1000))
     digest = identity.file_sha256(path)
-    out = os.path.join(cache_dir or default_cache_dir(), f"inception_v3-{kind}-{digest[:16]}")
-    if os.path.isfile(os.path.join(out, EXTRACTOR_JSON)):
-        log.info("using cached Inception-v3 extractor %s", out)
+    cache = check_private_dir(cache_dir or default_cache_dir())
+    out = os.path.join(cache, f"inception_v3-{kind}-{digest[:16]}")
+    if _cached_entry_is_intact(out, digest):
+        log.info("using cached Inception-v3 extractor %s (fingerprint verified)", out)
         return out, digest
+    if os.path.exists(out):
+        log.warning("cached extractor %s does not match its record (changed or incomplete); "
+                    "rebuilding it", out)
     log.info("building the Inception-v3 extractor SavedModel from %s into %s", path, out)
     module = _KerasInception(path) if kind == "keras_h5" else _FrozenGraphInception(path)
     # Trace once on a tiny batch: checks the graph end to end and fixes the dimensions.

@@ -233,7 +233,9 @@ def _parser() -> argparse.ArgumentParser:
                           "undecodable (default 64 MiB)")
     p.add_argument("--extractor", choices=extractors.EXTRACTORS, default="mnist_classifier")
     p.add_argument("--extractor_path", help="extractor SavedModel dir, or Inception .pb/.h5")
-    p.add_argument("--extractor_cache", help="where Inception SavedModels are built")
+    p.add_argument("--extractor_cache", help="where Inception SavedModels are built (a "
+                   "directory only you can write; default $ADE_EXTRACTOR_CACHE, else "
+                   "~/.cache/adaptive_density/extractors)")
     p.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--reference_stats", help=".npz with mu and sigma to compute FID against")
     p.add_argument("--reference_data_dir", help="TFRecords of the reference set, for KID")
@@ -260,7 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
     try:
         return _run(args, pipeline_args)
-    except (fid_math.StatisticsError, FileNotFoundError) as e:
+    except (fid_math.StatisticsError, FileNotFoundError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -161,3 +161,42 @@ def test_inception_keras_h5_path(tmp_path):
     out_grey = fn(images=tf.constant(images[..., :1]))
     out_tiled = fn(images=tf.constant(np.repeat(images[..., :1], 3, -1)))
     np.testing.assert_allclose(out_grey["pool"], out_tiled["pool"], rtol=1e-5, atol=1e-5)
+
+
+def test_inception_cache_is_private_and_verified_before_reuse(tmp_path, monkeypatch, caplog):
+    """The default cache is the user's own (XDG), created 0700; a cache others can write is
+    refused; a cached SavedModel whose files changed since it was built is rebuilt, not
+    loaded."""
+    import logging
+    import stat
+
+    rng = np.random.default_rng(3)
+    pb = str(tmp_path / "classify_image_graph_def.pb")
+    _tiny_inception_graph(pb, rng)
+    monkeypatch.delenv("ADE_EXTRACTOR_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert extractors.default_cache_dir() == str(tmp_path / "xdg" / "adaptive_density" /
+                                                 "extractors")
+    info = extractors.resolve_extractor("inception_v3", pb)
+    cache = os.path.dirname(info.saved_model_dir)
+    assert cache == extractors.default_cache_dir()
+    assert stat.S_IMODE(os.stat(cache).st_mode) & 0o077 == 0
+    recorded = json.load(open(os.path.join(info.saved_model_dir, "extractor.json")))
+    assert recorded["saved_model_fingerprint"] == identity.saved_model_fingerprint(
+        info.saved_model_dir)
+    # Tamper with the cached graph: the next resolve rebuilds it instead of loading it.
+    with open(os.path.join(info.saved_model_dir, "saved_model.pb"), "ab") as f:
+        f.write(b"\0")
+    with caplog.at_level(logging.WARNING):
+        again = extractors.resolve_extractor("inception_v3", pb)
+    assert "does not match its record" in caplog.text
+    assert again.saved_model_dir == info.saved_model_dir
+    rebuilt = json.load(open(os.path.join(again.saved_model_dir, "extractor.json")))
+    assert identity.saved_model_fingerprint(again.saved_model_dir) == rebuilt[
+        "saved_model_fingerprint"]
+    assert again.fingerprint == info.fingerprint  # the identity is the source file's
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(PermissionError, match="writable by other users"):
+        extractors.resolve_extractor("inception_v3", pb, cache_dir=str(shared))
