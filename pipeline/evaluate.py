@@ -4,7 +4,7 @@
         [--importance_samples=K] [--fid_samples=N --extractor=mnist_classifier \
          --extractor_path=work/mnist_classifier --reference_stats=ref.npz]
 
-BPD: exact for ``flow``/``flow_wgan``; for the VAE variants the ELBO bound and, with
+BPD: exact for ``flow``/``flow_wgan``/``flowgan``; for the VAE variants the ELBO bound and, with
 K > 1, the importance-weighted bound (tighter, still an upper bound on bits/dim). Each
 image is dequantized once with seeded uniform noise; the mean and its standard error over
 the split are reported. FID/KID/IS: the Beam job of :mod:`beam_jobs.fid` draws the

@@ -6,7 +6,7 @@ Signatures (N is the batch size, H, W, C the model's image shape, D = H * W * C)
   ``bits_per_dim`` float32 [N]: a **deterministic point estimate, not a bound**. The
   image is dequantized to its bin centres, x~ = (x + 0.5) / 256, and the latent variants
   use one fixed posterior draw (K fixed draws with ``score_importance_samples=K``) shared
-  by every row: ln p(x~) itself for ``flow``/``flow_wgan`` (the density at the bin
+  by every row: ln p(x~) itself for ``flow``/``flow_wgan``/``flowgan`` (the density at the bin
   centres), else the ELBO's (or IW bound's) integrand at that fixed noise. Neither is a
   bound on the log-probability of the discrete image; the value is reproducible and an
   image's score does not depend on its batch, which is what ranking and OOD thresholds

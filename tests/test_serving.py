@@ -232,6 +232,13 @@ def test_gan_exports_no_score_and_flow_scores_exactly(tmp_path, caplog):
     x = (images.astype(np.float32) + 0.5) / 256.0
     np.testing.assert_allclose(flow.signatures["score"](images=tf.constant(images))[
         "log_likelihood_nats"], model.log_prob_bound(tf.constant(x)), rtol=1e-4)
+    # FlowGAN (the flow + an adversarial loss) scores exactly like the flow.
+    flowgan_dir = write_untrained(str(tmp_path / "flowgan"), "flowgan")
+    flowgan = tf.saved_model.load(export.export_model(
+        flowgan_dir, str(tmp_path / "ex_flowgan"), "flowgan_tiny", log_to_mlflow=False))
+    flowgan_model, _ = model_io.load_trained_model(flowgan_dir)
+    np.testing.assert_allclose(flowgan.signatures["score"](images=tf.constant(images))[
+        "log_likelihood_nats"], flowgan_model.log_prob_bound(tf.constant(x)), rtol=1e-4)
     y = np.random.RandomState(1).randn(2, 256).astype(np.float32)
     got = flow.signatures["sample_latent"](latent=tf.constant(y))["images"].numpy()
     want = model.features_to_images(tf.reshape(y, (2,) + SHAPE)).numpy()

@@ -229,7 +229,7 @@ class HybridModel(keras.Model):
 
     def log_prob_bound(self, x: tf.Tensor, num_samples: int = 1,
                        eps: tf.Tensor | None = None) -> tf.Tensor:
-        """A lower bound on ln p(x~) [N] nats: exact for 'flow'/'flow_wgan', the ELBO for
+        """A lower bound on ln p(x~) [N] nats: exact for 'flow'/'flow_wgan'/'flowgan', the ELBO for
         K = 1, the importance-weighted bound for K > 1 (tighter, still a bound)."""
         if not self.spec.has_likelihood:
             raise ValueError(f"variant {self.spec.name!r} defines no likelihood")

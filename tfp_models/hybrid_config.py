@@ -58,6 +58,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("gan", True, False, False, "log_ratio", "generator mu(z) trained adversarially only"),
     Variant("flow", False, True, True, "", "plain Real NVP by maximum likelihood (NVP baseline)"),
     Variant("flow_wgan", False, True, False, "wgan", "Real NVP trained as a WGAN-GP generator"),
+    Variant("flowgan", False, True, True, "log_ratio",
+            "FlowGAN: plain Real NVP by MLE + the log-ratio adversarial loss on its samples"),
 ]}
 
 
