@@ -252,10 +252,9 @@ def test_flow_learning_rate_gives_the_flow_its_own_optimizer(digits16, tmp_path,
         _cfgs(digits16, tmp_path / "c", tracking_uri, "vae_f", flow_learning_rate=-1.0)
 
 
-def test_cosine_schedule_follows_the_formula_and_resumes_exactly(digits16, tmp_path,
-                                                                 tracking_uri):
+def test_cosine_schedule_follows_the_formula(digits16, tmp_path, tracking_uri):
     """--lr_schedule=cosine: lr(k) = base * (1 + cos(pi k / T)) / 2 on the optimizer's own
-    iterations, so a run split in two (same --lr_decay_steps) equals an uninterrupted one."""
+    iterations; bad values are refused."""
     _, cfg = _cfgs(digits16, tmp_path / "x", tracking_uri, "vae_f", train_steps=10,
                    lr_schedule="cosine", learning_rate=2e-3)
     rate = trainer.generator_learning_rate(cfg, cfg.learning_rate)
@@ -267,6 +266,12 @@ def test_cosine_schedule_follows_the_formula_and_resumes_exactly(digits16, tmp_p
         _cfgs(digits16, tmp_path / "x", tracking_uri, "vae_f", lr_schedule="linear")
     with pytest.raises(ValueError, match="lr_decay_steps"):
         _cfgs(digits16, tmp_path / "x", tracking_uri, "vae_f", lr_decay_steps=-1)
+
+
+@pytest.mark.slow
+def test_cosine_schedule_resumes_exactly(digits16, tmp_path, tracking_uri):
+    """A cosine run split in two (same --lr_decay_steps) equals an uninterrupted one: the
+    schedule follows the checkpointed optimizer iterations."""
     kw = dict(lr_schedule="cosine", learning_rate=2e-3, lr_decay_steps=4)
     trainer.train(*_cfgs(digits16, tmp_path / "straight", tracking_uri, "vae_f", train_steps=4, **kw))
     trainer.train(*_cfgs(digits16, tmp_path / "split", tracking_uri, "vae_f", train_steps=2, **kw))
