@@ -18,7 +18,6 @@ Results are printed as JSON and logged to the model directory's MLflow run.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Any
 
@@ -32,8 +31,6 @@ from artifacts.cli import setup_logging
 from pipeline import data as data_lib
 from tfp_models import flows, metrics
 from tfp_models.hybrid import HybridModel
-
-log = logging.getLogger(__name__)
 
 
 def split_batches(model: HybridModel, data_dir: str, split: str, batch_size: int,
