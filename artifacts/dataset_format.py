@@ -11,7 +11,13 @@ A data set directory holds
   "count": records, "sha256": hex digest}, ...]}}, ``label_names`` (or null) and what
   the writer adds (``format_version``, ``source``, ``transform``, ``bad_records``, ...).
   :func:`read_dataset_info` reads and checks it as a :class:`DatasetInfo`;
-  :func:`write_dataset_json` writes it.
+  :func:`write_dataset_json` writes it;
+* TFDS metadata (``dataset_info.json``, ``features.json`` and, for labelled data,
+  ``label.labels.txt``; written by :mod:`beam_jobs.tfds_metadata`) describing the same
+  shards with the filename template :data:`TFDS_FILENAME_TEMPLATE` and the features
+  ``image`` (``tfds.features.Image`` of ``image_shape``, PNG), ``label``
+  (``ClassLabel`` when ``label_names`` are known, else an int64 ``Scalar``) and ``key``
+  (``Text``), so ``tfds.builder_from_directory(data_dir)`` reads the records as they are.
 
 Raw inputs are images when :func:`is_image_file` says so (:data:`IMAGE_EXTENSIONS`).
 """
@@ -30,6 +36,10 @@ UNKNOWN_LABEL = -1
 DATASET_JSON = "dataset.json"
 FORMAT_VERSION = 1
 SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.tfrecord$")
+# The TFDS ShardedFileTemplate of shard_name(): '{SPLIT}-{SHARD_X_OF_Y}.{FILEFORMAT}' with
+# FILEFORMAT 'tfrecord' formats to 'train-00003-of-00008.tfrecord'.
+TFDS_FILENAME_TEMPLATE = "{SPLIT}-{SHARD_X_OF_Y}.{FILEFORMAT}"
+TFDS_FILE_FORMAT = "tfrecord"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp")
 
 

@@ -5,8 +5,17 @@
         [--center_crop | --nocenter_crop] [--validation_fraction=0.05] [--num_shards=N] \\
         [--grayscale] [--overwrite] [Beam pipeline options, e.g. --runner=DataflowRunner ...]
 
+    python -m beam_jobs.preprocess --source=tfds --tfds_name=cifar10 \\
+        --tfds_data_dir=~/tensorflow_datasets --tfds_split=train+test \\
+        --output_dir=data/cifar32 --image_size=32 --validation_fraction=0.1
+
 Sources (``--source``): ``lsun_lmdb``, ``imagenet64_npz``, ``image_folder``, ``image_zip``,
-``mnist_idx`` (see :mod:`beam_jobs.image_sources`). Transform: :mod:`beam_jobs.image_transform`.
+``mnist_idx``, ``tfds`` (a TFDS data set already prepared locally; see
+:mod:`beam_jobs.image_sources`). Transform: :mod:`beam_jobs.image_transform`.
+
+The output also carries TFDS metadata (:mod:`beam_jobs.tfds_metadata`), so
+``tfds.builder_from_directory(output_dir).as_dataset(split="train")`` reads the shards
+as they are (features ``image``, ``label``, ``key``).
 
 Pipeline: the driver lists every record's key and locator, assigns it to a split and a
 shard by sha256(key), sorts each shard by key, pickles the shard's locators next to the
@@ -37,14 +46,14 @@ import shutil
 import subprocess
 import sys
 import uuid
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from artifacts import dataset_format
 from artifacts.cli import setup_logging
-from beam_jobs import beam_options
+from beam_jobs import beam_options, tfds_metadata
 from beam_jobs.image_sources import DEFAULT_MAX_MEMBER_BYTES, SOURCE_KINDS, SourcePlan, plan_source
 from beam_jobs.image_transform import ImageTransform
 from beam_jobs.preprocess_fns import ConcatShardFn, EncodePartFn
@@ -121,12 +130,14 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
                    validation_fraction: float = 0.0, num_shards: int | None = None,
                    grayscale: bool = False, overwrite: bool = False,
                    pipeline_args: Sequence[str] | None = None,
-                   max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> dict:
+                   max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+                   source_options: Mapping[str, Any] | None = None) -> dict:
     """Runs the preprocessing job; returns the dataset.json content it wrote.
 
     Args:
       source: one of SOURCE_KINDS.
-      input_path: the raw input (LMDB dir, npz file/folder, image folder, zip, IDX folder).
+      input_path: the raw input (LMDB dir, npz file/folder, image folder, zip, IDX folder,
+        prepared TFDS directory; None for tfds with ``source_options["name"]``).
       output_dir: where shards and dataset.json go (created; replaced only if overwrite).
       image_size: output images are uint8 [image_size, image_size, C], C = 1 if grayscale
         else 3.
@@ -140,6 +151,11 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
       pipeline_args: Beam pipeline flags (``--runner``, ``--direct_running_mode``, ...).
       max_member_bytes: encoded entries (files, zip members, LMDB values) larger than this
         many bytes are bad records (listed in dataset.json), never read into memory.
+      source_options: planner options of the source kind (tfds: ``name``, ``data_dir``,
+        ``split``, ``image_key``, ``label_key``; see :mod:`beam_jobs.tfds_source`).
+
+    Besides the shards and dataset.json the output holds TFDS metadata
+    (:mod:`beam_jobs.tfds_metadata`): ``tfds.builder_from_directory(output_dir)`` reads it.
     """
     transform = ImageTransform(image_size, resize_shorter_side, center_crop, grayscale)
     if not 0.0 <= validation_fraction < 1.0:
@@ -151,7 +167,7 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
                          "of bytes")
     output_dir = os.path.abspath(output_dir)
     _check_output_dir(output_dir, overwrite)
-    plan = plan_source(source, input_path)
+    plan = plan_source(source, input_path, source_options)
     image_shape = (image_size, image_size, transform.channels)
 
     splits = [split_of(key, validation_fraction) for key in plan.keys]
@@ -264,6 +280,7 @@ def _finalize(plan: SourcePlan, transform: ImageTransform, validation_fraction: 
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     dataset_format.write_dataset_json(tmp_dir, info)
+    tfds_metadata.write_tfds_metadata(tmp_dir, info)
     return info
 
 
@@ -276,7 +293,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         description="Raw images -> sharded TFRecords + dataset.json (Apache Beam). "
                     "Unknown flags are Beam pipeline options.")
     p.add_argument("--source", required=True, choices=SOURCE_KINDS)
-    p.add_argument("--input", required=True, help="raw input path")
+    p.add_argument("--input", help="raw input path (for --source=tfds: a prepared TFDS "
+                   "directory holding dataset_info.json, or use --tfds_name)")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--image_size", required=True, type=int, help="output side, px")
     p.add_argument("--resize_shorter_side", type=int, default=None,
@@ -292,7 +310,37 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--max_member_bytes", type=int, default=DEFAULT_MAX_MEMBER_BYTES,
                    help="encoded images (files, zip members, LMDB values) larger than this "
                         "many bytes are bad records (default 64 MiB)")
-    return p.parse_known_args(argv)
+    t = p.add_argument_group("--source=tfds (a TFDS data set already prepared locally; "
+                             "nothing is downloaded)")
+    t.add_argument("--tfds_name", help="TFDS name, e.g. cifar10, cifar10:3.0.2, "
+                   "lsun/church_outdoor (instead of --input)")
+    t.add_argument("--tfds_data_dir", help="the TFDS data_dir it was prepared in (default: "
+                   "TFDS's, $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    t.add_argument("--tfds_split", default=None, help="TFDS split(s) to read, joined by '+', "
+                   "e.g. train+test (default train); the output's train/validation split is "
+                   "--validation_fraction's")
+    t.add_argument("--tfds_image_key", default=None, help="image feature (default image)")
+    t.add_argument("--tfds_label_key", default=None, help="label feature (default label if "
+                   "present; '' for none)")
+    args, rest = p.parse_known_args(argv)
+    tfds_flags = [n for n in ("tfds_name", "tfds_data_dir", "tfds_split", "tfds_image_key",
+                              "tfds_label_key") if getattr(args, n) is not None]
+    if args.source == "tfds":
+        if bool(args.input) == bool(args.tfds_name):
+            p.error("--source=tfds needs exactly one of --input and --tfds_name")
+    else:
+        if not args.input:
+            p.error(f"--source={args.source} needs --input")
+        if tfds_flags:
+            p.error(f"--{tfds_flags[0]} applies only to --source=tfds")
+    return args, rest
+
+
+def _source_options(args: argparse.Namespace) -> dict | None:
+    if args.source != "tfds":
+        return None
+    return {"name": args.tfds_name, "data_dir": args.tfds_data_dir, "split": args.tfds_split,
+            "image_key": args.tfds_image_key, "label_key": args.tfds_label_key}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -304,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             resize_shorter_side=args.resize_shorter_side, center_crop=args.center_crop,
             validation_fraction=args.validation_fraction, num_shards=args.num_shards,
             grayscale=args.grayscale, overwrite=args.overwrite, pipeline_args=beam_args,
-            max_member_bytes=args.max_member_bytes)
+            max_member_bytes=args.max_member_bytes, source_options=_source_options(args))
     except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             PermissionError, ValueError) as e:  # user errors: one line, no traceback
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]

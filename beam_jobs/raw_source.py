@@ -66,6 +66,7 @@ class RawSource(abc.ABC):
 
     kind: ClassVar[str]  # the --source name
     what: ClassVar[str]  # what the input must be, for error messages
+    OPTIONS: ClassVar[tuple[str, ...]] = ()  # keyword options of plan() (e.g. tfds: split)
 
     def __init__(self, input_path: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
         if int(max_member_bytes) < 1:

@@ -178,7 +178,8 @@ def test_zip_subset_bad_records_labels_and_determinism(tmp_path, cifar_subset_zi
             assert (tmp_path / "a" / shard["file"]).read_bytes() == \
                    (tmp_path / "b" / shard["file"]).read_bytes()
     assert sorted(os.listdir(tmp_path / "a")) == sorted(
-        ["dataset.json"] + [s["file"] for v in a["splits"].values() for s in v["shards"]])
+        ["dataset.json", "dataset_info.json", "features.json", "label.labels.txt"]
+        + [s["file"] for v in a["splits"].values() for s in v["shards"]])
     # Content: each record is the transform of its source JPEG, with its folder's label.
     t = ImageTransform(64)
     with zipfile.ZipFile(cifar_zip) as src:
