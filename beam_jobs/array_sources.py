@@ -1,8 +1,10 @@
 """Raw sources of uint8 pixel arrays: downsampled-ImageNet npz batches
 (``imagenet64_npz``) and MNIST IDX files (``mnist_idx``).
 
-Workers read rows by random access from memory maps (:func:`npz_member_array`) or from
-the decoded IDX array, never a whole batch file per record.
+Workers read rows by random access from memory maps (:func:`npz_member_array`; npz
+inputs must be local or mounted) or from the decoded IDX array (IDX files are read through
+Beam's FileSystems, so they may be on any Beam filesystem), never a whole batch file per
+record.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from beam_jobs import mnist_idx
+from beam_jobs import beam_fs, mnist_idx
 from beam_jobs.raw_source import (
     DEFAULT_MAX_MEMBER_BYTES,
     RawSource,
@@ -24,6 +26,7 @@ from beam_jobs.raw_source import (
     SourcePlan,
     no_images,
     require_exists,
+    require_local,
 )
 
 
@@ -101,6 +104,7 @@ class Imagenet64Npz(_ArraySource):
 
     @classmethod
     def plan(cls, path: str) -> SourcePlan:
+        require_local(path, cls.kind, "memory-mapped npz arrays")
         full = require_exists(path, cls.what)
         files = sorted(glob.glob(os.path.join(full, "*.npz"))) if os.path.isdir(full) else [full]
         if not files:
@@ -165,9 +169,9 @@ class MnistIdx(_ArraySource):
         pairs = []
         for prefix in ("train", "t10k"):
             for ext in (".gz", ""):
-                img = os.path.join(root, f"{prefix}-images-idx3-ubyte{ext}")
-                lab = os.path.join(root, f"{prefix}-labels-idx1-ubyte{ext}")
-                if os.path.isfile(img) and os.path.isfile(lab):
+                img = beam_fs.join(root, f"{prefix}-images-idx3-ubyte{ext}")
+                lab = beam_fs.join(root, f"{prefix}-labels-idx1-ubyte{ext}")
+                if beam_fs.exists(img) and beam_fs.exists(lab):
                     pairs.append((prefix, img, lab))
                     break
         return pairs
@@ -175,7 +179,7 @@ class MnistIdx(_ArraySource):
     @classmethod
     def plan(cls, path: str) -> SourcePlan:
         root = require_exists(path, cls.what)
-        if not os.path.isdir(root):
+        if beam_fs.is_local(root) and not os.path.isdir(root):
             raise NotADirectoryError(f"input {path!r} is not a folder; expected {cls.what}")
         pairs = cls._pairs(root)
         if not pairs:
@@ -190,7 +194,7 @@ class MnistIdx(_ArraySource):
         if not keys:
             raise no_images(path, cls.what)
         return SourcePlan(cls.kind, root, keys, locators, [str(d) for d in range(10)],
-                          {"files": [os.path.basename(p) for _, i, l in pairs for p in (i, l)]})
+                          {"files": [beam_fs.split(p)[1] for _, i, l in pairs for p in (i, l)]})
 
     def read(self, locators: Sequence) -> Iterator[Record]:
         for path, row, label in locators:
@@ -198,5 +202,5 @@ class MnistIdx(_ArraySource):
             if images.ndim != 3 or row >= len(images):
                 raise ValueError(f"MNIST images {path!r} have shape {images.shape}; expected "
                                  f"[N, H, W] with N > {row} (as its labels file says)")
-            prefix = os.path.basename(path).split("-", 1)[0]
+            prefix = beam_fs.split(path)[1].split("-", 1)[0]
             yield f"{prefix}/{row:05d}", label, images[row]

@@ -41,6 +41,11 @@ file without a fingerprint anyway (what both sides record is still checked).
 
 Unknown flags are passed to Beam (``--runner``, ``--direct_running_mode``, ...); the
 default is ``--runner=FnApiRunner`` (DirectRunner's Prism path needs the network).
+Data sets, image folders and statistics files are read and written through Beam's
+FileSystems (local, mounted, ``gs://``, ...); the pipeline's combined results go under
+``--temp_location`` (required on a distributed runner; a local temporary directory
+otherwise). Extractor and generator SavedModels are read by TensorFlow from a path that
+must exist on the driver and on every worker.
 """
 from __future__ import annotations
 

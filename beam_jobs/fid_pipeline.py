@@ -18,11 +18,11 @@ from typing import Any, Iterator, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-from beam_jobs import fid_math, fid_results, identity
-from beam_jobs.beam_options import pipeline_options
+from beam_jobs import beam_fs, fid_math, fid_results, identity
+from beam_jobs.beam_options import is_local, pipeline_options
 from beam_jobs.extractor_contract import ExtractorInfo
 from beam_jobs.fid_math import FeatureStatistics
 from beam_jobs.fid_sources import DEFAULT_BATCH_SIZE, ReadImages, Source
@@ -106,19 +106,40 @@ def run_features(source: Source, extractor: ExtractorInfo, *,
                  pipeline_args: Optional[Sequence[str]] = None) -> FeatureResult:
     """Runs the Beam pipeline source -> features -> (FID statistics, IS, KID reservoir).
 
-    ``kid_samples`` bounds the feature reservoir kept for KID (0: none). Results are
-    written under ``work_dir`` (a temp dir by default; any Beam filesystem path).
+    ``kid_samples`` bounds the feature reservoir kept for KID (0: none). The combined
+    results reach the driver as files under ``work_dir``, else ``--temp_location`` of
+    ``pipeline_args`` (any Beam filesystem path every worker can write, e.g.
+    ``gs://bucket/tmp``), else (local runners only) a local temporary directory; a
+    non-local runner without either is refused. The run's files are deleted afterwards.
     """
     start = time.time()
-    work = work_dir or tempfile.mkdtemp(prefix="fid-")
-    run_dir = FileSystems.join(work, f"run-{uuid.uuid4().hex[:12]}")
-    paths = {k: FileSystems.join(run_dir, f"{k}.npz") for k in ("stats", "is", "kid", "shapes")}
     size = source.size_hint()
-    log.info("FID features of %s with %s (%s); %d image(s) expected", source.describe(),
-             extractor.name, extractor.saved_model_dir, size)
+    options = pipeline_options(pipeline_args, size)
+    work = work_dir or options.view_as(GoogleCloudOptions).temp_location
+    local_tmp = None
+    if not work:
+        if not is_local(options):
+            raise ValueError("beam_jobs.fid on a distributed runner needs --temp_location "
+                             "(a directory all workers can write, e.g. gs://bucket/tmp) for "
+                             "its combined results")
+        work = local_tmp = tempfile.mkdtemp(prefix="fid-")
+    run_dir = beam_fs.join(beam_fs.absolute(work), f"fid-run-{uuid.uuid4().hex[:12]}")
+    log.info("FID features of %s with %s (%s); %d image(s) expected; results in %s",
+             source.describe(), extractor.name, extractor.saved_model_dir, size, run_dir)
     handler = KeyedModelHandler(features_model_handler(
         extractor.saved_model_dir, batch_size=batch_size))
-    options = pipeline_options(pipeline_args, size)
+    try:
+        return _run(source, handler, extractor, options, run_dir, kid_samples, num_splits,
+                    start)
+    finally:
+        beam_fs.delete_tree(run_dir)
+        if local_tmp:
+            beam_fs.delete_tree(local_tmp)
+
+
+def _run(source: Source, handler, extractor: ExtractorInfo, options, run_dir: str,
+         kid_samples: int, num_splits: int, start: float) -> FeatureResult:
+    paths = {k: beam_fs.join(run_dir, f"{k}.npz") for k in ("stats", "is", "kid", "shapes")}
     with beam.Pipeline(options=options) as p:
         feats = (p | "Read" >> ReadImages(source)
                  | "Features" >> RunInference(handler)
@@ -166,9 +187,5 @@ def run_features(source: Source, extractor: ExtractorInfo, *,
     seconds = time.time() - start
     log.info("%d feature vectors of dimension %d in %.1f s (IS %.3f +- %.3f)", count,
              stats.dim, seconds, is_mean, is_std)
-    try:
-        FileSystems.delete([run_dir])
-    except Exception:  # noqa: BLE001 - leftovers in a temp dir are harmless
-        pass
     return FeatureResult(stats, is_mean, is_std, is_stats.confident_rate(),
                          is_stats.label_coverage(), kid, undecodable, seconds)

@@ -20,6 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from artifacts import dataset_format
+from beam_jobs import beam_fs
 from beam_jobs.extractor_contract import SAMPLE_SIGNATURE, check_signature
 from beam_jobs.inference_handlers import ModelDirSamplerHandler, sampler_model_handler
 from beam_jobs.raw_source import DEFAULT_MAX_MEMBER_BYTES
@@ -55,17 +56,40 @@ class TFRecordSource(ImageSource):
     data_dir: str
     split: str
 
+    def _split_files(self) -> tuple[dict[str, int], dict[str, list[str]]]:
+        """(records per split, shard paths per split) from dataset.json, read through
+        Beam's FileSystems for a URL (``gs://...``) and checked like
+        :func:`artifacts.dataset_format.read_dataset_info` locally."""
+        if beam_fs.is_local(self.data_dir):
+            info = dataset_format.read_dataset_info(self.data_dir)
+            return info.split_counts, info.split_files
+        path = beam_fs.join(self.data_dir, dataset_format.DATASET_JSON)
+        if not beam_fs.exists(path):
+            raise FileNotFoundError(f"{path!r} not found: {self.data_dir!r} is not a "
+                                    "preprocessed data set (run `python -m "
+                                    "beam_jobs.preprocess` first)")
+        _, counts, names = dataset_format._parse(beam_fs.read_json(path), path)
+        files = {s: [beam_fs.join(self.data_dir, n) for n in ns] for s, ns in names.items()}
+        found = beam_fs.sizes([p for ps in files.values() for p in ps])
+        for p in (p for ps in files.values() for p in ps):
+            if p not in found:
+                raise FileNotFoundError(f"shard {p!r} listed in {path!r} is missing; the data "
+                                        "set is incomplete (re-run beam_jobs.preprocess)")
+        return counts, files
+
     def files(self) -> list[str]:
         """The split's shard paths; clear errors for a missing split or shard."""
-        info = dataset_format.read_dataset_info(self.data_dir)
-        info.check_split(self.split)
-        files = info.split_files[self.split]
+        counts, split_files = self._split_files()
+        if self.split not in counts:
+            raise ValueError(f"split {self.split!r} not in data set {self.data_dir!r}; "
+                             f"available splits: {sorted(counts)}")
+        files = split_files[self.split]
         if not files:
             raise ValueError(f"split {self.split!r} of {self.data_dir!r} lists no shards")
         return files
 
     def size_hint(self) -> int:
-        return dataset_format.read_dataset_info(self.data_dir).split_counts.get(self.split, 0)
+        return self._split_files()[0].get(self.split, 0)
 
     def describe(self) -> str:
         return f"TFRecords {self.data_dir} split {self.split}"
@@ -125,19 +149,20 @@ class ImageFolderSource(ImageSource):
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
 
     def files(self) -> list[str]:
-        """Sorted paths of the image files."""
-        if not os.path.isdir(self.directory):
+        """Sorted paths of the image files (listed through Beam's FileSystems)."""
+        if beam_fs.is_local(self.directory) and not os.path.isdir(self.directory):
             raise FileNotFoundError(f"image folder {self.directory!r} does not exist")
-        out = []
-        for root, dirnames, names in os.walk(self.directory):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            paths = (os.path.join(root, n) for n in names)
-            out += [p for p in paths
-                    if dataset_format.is_image_file(os.path.relpath(p, self.directory))]
+        listed = beam_fs.list_files(self.directory)
+        if not listed and not beam_fs.is_local(self.directory):
+            raise FileNotFoundError(f"image folder {self.directory!r} does not exist or is "
+                                    "empty")
+        out = [beam_fs.join(self.directory, rel) for rel in sorted(listed)
+               if dataset_format.is_image_file(rel)
+               and not any(part.startswith(".") for part in rel.split("/")[:-1])]
         if not out:
             raise ValueError(f"no image files ({', '.join(dataset_format.IMAGE_EXTENSIONS)}) "
                              f"under {self.directory!r}")
-        return sorted(out)
+        return out
 
     def size_hint(self) -> int:
         return len(self.files())
@@ -175,7 +200,9 @@ class _ReadImageFile(beam.DoFn):
             self._bad.inc()
             log.warning("skipping unreadable image %s: %s", path, e)
             return
-        yield os.path.relpath(path, self._root), image[..., None] if image.ndim == 2 else image
+        prefix = beam_fs.join(self._root, "")
+        rel = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, self._root)
+        yield rel, image[..., None] if image.ndim == 2 else image
 
 
 class ReadFolderImages(beam.PTransform):

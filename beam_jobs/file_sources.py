@@ -1,7 +1,9 @@
 """Raw sources of encoded image files: a folder (``image_folder``) or a zip
 (``image_zip``), optionally with one subfolder per class.
 
-Which names are images is :func:`artifacts.dataset_format.is_image_file`; a record's key
+Both read through Beam's FileSystems, so the folder or zip may be local, mounted or on any
+Beam filesystem (``gs://...``). Which names are images is
+:func:`artifacts.dataset_format.is_image_file`; a record's key
 is its path relative to the root ('/'-separated) and its label the index of its parent
 folder's name among the sorted names (when there are two or more; -1 otherwise).
 """
@@ -12,7 +14,10 @@ import zipfile
 import zlib
 from typing import Iterator, Sequence
 
+from apache_beam.io.filesystems import FileSystems
+
 from artifacts.dataset_format import IMAGE_EXTENSIONS, is_image_file
+from beam_jobs import beam_fs
 from beam_jobs.image_transform import BadImage
 from beam_jobs.raw_source import (
     DEFAULT_MAX_MEMBER_BYTES,
@@ -37,37 +42,37 @@ class ImageFolder(RawSource):
     @classmethod
     def plan(cls, path: str) -> SourcePlan:
         root = require_exists(path, cls.what)
-        if not os.path.isdir(root):
+        if beam_fs.is_local(root) and not os.path.isdir(root):
             raise NotADirectoryError(f"input {path!r} is not a folder; expected {cls.what}")
         rel: list[str] = []
+        sizes: dict[str, int] = {}
         skipped = 0
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in filenames:
-                r = os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
-                if is_image_file(r):
-                    rel.append(r)
-                else:
-                    skipped += 1
+        for r, size in beam_fs.list_files(root).items():
+            if any(part.startswith(".") for part in r.split("/")[:-1]):
+                continue  # hidden subfolders are not read
+            if is_image_file(r):
+                rel.append(r)
+                sizes[r] = size
+            else:
+                skipped += 1
         rel.sort()
         if not rel:
             raise no_images(path, cls.what)
         labels, names = labels_from_parents(rel)
-        return SourcePlan(cls.kind, root, rel, list(zip(rel, labels)), names,
-                          {"skipped_non_image_files": skipped})
+        return SourcePlan(cls.kind, root, rel, [(r, lab, sizes[r]) for r, lab in zip(rel, labels)],
+                          names, {"skipped_non_image_files": skipped})
 
     def read(self, locators: Sequence) -> Iterator[Record]:
         cap = self.max_member_bytes
-        for rel, label in locators:
+        for rel, label, size in locators:
             try:
-                path = os.path.join(self.input_path, rel)
-                size = os.path.getsize(path)
-                if size > cap:
+                if size > cap:  # the listed size: refused without reading
                     data = too_large(size, cap, "file")
-                else:
-                    with open(path, "rb") as f:
+                else:  # the real stream, bounded in case the file grew
+                    with FileSystems.open(beam_fs.join(self.input_path, rel),
+                                          compression_type=beam_fs.RAW) as f:
                         data = read_capped(f, cap, "file")
-            except OSError as e:
+            except (OSError, ValueError) as e:  # BeamIOError is an OSError
                 data = BadImage(f"unreadable file ({type(e).__name__}: {e})")
             yield rel, label, data
 
@@ -86,10 +91,13 @@ class ImageZip(RawSource):
     @classmethod
     def plan(cls, path: str) -> SourcePlan:
         full = require_exists(path, cls.what)
-        if not zipfile.is_zipfile(full):
+        if beam_fs.is_local(full) and os.path.isdir(full):
             raise ValueError(f"input {path!r} is not a zip archive; expected {cls.what}")
-        with zipfile.ZipFile(full) as zf:
-            infos = zf.infolist()
+        with FileSystems.open(full, compression_type=beam_fs.RAW) as f:
+            if not zipfile.is_zipfile(f):
+                raise ValueError(f"input {path!r} is not a zip archive; expected {cls.what}")
+            with zipfile.ZipFile(f) as zf:
+                infos = zf.infolist()
         names = sorted(i.filename for i in infos if not i.is_dir() and is_image_file(i.filename))
         if not names:
             raise no_images(path, cls.what)
@@ -99,8 +107,9 @@ class ImageZip(RawSource):
                            - len(names)})
 
     def read(self, locators: Sequence) -> Iterator[Record]:
-        if self._zip is None:
-            self._zip = zipfile.ZipFile(self.input_path)
+        if self._zip is None:  # a seekable stream of any Beam filesystem
+            self._file = FileSystems.open(self.input_path, compression_type=beam_fs.RAW)
+            self._zip = zipfile.ZipFile(self._file)
         cap = self.max_member_bytes
         for name, label in locators:
             try:
@@ -118,4 +127,5 @@ class ImageZip(RawSource):
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
+            self._file.close()
             self._zip = None

@@ -17,6 +17,7 @@ from beam_jobs.raw_source import (
     no_images,
     progress,
     require_exists,
+    require_local,
     too_large,
 )
 
@@ -52,6 +53,7 @@ class LsunLmdb(RawSource):
 
     @classmethod
     def _directory(cls, path: str) -> str:
+        require_local(path, cls.kind, "an LMDB")
         full = require_exists(path, cls.what)
         if os.path.isfile(full) and os.path.basename(full) == "data.mdb":
             full = os.path.dirname(full)

@@ -18,12 +18,17 @@ MNIST_TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
 
 
 def read_idx(path: str) -> np.ndarray:
-    """Returns the uint8 array stored in an IDX file (``.gz`` is decompressed)."""
-    if not os.path.isfile(path):
+    """Returns the uint8 array stored in an IDX file (``.gz`` is decompressed); ``path`` is
+    local or on any Beam filesystem."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    if not FileSystems.exists(path):
         raise FileNotFoundError(f"IDX file {path!r} does not exist")
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        data = raw.read()
+    if path.endswith(".gz"):
+        data = gzip.decompress(data)
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path!r} is not an IDX file (bad magic number)")
     if data[2] != _UINT8:

@@ -18,16 +18,26 @@ The output also carries TFDS metadata (:mod:`beam_jobs.tfds_metadata`), so
 as they are (features ``image``, ``label``, ``key``).
 
 Pipeline: the driver lists every record's key and locator, assigns it to a split and a
-shard by sha256(key), sorts each shard by key, pickles the shard's locators next to the
-output and cuts it into work units of RECORDS_PER_PART records (:mod:`beam_jobs.shard_plan`)
--> Create (reshuffled over the workers) -> one DoFn (:mod:`beam_jobs.preprocess_fns`)
-reads its records by random access, decodes, resizes/crops,
-encodes PNG + Example and writes a fragment file (records that fail go to a ``bad`` output
-with the reason) -> GroupByKey of the fragment *names* by shard -> each shard is the
-concatenation of its fragments in order, written to a temporary file and renamed. Encoded
-images are never shuffled through the runner. Shards are byte-identical for the same
-input on any runner. Everything is written into a temporary sibling of ``--output_dir``
-(a local or mounted path every worker can reach) that is moved into place on success.
+shard by sha256(key), sorts each shard by key, pickles the shard's locators into the work
+directory and cuts it into work units of RECORDS_PER_PART records
+(:mod:`beam_jobs.shard_plan`) -> Create (reshuffled over the workers) -> one DoFn
+(:mod:`beam_jobs.preprocess_fns`) reads its records by random access, decodes,
+resizes/crops, encodes PNG + Example and writes a fragment file under a name unique to the
+attempt (records that fail go to a ``bad`` output with the reason) -> GroupByKey of the
+fragment *names* by shard -> each shard is the concatenation of its fragments in order,
+written whole under its final name in the work directory. Encoded images are never
+shuffled through the runner. Shards are byte-identical for the same input on any runner.
+
+Every file goes through Beam's ``FileSystems`` (:mod:`beam_jobs.beam_fs`), so inputs
+(``image_folder``, ``image_zip``, ``mnist_idx``, ``tfds``; ``lsun_lmdb`` and
+``imagenet64_npz`` need local or mounted paths), the work directory and ``--output_dir``
+may be local, mounted or ``gs://``/``s3://``/``hdfs://`` paths. The work directory is
+``<--temp_location>/preprocess-<id>`` when ``--temp_location`` is given, else a hidden
+sibling of ``--output_dir``; it is deleted at the end. Nothing relies on atomic renames:
+the driver checks every shard's size in the work directory, then commits (a marker file,
+the old data set's dataset.json deleted first, the shards moved in and checked again under
+their final names, TFDS metadata, dataset.json last). A directory without dataset.json is
+never a data set; an interrupted commit is replaced by a re-run with ``--overwrite``.
 
 Without ``--runner`` the job runs locally on Beam's ``FnApiRunner`` (Beam 2.77's
 DirectRunner first tries to download the Prism runner, which fails offline) with a running
@@ -39,71 +49,115 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
-import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from typing import Any, Mapping, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+)
 
 from artifacts import dataset_format
 from artifacts.cli import setup_logging
-from beam_jobs import beam_options, tfds_metadata
+from beam_jobs import beam_fs, beam_options, tfds_metadata
 from beam_jobs.image_sources import DEFAULT_MAX_MEMBER_BYTES, SOURCE_KINDS, SourcePlan, plan_source
 from beam_jobs.image_transform import ImageTransform
 from beam_jobs.preprocess_fns import ConcatShardFn, EncodePartFn
 from beam_jobs.shard_plan import WorkUnit, default_num_shards, plan_parts, split_of
 
 SPLITS = ("train", "validation")
-_META_DIR = "_meta"
-_PLAN_DIR = "_plan"
-_PARTS_DIR = "_parts"
+_PLAN_DIR = "plan"
+_PARTS_DIR = "parts"
+_SHARDS_DIR = "shards"
+COMMIT_MARKER = "_COMMITTING.json"  # in output_dir while the driver moves a data set in
 
 log = logging.getLogger(__name__)
 
 
-def _write_json(obj, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f)
-
-
 # -- output directory handling ------------------------------------------------------------
 
-def _check_output_dir(output_dir: str, overwrite: bool) -> None:
-    if "://" in output_dir:
-        raise ValueError(f"output_dir {output_dir!r}: only local (or mounted) paths are "
-                         "supported; shards are written with atomic local renames")
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+def _check_output_dir(output_dir: str, overwrite: bool) -> dict[str, int]:
+    """The files already in output_dir ({relative name: bytes}); refuses a directory that
+    is not a data set (or a data set without ``overwrite``)."""
+    if beam_fs.is_local(output_dir) and os.path.exists(output_dir) \
+            and not os.path.isdir(output_dir):
         raise NotADirectoryError(f"output_dir {output_dir!r} exists and is not a directory")
-    if os.path.isdir(output_dir) and os.listdir(output_dir):
-        if not os.path.isfile(os.path.join(output_dir, dataset_format.DATASET_JSON)):
+    existing = beam_fs.list_files(output_dir)
+    if existing:
+        if dataset_format.DATASET_JSON not in existing and COMMIT_MARKER not in existing:
             raise FileExistsError(
                 f"output_dir {output_dir!r} is not empty and holds no "
                 f"{dataset_format.DATASET_JSON}; refusing to replace a directory that is not "
                 "a data set")
         if not overwrite:
             raise FileExistsError(
-                f"output_dir {output_dir!r} already holds a data set; pass --overwrite "
-                "(overwrite=True) to replace it")
+                f"output_dir {output_dir!r} already holds a data set"
+                + (" (an interrupted commit)" if COMMIT_MARKER in existing else "")
+                + "; pass --overwrite (overwrite=True) to replace it")
+    return existing
 
 
-def _move_into_place(tmp_dir: str, output_dir: str) -> None:
-    if os.path.isdir(output_dir):
-        old = f"{output_dir}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(output_dir, old)
-        try:
-            os.rename(tmp_dir, output_dir)
-        except BaseException:
-            os.rename(old, output_dir)
-            raise
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp_dir, output_dir)
+def _work_dir(output_dir: str, temp_location: str | None) -> str:
+    """A fresh work directory: under ``--temp_location`` when given, else a hidden sibling
+    of output_dir (same filesystem, so the final moves are cheap renames locally)."""
+    tag = uuid.uuid4().hex[:12]
+    if temp_location:
+        return beam_fs.join(beam_fs.absolute(temp_location), f"preprocess-{tag}")
+    parent, base = beam_fs.split(output_dir)
+    return beam_fs.join(parent, f".{base}.work-{tag}")
+
+
+def _commit(work: str, output_dir: str, existing: dict[str, int], shard_entries: list[dict],
+            info: dict) -> None:
+    """Moves the checked shards of ``work`` into output_dir and writes the metadata last.
+
+    Order: a marker (:data:`COMMIT_MARKER`) first, then the old data set's dataset.json,
+    then its other files are deleted, the new shards are moved in (renames locally, copy +
+    delete on object stores) and their sizes checked under the final names; TFDS metadata
+    and dataset.json come last, then the marker goes. A reader never sees a dataset.json
+    next to shards it does not describe; an interrupted commit leaves the marker and no
+    dataset.json (a re-run with --overwrite replaces it).
+    """
+    beam_fs.make_dirs(output_dir)
+    marker = beam_fs.join(output_dir, COMMIT_MARKER)
+    beam_fs.write_json({"work_dir": work, "shards": len(shard_entries)}, marker)
+    old = [beam_fs.join(output_dir, rel) for rel in sorted(existing) if rel != COMMIT_MARKER]
+    old_json = beam_fs.join(output_dir, dataset_format.DATASET_JSON)
+    if old_json in old:
+        FileSystems.delete([old_json])
+        old.remove(old_json)
+    if old:
+        FileSystems.delete(old)
+    names = [e["file"] for e in shard_entries]
+    beam_fs.move([beam_fs.join(work, _SHARDS_DIR, n) for n in names],
+                 [beam_fs.join(output_dir, n) for n in names])
+    finals = beam_fs.sizes([beam_fs.join(output_dir, n) for n in names])
+    for e in shard_entries:
+        got = finals.get(beam_fs.join(output_dir, e["file"]))
+        if got != e["num_bytes"]:
+            raise RuntimeError(f"shard {e['file']} in {output_dir!r} holds {got} bytes after "
+                               f"the commit, {e['num_bytes']} were written; the data set is "
+                               "not committed (re-run with --overwrite)")
+    tfds_metadata.write_tfds_metadata(output_dir, info)
+    _write_dataset_json(output_dir, info)
+    FileSystems.delete([marker])
+
+
+def _write_dataset_json(data_dir: str, info: dict) -> None:
+    """dataset_format.write_dataset_json (which checks the content), on any filesystem."""
+    with tempfile.TemporaryDirectory(prefix="dataset-json-") as scratch:
+        local = dataset_format.write_dataset_json(scratch, info)
+        with open(local, "rb") as f:
+            beam_fs.write_bytes(beam_fs.join(data_dir, dataset_format.DATASET_JSON), f.read())
 
 
 def code_version() -> str:
@@ -165,8 +219,8 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
     if isinstance(max_member_bytes, bool) or int(max_member_bytes) < 1:
         raise ValueError(f"max_member_bytes={max_member_bytes!r}: expected a positive number "
                          "of bytes")
-    output_dir = os.path.abspath(output_dir)
-    _check_output_dir(output_dir, overwrite)
+    output_dir = beam_fs.absolute(output_dir)
+    existing = _check_output_dir(output_dir, overwrite)
     plan = plan_source(source, input_path, source_options)
     image_shape = (image_size, image_size, transform.channels)
 
@@ -178,57 +232,52 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
     local = beam_options.is_local(options)
     mode = options.view_as(DirectOptions).direct_running_mode if local else "n/a"
 
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = os.path.join(parent, f".{os.path.basename(output_dir)}.tmp-{uuid.uuid4().hex[:8]}")
-    meta = os.path.join(tmp_dir, _META_DIR)
-    for d in (_PLAN_DIR, _PARTS_DIR):
-        os.makedirs(os.path.join(meta, d))
+    work = _work_dir(output_dir, options.view_as(GoogleCloudOptions).temp_location)
     try:
-        units = plan_parts(plan, splits, shards, os.path.join(meta, _PLAN_DIR))
-        log.info("preprocess %s %r: %d records in %d work units -> %s (%s, mode %s), shards %s",
-                 source, plan.input_path, len(plan.keys), len(units), output_dir,
-                 options.view_as(StandardOptions).runner, mode, shards)
-        _run_beam(plan, transform, units, shards, tmp_dir, options, int(max_member_bytes))
+        for d in (_PLAN_DIR, _PARTS_DIR, _SHARDS_DIR):
+            beam_fs.make_dirs(beam_fs.join(work, d))
+        units = plan_parts(plan, splits, shards, beam_fs.join(work, _PLAN_DIR))
+        log.info("preprocess %s %r: %d records in %d work units -> %s (%s, mode %s, work dir "
+                 "%s), shards %s", source, plan.input_path, len(plan.keys), len(units),
+                 output_dir, options.view_as(StandardOptions).runner, mode, work, shards)
+        _run_beam(plan, transform, units, shards, work, options, int(max_member_bytes))
         plan.info["max_member_bytes"] = int(max_member_bytes)  # -> dataset.json["source"]
-        info = _finalize(plan, transform, validation_fraction, shards, tmp_dir, image_shape)
-        _move_into_place(tmp_dir, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+        info, entries = _finalize(plan, transform, validation_fraction, shards, work,
+                                  image_shape)
+        _commit(work, output_dir, existing, entries, info)
+    finally:
+        beam_fs.delete_tree(work)
     return info
 
 
 def _run_beam(plan: SourcePlan, transform: ImageTransform, units: list[WorkUnit],
-              shards: dict[str, int], tmp_dir: str, options: PipelineOptions,
+              shards: dict[str, int], work: str, options: PipelineOptions,
               max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> None:
-    meta = os.path.join(tmp_dir, _META_DIR)
-    parts_dir = os.path.join(meta, _PARTS_DIR)
+    parts_dir = beam_fs.join(work, _PARTS_DIR)
     with beam.Pipeline(options=options) as p:
         outputs = (p
                    | "WorkUnits" >> beam.Create(units)  # reshuffled: spread over workers
                    | "DecodeResizeEncode" >> beam.ParDo(EncodePartFn(
-                       plan.kind, plan.input_path, transform, os.path.join(meta, _PLAN_DIR),
+                       plan.kind, plan.input_path, transform, beam_fs.join(work, _PLAN_DIR),
                        parts_dir, max_member_bytes))
                    .with_outputs(EncodePartFn.BAD, main="good"))
         _ = (outputs.good
              | "GroupPartsByShard" >> beam.GroupByKey()
-             | "ConcatShards" >> beam.ParDo(ConcatShardFn(tmp_dir, parts_dir, shards))
+             | "ConcatShards" >> beam.ParDo(ConcatShardFn(beam_fs.join(work, _SHARDS_DIR), parts_dir, shards))
              | "ListShards" >> beam.combiners.ToList()
-             | "SaveShardList" >> beam.Map(_write_json, os.path.join(meta, "shards.json")))
+             | "SaveShardList" >> beam.Map(beam_fs.write_json, beam_fs.join(work, "shards.json")))
         _ = (outputs[EncodePartFn.BAD]
              | "ListBad" >> beam.combiners.ToList()
-             | "SaveBadList" >> beam.Map(_write_json, os.path.join(meta, "bad.json")))
+             | "SaveBadList" >> beam.Map(beam_fs.write_json, beam_fs.join(work, "bad.json")))
 
 
 def _finalize(plan: SourcePlan, transform: ImageTransform, validation_fraction: float,
-              shards: dict[str, int], tmp_dir: str, image_shape: tuple) -> dict:
-    meta = os.path.join(tmp_dir, _META_DIR)
-    with open(os.path.join(meta, "shards.json")) as f:
-        written = json.load(f)
-    with open(os.path.join(meta, "bad.json")) as f:
-        bad = sorted((str(k), str(r)) for k, r in json.load(f))
-    shutil.rmtree(meta)
+              shards: dict[str, int], work: str, image_shape: tuple
+              ) -> tuple[dict, list[dict]]:
+    """(dataset.json content, shard entries with num_bytes) after checking what the
+    pipeline reported against the plan and the shard files in the work directory."""
+    written = beam_fs.read_json(beam_fs.join(work, "shards.json"))
+    bad = sorted((str(k), str(r)) for k, r in beam_fs.read_json(beam_fs.join(work, "bad.json")))
     if not any(m["count"] for m in written):
         examples = "; ".join(f"{k}: {r}" for k, r in bad[:5])
         raise ValueError(f"input {plan.input_path!r} ({plan.kind}) holds no decodable images: "
@@ -245,7 +294,9 @@ def _finalize(plan: SourcePlan, transform: ImageTransform, validation_fraction: 
                            f"{total} written or listed as bad; the input changed during the "
                            "job or the runner lost records")
     splits = {}
+    all_entries = []
     empty_sha = hashlib.sha256(b"").hexdigest()
+    shard_dir = beam_fs.join(work, _SHARDS_DIR)
     for split in SPLITS:
         if split not in by_split:
             continue
@@ -254,10 +305,18 @@ def _finalize(plan: SourcePlan, transform: ImageTransform, validation_fraction: 
             m = by_split[split].get(index)
             if m is None:  # no record hashed to this shard: keep the -of-N naming complete
                 name = dataset_format.shard_name(split, index, shards[split])
-                open(os.path.join(tmp_dir, name), "wb").close()
-                m = {"file": name, "count": 0, "sha256": empty_sha}
+                beam_fs.write_bytes(beam_fs.join(shard_dir, name), b"")
+                m = {"file": name, "count": 0, "sha256": empty_sha, "num_bytes": 0}
             entries.append({"file": m["file"], "count": m["count"], "sha256": m["sha256"]})
+            all_entries.append({"file": m["file"], "num_bytes": m["num_bytes"]})
         splits[split] = {"count": sum(e["count"] for e in entries), "shards": entries}
+    found = beam_fs.sizes([beam_fs.join(shard_dir, e["file"]) for e in all_entries])
+    for e in all_entries:  # the driver's check before the commit
+        got = found.get(beam_fs.join(shard_dir, e["file"]))
+        if got != e["num_bytes"]:
+            raise RuntimeError(f"shard {e['file']} in the work directory {work!r} holds {got} "
+                               f"bytes, its writer reported {e['num_bytes']}; refusing to "
+                               "commit an incomplete data set")
     tdesc = transform.describe()
     tdesc.update({
         "validation_fraction": validation_fraction,
@@ -279,9 +338,7 @@ def _finalize(plan: SourcePlan, transform: ImageTransform, validation_fraction: 
         "code_version": code_version(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    dataset_format.write_dataset_json(tmp_dir, info)
-    tfds_metadata.write_tfds_metadata(tmp_dir, info)
-    return info
+    return info, all_entries
 
 
 # -- command line -------------------------------------------------------------------------

@@ -1,21 +1,26 @@
 """The preprocessing job's DoFns: encode a work unit into a fragment file, concatenate a
 shard's fragments into the shard.
 
-Encoded images never travel through the runner: fragments are local (or mounted) files
-and only their names, counts and digests are shuffled.
+Encoded images never travel through the runner: fragments are files in the job's work
+directory (any Beam filesystem: local, mounted, ``gs://``, ...) and only their names,
+counts, sizes and digests are shuffled. Nothing is renamed: every attempt at a work unit
+writes its fragment under a fresh unique name and only the names the runner committed
+are used; a shard is written whole under its final name in the work directory (its bytes
+are a function of the input, so a retried attempt writes the same file) and the driver
+checks every shard's size before it commits the data set.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import pickle
 import uuid
-from typing import BinaryIO, Iterable, Iterator
+from typing import Iterable
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from artifacts import dataset_format
+from beam_jobs import beam_fs
 from beam_jobs.image_sources import DEFAULT_MAX_MEMBER_BYTES, open_reader
 from beam_jobs.image_transform import BadImage, ImageTransform
 from beam_jobs.shard_plan import WorkUnit, locators_file
@@ -23,23 +28,8 @@ from beam_jobs.shard_plan import WorkUnit, locators_file
 _COPY_CHUNK = 8 * 2 ** 20
 
 
-@contextlib.contextmanager
-def atomic_file(final: str) -> Iterator[BinaryIO]:
-    """Binary file written under a temporary name and renamed to ``final`` on success
-    (retried bundles rewrite identical bytes; a failed one leaves nothing behind)."""
-    directory, base = os.path.split(final)
-    partial = os.path.join(directory, f".{base}.partial-{uuid.uuid4().hex}")
-    try:
-        with open(partial, "wb") as f:
-            yield f
-        os.replace(partial, final)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-
-
 class EncodePartFn(beam.DoFn):
-    """Work unit -> one fragment file of framed Examples (in key order) on local disk.
+    """Work unit -> one fragment file of framed Examples (in key order) in ``parts_dir``.
 
     Yields ``((split, shard), (part, num_parts, fragment file, count))``; records that
     cannot be read or decoded go to the ``bad`` output as ``(key, reason)``. Encoded
@@ -71,16 +61,18 @@ class EncodePartFn(beam.DoFn):
     def _shard_locators(self, split: str, index: int) -> list:
         path = locators_file(self._plan_dir, split, index)
         if self._cached is None or self._cached[0] != path:
-            with open(path, "rb") as f:
-                self._cached = (path, pickle.load(f))
+            self._cached = (path, pickle.loads(beam_fs.read_bytes(path)))
         return self._cached[1]
 
     def process(self, unit: WorkUnit) -> Iterable:
         split, index, start, stop, part, num_parts = unit
         locators = self._shard_locators(split, index)[start:stop]
-        name = f"{split}-{index:05d}-part-{part:05d}"
+        # A unique name per attempt: a retried or speculative attempt never touches the file
+        # of another one, and only the name the runner commits downstream is read.
+        name = f"{split}-{index:05d}-part-{part:05d}-{uuid.uuid4().hex}"
         count = 0
-        with atomic_file(os.path.join(self._parts_dir, name)) as f:
+        with FileSystems.create(beam_fs.join(self._parts_dir, name),
+                                compression_type=beam_fs.RAW) as f:
             for key, label, payload in self._reader.read(locators):
                 try:
                     if isinstance(payload, BadImage):
@@ -101,7 +93,8 @@ class EncodePartFn(beam.DoFn):
 
 
 class ConcatShardFn(beam.DoFn):
-    """((split, shard), fragments) -> the shard file (fragments in part order); its metadata."""
+    """((split, shard), fragments) -> the shard file ``out_dir/<shard name>`` (fragments in
+    part order); yields its metadata (file, count, sha256, num_bytes)."""
 
     def __init__(self, out_dir: str, parts_dir: str, num_shards: dict[str, int]):
         self._out_dir = out_dir
@@ -117,11 +110,15 @@ class ConcatShardFn(beam.DoFn):
             raise RuntimeError(f"shard {name}: got parts {[p for p, *_ in fragments]} of "
                                f"{expected}; refusing to write an incomplete shard")
         sha = hashlib.sha256()
-        with atomic_file(os.path.join(self._out_dir, name)) as out:
+        size = 0
+        with FileSystems.create(beam_fs.join(self._out_dir, name),
+                                compression_type=beam_fs.RAW) as out:
             for _, _, fragment, _ in fragments:
-                with open(os.path.join(self._parts_dir, fragment), "rb") as f:
+                with FileSystems.open(beam_fs.join(self._parts_dir, fragment),
+                                      compression_type=beam_fs.RAW) as f:
                     while chunk := f.read(_COPY_CHUNK):
                         sha.update(chunk)
+                        size += len(chunk)
                         out.write(chunk)
-        yield {"split": split, "index": index, "file": name,
+        yield {"split": split, "index": index, "file": name, "num_bytes": size,
                "count": sum(c for *_, c in fragments), "sha256": sha.hexdigest()}

@@ -43,7 +43,7 @@ class SourcePlan:
     """What the driver learned about an input: record keys, their locators, label names.
 
     ``locators[i]`` tells the kind's reader where record ``keys[i]`` is:
-    image_folder/image_zip ``(relative name, label)``, lsun_lmdb the raw LMDB key (bytes),
+    image_folder ``(relative name, label, size in bytes)``, image_zip ``(member name, label)``, lsun_lmdb the raw LMDB key (bytes),
     imagenet64_npz ``(npz path, row, 0-based label)``, mnist_idx ``(images path, row,
     label)``.
     """
@@ -95,10 +95,26 @@ def progress(iterable, desc: str, total: int | None = None):
 
 
 def require_exists(path: str, what: str) -> str:
-    """Absolute ``path``; FileNotFoundError naming ``what`` was expected if it is missing."""
-    if not os.path.exists(path):
+    """Absolute ``path`` (a local path, or a URL of any Beam filesystem: a file, or a
+    prefix with files under it); FileNotFoundError naming ``what`` if it is missing."""
+    from beam_jobs import beam_fs
+
+    if beam_fs.is_local(path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"input {path!r} does not exist; expected {what}")
+        return os.path.abspath(path)
+    if not (beam_fs.exists(path) or beam_fs.list_files(path)):
         raise FileNotFoundError(f"input {path!r} does not exist; expected {what}")
-    return os.path.abspath(path)
+    return path
+
+
+def require_local(path: str, kind: str, what: str) -> None:
+    """ValueError unless ``path`` is local or mounted (LMDB and memory-mapped arrays)."""
+    from beam_jobs import beam_fs
+
+    if not beam_fs.is_local(path):
+        raise ValueError(f"input {path!r}: --source={kind} reads {what} with local random "
+                         "access; give a local or mounted path (e.g. a gcsfuse mount)")
 
 
 def no_images(path: str, what: str) -> ValueError:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import pickle
 from typing import Sequence
 
+from beam_jobs import beam_fs
 from beam_jobs.raw_source import SourcePlan
 
 TARGET_SHARD_PIXEL_BYTES = 64 * 2 ** 20  # default shard size: ~64 MiB of raw uint8 pixels
@@ -41,8 +41,9 @@ def default_num_shards(count: int, image_shape: Sequence[int]) -> int:
 
 
 def locators_file(plan_dir: str, split: str, index: int) -> str:
-    """Where :func:`plan_parts` pickles the sorted locators of shard ``index`` of ``split``."""
-    return os.path.join(plan_dir, f"{split}-{index:05d}.pkl")
+    """Where :func:`plan_parts` pickles the sorted locators of shard ``index`` of ``split``
+    (any Beam filesystem path)."""
+    return beam_fs.join(plan_dir, f"{split}-{index:05d}.pkl")
 
 
 def plan_parts(plan: SourcePlan, splits: Sequence[str], shards: dict[str, int],
@@ -52,7 +53,8 @@ def plan_parts(plan: SourcePlan, splits: Sequence[str], shards: dict[str, int],
     ``splits[i]`` is the split of record i (``split_of`` of its key).
 
     Each shard's locators, sorted by record key, are pickled to
-    ``plan_dir/<split>-<shard>.pkl`` (so the pipeline graph stays small on any runner).
+    ``plan_dir/<split>-<shard>.pkl`` through Beam's FileSystems (so the pipeline graph
+    stays small on any runner and every worker can read them).
     Returns the work units ``(split, shard, start, stop, part, num_parts)``: records
     ``[start, stop)`` of that shard's sorted list.
     """
@@ -63,8 +65,8 @@ def plan_parts(plan: SourcePlan, splits: Sequence[str], shards: dict[str, int],
     units = []
     for (split, index), items in sorted(by_shard.items()):
         items.sort(key=lambda item: item[0])  # stable: equal keys keep the source order
-        with open(locators_file(plan_dir, split, index), "wb") as f:
-            pickle.dump([locator for _, locator in items], f, protocol=pickle.HIGHEST_PROTOCOL)
+        beam_fs.write_bytes(locators_file(plan_dir, split, index), pickle.dumps(
+            [locator for _, locator in items], protocol=pickle.HIGHEST_PROTOCOL))
         num_parts = math.ceil(len(items) / records_per_part)
         units.extend((split, index, i * records_per_part,
                       min(len(items), (i + 1) * records_per_part), i, num_parts)

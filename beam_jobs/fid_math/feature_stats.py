@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.fid_math.comparability import StatisticsError
 from beam_jobs.fid_math.sufficient import SufficientStatistics
@@ -60,7 +63,8 @@ class FeatureStatistics:
         return cls.from_sufficient(SufficientStatistics().add(features), **kwargs)
 
     def save(self, path: str) -> None:
-        """Writes the ``.npz`` (``mu``, ``sigma``, ``count`` and the identity metadata)."""
+        """Writes the ``.npz`` (``mu``, ``sigma``, ``count`` and the identity metadata) to
+        ``path``, a local path or a URL of any Beam filesystem (``gs://...``)."""
         arrays = {"mu": self.mu, "sigma": self.sigma,
                   "count": np.int64(-1 if self.count is None else self.count),
                   "extractor": np.str_(self.extractor),
@@ -70,20 +74,24 @@ class FeatureStatistics:
                   "format_version": np.int64(STATS_FORMAT_VERSION)}
         if self.kid_features is not None:
             arrays["kid_features"] = np.asarray(self.kid_features, np.float32)
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(buf.getvalue())
 
     @classmethod
     def load(cls, path: str) -> "FeatureStatistics":
-        """Reads a ``.npz`` with at least ``mu`` [d] and ``sigma`` [d, d] (TTUR format).
+        """Reads a ``.npz`` with at least ``mu`` [d] and ``sigma`` [d, d] (TTUR format) from
+        a local path or a URL of any Beam filesystem.
 
         Missing metadata reads as "" (unknown); whether such statistics may be compared
         is decided by :func:`check_comparable`, not here.
         """
+        if not FileSystems.exists(path):
+            raise FileNotFoundError(f"statistics file {path!r} does not exist")
         try:
-            data = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"statistics file {path!r} does not exist") from None
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                data = np.load(io.BytesIO(f.read()), allow_pickle=False)
         except Exception as e:  # noqa: BLE001 - numpy raises several types for a bad file
             raise StatisticsError(f"{path!r} is not a readable .npz statistics file: {e}") from e
         with data:
