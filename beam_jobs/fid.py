@@ -222,6 +222,10 @@ def evaluate_samples(saved_model_dir: str, num_samples: int, reference_stats_pat
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m beam_jobs.fid", description=__doc__.split("\n\n")[0],
+        epilog="Unknown flags are Beam pipeline options (--runner, --direct_running_mode,\n"
+               "--temp_location: where the pipeline's combined results go, required on a\n"
+               "distributed runner). Paths may be local or on any Beam filesystem (gs://...);\n"
+               "SavedModel paths must exist on the driver and every worker.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("source (exactly one)")
     src.add_argument("--data_dir", help="preprocessed TFRecords directory (with --split)")

@@ -347,12 +347,19 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     """Our flags -> Namespace; everything else is returned for Beam's PipelineOptions."""
     p = argparse.ArgumentParser(
         prog="python -m beam_jobs.preprocess",
-        description="Raw images -> sharded TFRecords + dataset.json (Apache Beam). "
-                    "Unknown flags are Beam pipeline options.")
-    p.add_argument("--source", required=True, choices=SOURCE_KINDS)
+        description="Raw images -> sharded TFRecords + dataset.json + TFDS metadata (Apache "
+                    "Beam). Unknown flags are Beam pipeline options (--runner, "
+                    "--temp_location: where the job's work directory goes, default a hidden "
+                    "sibling of --output_dir; see README 'Beam jobs on Dataflow, Flink and "
+                    "Spark').")
+    p.add_argument("--source", required=True, choices=SOURCE_KINDS,
+                   help="raw input kind (lsun_lmdb and imagenet64_npz: local or mounted paths; "
+                        "the others: any Beam filesystem path)")
     p.add_argument("--input", help="raw input path (for --source=tfds: a prepared TFDS "
                    "directory holding dataset_info.json, or use --tfds_name)")
-    p.add_argument("--output_dir", required=True)
+    p.add_argument("--output_dir", required=True,
+                   help="data set directory (local, mounted or e.g. gs://); replaced only with "
+                        "--overwrite")
     p.add_argument("--image_size", required=True, type=int, help="output side, px")
     p.add_argument("--resize_shorter_side", type=int, default=None,
                    help="px of the shorter side before the center crop (default image_size)")
@@ -360,7 +367,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                    help="center-crop after resizing the shorter side (default)")
     p.add_argument("--nocenter_crop", "--no-center_crop", dest="center_crop",
                    action="store_false", help="resize whole images to image_size^2 instead")
-    p.add_argument("--validation_fraction", type=float, default=0.0)
+    p.add_argument("--validation_fraction", type=float, default=0.0,
+                   help="fraction in [0, 1) of records (by sha256 of their key) in the "
+                        "validation split")
     p.add_argument("--num_shards", type=int, default=None, help="shards per split")
     p.add_argument("--grayscale", action="store_true", help="keep 1 channel")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data set")
