@@ -4,7 +4,9 @@ noise, and the fixed validation batches of the bound logged during training.
 Randomness: every noise tensor a step uses (dequantization u, posterior eps, prior z,
 WGAN-GP mixing weights) is drawn here with stateless ops keyed on (seed, step), one row
 per example, so a batch split across replicas sees the same noise as on one device and a
-resumed run replays exactly the data and noise it would have seen.
+resumed run replays exactly the data and noise it would have seen (without re-reading the
+steps before it: epochs are shuffled with seeds of (seed, epoch), see
+:func:`pipeline.data.make_image_dataset`).
 """
 from __future__ import annotations
 
@@ -48,13 +50,18 @@ def kl_weight(step: tf.Tensor, warmup_steps: int) -> tf.Tensor:
 def make_train_dataset(info: data_lib.DatasetInfo, cfg: TrainConfig, start_step: int,
                        noise_shapes: dict[str, tuple]) -> tf.data.Dataset:
     """Batches {'images': uint8 [B, H, W, C], <noise>: [B, ...], 'kl_weight': [B],
-    'flow_on': [B] (0 during the flow warm-up, else 1)} from step ``start_step``."""
+    'flow_on': [B] (0 during the flow warm-up, else 1)} from step ``start_step``.
+
+    Resuming at ``start_step`` = k gives exactly the batches k, k+1, ... of a run from 0
+    at the cost of at most one epoch of record reads (``make_image_dataset(start_batch=k)``:
+    epochs are shuffled with seeds of (seed, epoch), so the start epoch is computed)."""
     ds = data_lib.make_image_dataset(info, "train", cfg.batch_size, shuffle=True, repeat=True,
-                                     seed=cfg.seed, random_flip=cfg.random_flip)
+                                     seed=cfg.seed, random_flip=cfg.random_flip,
+                                     start_batch=start_step)
     if cfg.resize_with_crop_or_pad:
         size = cfg.resize_with_crop_or_pad
         ds = ds.map(lambda x: tf.image.resize_with_crop_or_pad(x, size, size))
-    ds = ds.skip(start_step).enumerate(start=start_step)
+    ds = ds.enumerate(start=start_step)
 
     def add_noise(step, images):
         batch = add_step_noise({"images": images}, step, cfg.seed, noise_shapes)

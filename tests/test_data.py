@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from artifacts import dataset_format
 from beam_jobs import mnist_idx
 from beam_jobs.preprocess import run_preprocess
 from beam_jobs.shard_plan import split_of
-from pipeline.data import DatasetInfo, make_image_dataset, read_dataset_info
+from pipeline.data import DatasetInfo, make_image_dataset, read_dataset_info, shuffled_epoch_records
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,48 @@ def test_clear_errors(mnist_data, tmp_path):
         {"format_version": 1, "image_shape": [8, 8, 3], "splits": {}}))
     with pytest.raises(ValueError, match="holds no records"):
         read_dataset_info(str(empty))
+
+
+def _batches(info, start_batch: int, count: int, **kw) -> np.ndarray:
+    ds = make_image_dataset(info, "train", 256, seed=3, start_batch=start_batch, **kw)
+    return np.stack([b.numpy() for b in ds.take(count)])
+
+
+def test_start_batch_continues_the_stream_exactly_across_epochs(mnist_data):
+    """A resume at batch k yields batches k, k+1, ... of the run from 0, also where a batch
+    straddles two epochs (9000 training digits = 35.2 batches of 256), with random flips."""
+    info = read_dataset_info(mnist_data)
+    stream = _batches(info, 0, 39, random_flip=True)
+    for k in (1, 34, 35, 36):
+        assert np.array_equal(_batches(info, k, 3, random_flip=True), stream[k:k + 3]), k
+    with pytest.raises(ValueError, match="start_batch needs repeat"):
+        make_image_dataset(info, "train", 256, repeat=False, start_batch=2)
+
+
+def test_every_epoch_is_a_new_permutation_of_the_split(mnist_data):
+    info = read_dataset_info(mnist_data)
+    files = info.split_files["train"]
+    epochs = [list(shuffled_epoch_records(files, e, 3, 10000).as_numpy_iterator())
+              for e in (0, 1, 0)]
+    assert len(epochs[0]) == info.split_counts["train"] == len(set(epochs[0]))
+    assert sorted(epochs[0]) == sorted(epochs[1]) and epochs[0] != epochs[1]
+    assert epochs[0] == epochs[2]  # an epoch depends on (seed, epoch) only
+
+
+@pytest.mark.timeout(60)
+def test_a_resume_a_million_steps_in_reads_at_most_one_epoch(mnist_data):
+    """Batch 10^6 (2.56e8 records in) is computed from its epoch, not replayed: replaying
+    would decode 28,000 epochs and time out. It equals the records of that epoch read
+    directly at the in-epoch offset."""
+    info = read_dataset_info(mnist_data)
+    count = info.split_counts["train"]
+    epoch, offset = divmod(10 ** 6 * 256, count)
+    assert offset + 256 <= count  # this batch lies inside one epoch
+    got = _batches(info, 10 ** 6, 1)[0]
+    records = shuffled_epoch_records(info.split_files["train"], epoch, 3, 10000)
+    spec = dataset_format.feature_spec()
+    want = np.stack([
+        tf.io.decode_png(tf.io.parse_single_example(r, spec)[dataset_format.IMAGE_KEY],
+                         channels=3).numpy()
+        for r in records.skip(offset).take(256)])
+    assert np.array_equal(got, want)
