@@ -59,9 +59,9 @@ VARIANT_FLAGS = {
                   "--gradient_penalty=wgan-gp --gp_weight=10 --disc_channels=16 "
                   "--nospectral_norm"),
 }
-SOURCE = ("Danihelka et al. 2017 (CIFAR-10, full Real NVP, GPU budget): the WGAN-trained NVP "
-          "has worse than 8 bits/dim (worse than a uniform model) and non-Gaussian codes f(x) "
-          "of data, its samples look better; the MLE-trained NVP about 3.5 bits/dim")
+SOURCE = ("Danihelka et al. 2017 (full-size Real NVPs on 32x32 natural images, GPU budget), as "
+          "issue 12 summarizes it: the WGAN-trained NVP gets nicer samples but worse than 8 "
+          "bits/dim (worse than a uniform model) and non-Gaussian latent codes f(x) of data")
 
 
 def prepare_data(work: str, mnist_dir: str) -> str:
@@ -296,7 +296,9 @@ def main() -> int:
         "# Real NVP by maximum likelihood vs as a WGAN-GP generator (MNIST 28x28, CPU scale)",
         "",
         f"Command: `python benchmarks/flow_mle_vs_wgan.py{' ' + cmd if cmd else ''}` "
-        f"({total_minutes:.1f} min in all, including data preparation when missing).",
+        f"(this invocation: {total_minutes:.1f} min; trainings and critic runs already in "
+        "`--work_dir` are reused, not redone: the 'train s' column is the training time of the "
+        "run that did it).",
         "",
         f"Both models: the same Real NVP (`{ARCHITECTURE}`), {args.train_steps} generator steps "
         f"of batch {args.batch_size}, seed {args.seed}, on the shared MNIST test digits (9,054 "
