@@ -1,7 +1,7 @@
 """An independent Wasserstein critic of any model with a generator (Danihelka et al., 2017).
 
-    python -m pipeline.critic_eval --model_dir=runs/flow --data_dir=data/mnist \
-        [--split=validation --critic_steps=2000 --batch_size=64 --learning_rate=1e-4 \
+    python -m pipeline.critic_eval --model_dir=runs/flow --data_dir=data/mnist
+        [--split=validation --critic_steps=2000 --batch_size=64 --learning_rate=1e-4
          --gp_weight=10 --temperature=1 --seed=0 --output_json=critic.json]
 
 A fresh WGAN-GP critic (:mod:`tfp_models.critic`; the conv architecture of
@@ -20,8 +20,10 @@ Both sides are uint8 images shown to the critic at their bin centres (x + 0.5) /
 real and generated images live on the same 256-level lattice. Prints a JSON summary
 (final values, the standard error of the validation estimate, the curves); writes the
 curves as a PNG (``--output_png``, default ``<model_dir>/critic/critic_<split>.png``) and
-logs metrics ``critic/<split>/{train,validation}_wasserstein`` per step, the summary and
-the PNG to the model directory's MLflow run.
+logs to the model directory's MLflow run: the curves as step metrics
+``critic/<split>/{train,validation}_wasserstein_curve``, the summary as metrics
+``critic/<split>/<name>`` (``validation_wasserstein``, ``validation_stderr``, ...), the
+JSON and the PNG as artifacts under ``critic/``.
 """
 from __future__ import annotations
 
