@@ -1,0 +1,310 @@
+"""An independent Wasserstein critic of any model with a generator (Danihelka et al., 2017).
+
+    python -m pipeline.critic_eval --model_dir=runs/flow --data_dir=data/mnist
+        [--split=validation --critic_steps=2000 --batch_size=64 --learning_rate=1e-4
+         --gp_weight=10 --temperature=1 --seed=0 --output_json=critic.json]
+
+A fresh WGAN-GP critic (:mod:`tfp_models.critic`; the conv architecture of
+:class:`tfp_models.networks.Discriminator` without spectral normalization, its own
+weights: not the model's discriminator) is trained to separate the *training* images from
+a pool of ``--train_samples`` model samples (``HybridModel.sample_rows`` at
+``--temperature``). Every ``--eval_every`` steps it is evaluated on two pairs of sets:
+
+* validation: the images of ``--split`` (held out from training) against as many *fresh*
+  samples (other seeds than the training pool), E_heldout[D] - E_fresh[D]: the metric,
+  an estimate of W1(data, model) in [0, 1]-pixel Euclidean units (lower is better);
+* train: as many training images against the same number of the pool's samples, the
+  critic's training-side value (above validation when the critic overfits).
+
+Both sides are uint8 images shown to the critic at their bin centres (x + 0.5) / 256, so
+real and generated images live on the same 256-level lattice. Prints a JSON summary
+(final values, the standard error of the validation estimate, the curves); writes the
+curves as a PNG (``--output_png``, default ``<model_dir>/critic/critic_<split>.png``) and
+logs to the model directory's MLflow run: the curves as step metrics
+``critic/<split>/{train,validation}_wasserstein_curve``, the summary as metrics
+``critic/<split>/<name>`` (``validation_wasserstein``, ``validation_stderr``, ...), the
+JSON and the PNG as artifacts under ``critic/``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+from tqdm import tqdm
+
+from artifacts import model_io
+from artifacts.cli import setup_logging
+from pipeline import data as data_lib
+from tfp_models import critic as critic_lib
+from tfp_models import flows
+from tfp_models.hybrid import HybridModel
+from tfp_models.networks import Discriminator
+
+log = logging.getLogger("pipeline.critic_eval")
+# Seed offsets of the sample pools: the training pool and the fresh validation samples
+# never share a row seed.
+TRAIN_POOL_OFFSET, FRESH_OFFSET = 0, 1 << 30
+
+
+def check_generator(model: HybridModel) -> None:
+    """Raises ValueError if the model cannot draw samples (a latent variant without a
+    decoder, a flow variant without a flow)."""
+    spec = model.spec
+    if (spec.latent and model.decoder is None) or (not spec.latent and model.flow is None):
+        raise ValueError(f"variant {spec.name!r} has no generator to draw samples from")
+
+
+def model_samples(model: HybridModel, num: int, temperature: float, seed: int,
+                  offset: int = 0, batch_size: int = 250, show_progress: bool = False,
+                  desc: str = "samples") -> np.ndarray:
+    """uint8 samples [num, H, W, C]: row i = ``model.sample_rows`` with row seed
+    seed * 2^31 + offset + i (reproducible whatever the batch)."""
+    out = []
+    base = np.int64(seed) * (1 << 31) + offset
+    with tqdm(total=num, unit="img", desc=desc, disable=not show_progress) as bar:
+        for start in range(0, num, batch_size):
+            n = min(batch_size, num - start)
+            seeds = tf.constant(base + start + np.arange(n, dtype=np.int64))
+            out.append(model.sample_rows(seeds, tf.fill([n], float(temperature))).numpy())
+            bar.update(n)
+    return np.concatenate(out) if out else np.zeros((0,) + model.config.image_shape, np.uint8)
+
+
+def split_images(info: data_lib.DatasetInfo, split: str, limit: int | None = None,
+                 seed: int | None = None) -> np.ndarray:
+    """uint8 images [N, H, W, C] of a split (all, or the first ``limit`` after a shuffle
+    seeded by ``seed``; no shuffle if seed is None)."""
+    info.check_split(split)
+    count = info.split_counts[split]
+    ds = data_lib.make_image_dataset(info, split, 500, shuffle=seed is not None, repeat=False,
+                                     seed=seed, drop_remainder=False)
+    if limit is not None:
+        ds = ds.unbatch().take(min(limit, count)).batch(500)
+    return np.concatenate([b.numpy() for b in ds])
+
+
+def to_critic_inputs(images: np.ndarray | tf.Tensor) -> tf.Tensor:
+    """uint8 [N, H, W, C] -> float32 bin centres (x + 0.5) / 256."""
+    return flows.dequantize_images(tf.convert_to_tensor(images))
+
+
+def scores(trainer: critic_lib.CriticTrainer, images: np.ndarray,
+           batch_size: int = 500) -> np.ndarray:
+    """Critic values D(x) [N] (float64) of uint8 images, in batches."""
+    return np.concatenate([trainer.scores(to_critic_inputs(images[i:i + batch_size])).numpy()
+                           for i in range(0, len(images), batch_size)]).astype(np.float64)
+
+
+def estimate(trainer: critic_lib.CriticTrainer, real: np.ndarray, fake: np.ndarray
+             ) -> tuple[float, float]:
+    """(E_real[D] - E_fake[D], its standard error sqrt(var_r / N + var_f / M)) on whole sets."""
+    d_real, d_fake = scores(trainer, real), scores(trainer, fake)
+    se = math.sqrt(d_real.var(ddof=1) / len(d_real) + d_fake.var(ddof=1) / len(d_fake))
+    return float(d_real.mean() - d_fake.mean()), se
+
+
+def critic_eval(model: HybridModel, data_dir: str, split: str = "validation", *,
+                critic_steps: int = 2000, batch_size: int = 64, learning_rate: float = 1e-4,
+                gp_weight: float = 10.0, critic_channels: int = 32, temperature: float = 1.0,
+                seed: int = 0, train_samples: int = 10000, eval_every: int = 100,
+                max_eval_examples: int | None = None, show_progress: bool = True
+                ) -> dict[str, Any]:
+    """Trains a fresh critic and returns {'validation_wasserstein', 'validation_stderr',
+    'train_wasserstein', 'curves': {'step', 'train', 'validation', 'batch'}, settings}.
+
+    'batch' is the mean of the per-step minibatch estimates since the previous point."""
+    if critic_steps < 1 or batch_size < 2 or train_samples < batch_size or eval_every < 1:
+        raise ValueError(f"--critic_steps={critic_steps}, --batch_size={batch_size}, "
+                         f"--train_samples={train_samples}, --eval_every={eval_every}: expected "
+                         "positive integers with batch_size >= 2 and train_samples >= batch_size")
+    check_generator(model)
+    # One seed fixes the data order (tf.data shuffles), the critic's initial weights, the
+    # samples and the interpolation weights (this sets the global Python/NumPy/TF seeds).
+    tf.keras.utils.set_random_seed(seed)
+    info = data_lib.read_dataset_info(data_dir)
+    if tuple(info.image_shape) != tuple(model.config.image_shape):
+        raise ValueError(f"data set {data_dir!r} holds {list(info.image_shape)} images, the "
+                         f"model was trained on {list(model.config.image_shape)}")
+    info.check_split("train")
+    info.check_split(split)
+    if split == "train":
+        raise ValueError("--split=train: the critic trains on 'train'; evaluate it on a "
+                         "held-out split (e.g. validation or test)")
+    if info.split_counts["train"] < batch_size:
+        raise ValueError(f"--batch_size={batch_size} exceeds the {info.split_counts['train']} "
+                         f"training images of {data_dir!r}")
+    heldout = split_images(info, split, max_eval_examples)
+    n_eval = len(heldout)
+    if n_eval < 2:
+        raise ValueError(f"split {split!r} of {data_dir!r} has {n_eval} images; expected >= 2")
+    train_ref = split_images(info, "train", n_eval, seed=seed + 1)  # the train curve's images
+    pool = model_samples(model, train_samples, temperature, seed, TRAIN_POOL_OFFSET,
+                         show_progress=show_progress, desc="training samples")
+    fresh = model_samples(model, n_eval, temperature, seed, FRESH_OFFSET,
+                          show_progress=show_progress, desc="fresh samples")
+    pool_ref = pool[:min(n_eval, len(pool))]
+
+    critic = Discriminator(model.config.image_shape, critic_channels, spectral_norm=False,
+                           name="independent_critic")
+    critic(tf.zeros((1,) + model.config.image_shape))
+    trainer = critic_lib.CriticTrainer(critic, learning_rate, gp_weight)
+    reals = iter(data_lib.make_image_dataset(info, "train", batch_size, shuffle=True,
+                                             repeat=True, seed=seed))
+    rng = np.random.default_rng(seed)
+    curves: dict[str, list] = {"step": [], "train": [], "validation": [], "batch": []}
+    batch_values: list[float] = []
+
+    def evaluate(step: int) -> None:
+        curves["step"].append(step)
+        curves["train"].append(estimate(trainer, train_ref, pool_ref)[0])
+        curves["validation"].append(estimate(trainer, heldout, fresh)[0])
+        curves["batch"].append(float(np.mean(batch_values)) if batch_values else float("nan"))
+        batch_values.clear()
+
+    evaluate(0)
+    with tqdm(total=critic_steps, unit="step", desc="critic", disable=not show_progress) as bar:
+        for step in range(1, critic_steps + 1):
+            real = to_critic_inputs(next(reals))
+            fake = to_critic_inputs(pool[rng.integers(0, len(pool), batch_size)])
+            out = trainer.step(real, fake, [seed, step])
+            if not math.isfinite(out["loss"]):
+                raise FloatingPointError(f"critic loss is {out['loss']} at step {step}")
+            batch_values.append(out["wasserstein"])
+            bar.update(1)
+            if step % eval_every == 0 or step == critic_steps:
+                evaluate(step)
+                bar.set_postfix(train=f"{curves['train'][-1]:.4g}",
+                                validation=f"{curves['validation'][-1]:.4g}", refresh=False)
+    value, stderr = estimate(trainer, heldout, fresh)
+    return {"validation_wasserstein": value, "validation_stderr": stderr,
+            "train_wasserstein": curves["train"][-1], "critic_steps": critic_steps,
+            "batch_size": batch_size, "learning_rate": learning_rate, "gp_weight": gp_weight,
+            "critic_channels": critic_channels, "temperature": temperature, "seed": seed,
+            "train_samples": train_samples, "num_heldout": n_eval, "split": split,
+            "curves": curves}
+
+
+def plot_curves(result: dict[str, Any], path: str, title: str = "") -> str:
+    """The train and validation critic curves (and the minibatch means) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = result["curves"]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(c["step"][1:], c["batch"][1:], color="0.7", lw=1, label="training minibatches (mean)")
+    ax.plot(c["step"], c["train"], lw=1.5, label="train: training images vs pool samples")
+    ax.plot(c["step"], c["validation"], lw=1.5,
+            label=f"validation: {result['split']} images vs fresh samples")
+    ax.set_xlabel("critic step")
+    ax.set_ylabel("E_real[D] - E_fake[D]  (W1 estimate)")
+    ax.set_title(title or "independent WGAN-GP critic", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def log_to_mlflow(model_dir: str, result: dict[str, Any], png: str) -> str | None:
+    """Curves as step metrics, the summary (metrics + JSON) and the PNG on the model's run."""
+    import mlflow
+
+    from artifacts import tracking
+
+    prefix = f"critic/{result['split']}"
+    summary = {k: v for k, v in result.items() if k != "curves"}
+    run_id = tracking.log_results(model_dir, summary, prefix)
+    if run_id is None:
+        return None
+    with tracking.attached_run(model_dir):
+        c = result["curves"]
+        for i, step in enumerate(c["step"]):
+            mlflow.log_metrics({f"{prefix}/train_wasserstein_curve": c["train"][i],
+                                f"{prefix}/validation_wasserstein_curve": c["validation"][i]},
+                               step=step)
+        mlflow.log_artifact(png, artifact_path="critic")
+        mlflow.log_dict(result, f"critic/{result['split']}.json")
+    return run_id
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The CLI's flags (defined only when run as a program)."""
+    flags.DEFINE_string("model_dir", None, "Model directory written by pipeline.train.")
+    flags.DEFINE_string("data_dir", None, "Preprocessed data set: the critic trains on its "
+                        "'train' split and is evaluated on --split.")
+    flags.DEFINE_string("split", "validation", "Held-out split of --data_dir the Wasserstein "
+                        "estimate is reported on (validation or test; not train).")
+    flags.DEFINE_integer("critic_steps", 2000, "Critic updates (Adam), one minibatch each.")
+    flags.DEFINE_integer("batch_size", 64, "Real and generated images per critic update.")
+    flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate of the critic "
+                       "(beta_1 = 0.5, beta_2 = 0.9, as in WGAN-GP).")
+    flags.DEFINE_float("gp_weight", 10.0, "Weight of the WGAN-GP gradient penalty "
+                       "(||grad D|| - 1)^2 at random interpolates of real and generated images.")
+    flags.DEFINE_integer("critic_channels", 32, "Base channels of the critic's convolutions.")
+    flags.DEFINE_float("temperature", 1.0, "Sampling temperature of the model's samples "
+                       "(1 = the model's distribution).")
+    flags.DEFINE_integer("seed", 0, "Seed of the critic's init, data order and the samples.")
+    flags.DEFINE_integer("train_samples", 10000, "Model samples in the critic's training pool.")
+    flags.DEFINE_integer("eval_every", 100, "Critic steps between points of the curves.")
+    flags.DEFINE_integer("max_eval_examples", None, "Use at most this many held-out images "
+                         "(and as many fresh samples); default all of --split.")
+    flags.DEFINE_string("output_json", None, "Also write the JSON summary (with curves) here.")
+    flags.DEFINE_string("output_png", None, "Curves PNG (default "
+                        "<model_dir>/critic/critic_<split>.png).")
+    flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = the one recorded "
+                        "in --model_dir, else MLflow's default).")
+    flags.DEFINE_boolean("show_progress", True, "Progress bars.")
+    flags.mark_flags_as_required(["model_dir", "data_dir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    setup_logging()
+    from artifacts import tracking
+
+    if not os.path.isdir(FLAGS.model_dir):
+        raise FileNotFoundError(f"--model_dir={FLAGS.model_dir!r} does not exist")
+    if not os.path.isdir(FLAGS.data_dir):
+        raise FileNotFoundError(f"--data_dir={FLAGS.data_dir!r} does not exist")
+    tracking.configure(FLAGS.mlflow_tracking_uri or None, FLAGS.model_dir)
+    model, step = model_io.load_trained_model(FLAGS.model_dir)
+    result = critic_eval(
+        model, FLAGS.data_dir, FLAGS.split, critic_steps=FLAGS.critic_steps,
+        batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+        gp_weight=FLAGS.gp_weight, critic_channels=FLAGS.critic_channels,
+        temperature=FLAGS.temperature, seed=FLAGS.seed, train_samples=FLAGS.train_samples,
+        eval_every=FLAGS.eval_every, max_eval_examples=FLAGS.max_eval_examples,
+        show_progress=FLAGS.show_progress)
+    png = plot_curves(result, FLAGS.output_png or os.path.join(
+        FLAGS.model_dir, "critic", f"critic_{FLAGS.split}.png"),
+        f"{model.spec.name} (step {step}): independent critic, {FLAGS.split}")
+    run_id = log_to_mlflow(FLAGS.model_dir, result, png)
+    payload = {"model_dir": os.path.abspath(FLAGS.model_dir), "step": step,
+               "variant": model.spec.name, "data_dir": os.path.abspath(FLAGS.data_dir),
+               "png": os.path.abspath(png), "mlflow_run_id": run_id, **result}
+    if FLAGS.output_json:
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output_json)), exist_ok=True)
+        with open(FLAGS.output_json, "w") as f:
+            json.dump(payload, f, indent=2)
+    print(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    from artifacts.cli import user_errors
+
+    define_flags()
+    app.run(user_errors("python -m pipeline.critic_eval")(main))
