@@ -1,11 +1,23 @@
 """The state of a training run (:class:`TrainState`): strategy, model, optimizers, step
 counter and checkpoint manager, built or restored by :func:`build_state`.
+
+Multi-worker roles (``--strategy=multi_worker``, TensorFlow's rules for
+MultiWorkerMirroredStrategy): every worker builds the same state, restores the chief's
+latest checkpoint from ``model_dir`` and calls every checkpoint save (saving is part of
+the synchronous program all workers run), but only the chief
+(``strategy.extended.should_checkpoint``: task 'chief', or worker 0 without one) writes to
+``model_dir``. Other workers' checkpoint managers write to a private temporary directory
+whose files are deleted after each save (:func:`save_checkpoint`) and which is removed at
+the end of the run (:func:`remove_worker_copies`).
 """
 from __future__ import annotations
 
 import dataclasses
+import glob
 import logging
 import os
+import shutil
+import tempfile
 
 import keras
 import tensorflow as tf
@@ -23,7 +35,10 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class TrainState:
     """What a run trains and checkpoints. ``step_var`` (int64) holds the last completed
-    step; ``start_step`` is its value when the run started (0, or the restored step)."""
+    step; ``start_step`` is its value when the run started (0, or the restored step).
+    ``is_chief``: this process writes the model directory (always True on one machine);
+    ``task`` names it ('chief:0', 'worker:1'; 'local' outside a multi-worker cluster).
+    A non-chief's ``manager`` writes to a temporary directory, never ``model_dir``."""
     strategy: tf.distribute.Strategy
     model: HybridModel
     g_opt: keras.optimizers.Optimizer
@@ -33,6 +48,9 @@ class TrainState:
     manager: tf.train.CheckpointManager
     start_step: int
     noise_shapes: dict[str, tuple]
+    is_chief: bool = True
+    task: str = "local"
+    model_dir: str = ""
 
 
 def generator_learning_rate(
@@ -52,12 +70,40 @@ def make_strategy(name: str, devices: tuple = ()) -> tf.distribute.Strategy:
     """'auto': MirroredStrategy over the visible GPUs if any, else the default strategy;
     'mirrored': MirroredStrategy over ``devices`` (default: all GPUs, else the CPU);
     'multi_worker': MultiWorkerMirroredStrategy (hosts from TF_CONFIG)."""
-    if name == "multi_worker":
+    if name == "multi_worker":  # a dead peer aborts collectives (coordination heartbeats)
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and gpus):
         return tf.distribute.MirroredStrategy(devices=list(devices) or None)
     return tf.distribute.get_strategy()
+
+
+def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, str]:
+    """(whether this process is the chief, its task name). The chief is TensorFlow's:
+    ``strategy.extended.should_checkpoint`` (task 'chief', or worker 0 of a cluster without
+    one); every process is the chief outside a multi-worker cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    task = f"{task_type}:{resolver.task_id}" if task_type else "local"
+    return bool(strategy.extended.should_checkpoint), task
+
+
+def save_checkpoint(state: TrainState, step: int) -> str:
+    """Checkpoints step ``step``: every worker must call this at the same step. Returns the
+    chief's checkpoint path in ``model_dir`` (on a non-chief, whose copy in its temporary
+    directory is deleted right away, the path the chief writes)."""
+    path = state.manager.save(checkpoint_number=step)
+    if state.is_chief:
+        return path
+    for name in glob.glob(glob.escape(path) + ".*"):
+        os.remove(name)
+    return os.path.join(state.model_dir, os.path.basename(path))
+
+
+def remove_worker_copies(state: TrainState) -> None:
+    """Removes a non-chief's temporary checkpoint directory (nothing on the chief)."""
+    if not state.is_chief:
+        shutil.rmtree(state.manager.directory, ignore_errors=True)
 
 
 def check_compatible(model_dir: str, config: HybridConfig) -> None:
@@ -83,7 +129,9 @@ def build_state(model_config: HybridConfig, cfg: TrainConfig,
     """Checks the run against the model directory and the data set, then builds the
     strategy, the model (seeded by ``cfg.seed``), its optimizers and the checkpoint
     manager and restores the latest checkpoint of ``cfg.model_dir``; a new run gets the
-    data-dependent init from one batch. Writes the model directory's model_config.json.
+    data-dependent init from one batch. The chief writes the model directory's
+    model_config.json; in a multi-worker job every worker restores the chief's checkpoint
+    from ``cfg.model_dir`` and non-chiefs save to a temporary directory (module docstring).
     ``model_config.image_shape`` must already be the data's."""
     check_compatible(cfg.model_dir, model_config)
     if cfg.batch_size > info.split_counts["train"]:
@@ -105,17 +153,27 @@ def build_state(model_config: HybridConfig, cfg: TrainConfig,
     if d_opt is not None:
         optimizers["discriminator_optimizer"] = d_opt
     checkpoint = model_io.make_checkpoint(model, step_var, **optimizers)
-    manager = tf.train.CheckpointManager(checkpoint, cfg.model_dir, max_to_keep=cfg.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log.info("resumed from %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
+    is_chief, task = worker_role(strategy)
+    latest = tf.train.latest_checkpoint(cfg.model_dir)  # every worker resumes from the chief's
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        log.info("%s resumed from %s at step %d", task, latest, int(step_var.numpy()))
+    write_dir = (cfg.model_dir if is_chief else
+                 tempfile.mkdtemp(prefix=f"ade-{task.replace(':', '')}-checkpoints-"))
+    manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=cfg.keep_checkpoints)
     state = TrainState(strategy, model, g_opt, flow_opt, d_opt, step_var, manager,
-                       start_step=int(step_var.numpy()), noise_shapes=model.noise_shapes())
-    if state.start_step == 0:
-        _data_init(state, cfg, info)
-    model_io.save_model_config(cfg.model_dir, model_config, {
-        "data_dir": os.path.abspath(cfg.data_dir), "dataset": info.raw.get("source"),
-        "label_names": info.label_names})
+                       start_step=int(step_var.numpy()), noise_shapes=model.noise_shapes(),
+                       is_chief=is_chief, task=task, model_dir=cfg.model_dir)
+    try:
+        if state.start_step == 0:
+            _data_init(state, cfg, info)
+    except BaseException:
+        remove_worker_copies(state)
+        raise
+    if is_chief:
+        model_io.save_model_config(cfg.model_dir, model_config, {
+            "data_dir": os.path.abspath(cfg.data_dir), "dataset": info.raw.get("source"),
+            "label_names": info.label_names})
     return state
 
 
