@@ -177,6 +177,32 @@ def test_roles_and_worker_checkpoints_outside_a_cluster(tmp_path):
     assert _checkpoint_steps(model_dir) == [5]
 
 
+def test_each_worker_gets_its_rows_of_the_one_process_batch(digits_4_shards):
+    """The trainer's dataset, rebatched and auto-sharded for 2 workers of 1 replica as
+    experimental_distribute_dataset does it (TF's input_ops), gives worker i rows
+    [4i, 4i + 4) of each one-process global batch of 8, images and noise alike. (With
+    today's input AUTO falls back to DATA, since the enumerated step is no file source;
+    the explicit DATA policy keeps it so whatever the input pipeline becomes.)"""
+    from tensorflow.python.distribute import input_ops
+
+    from pipeline import data as data_lib
+
+    info = data_lib.read_dataset_info(digits_4_shards)
+    cfg = tiny_train_config(digits_4_shards, "unused", "unused", **TRAIN_KW)
+    shapes = {"dequant": (16, 16, 1), "posterior": (1, 4)}
+
+    def train_dataset():  # a fresh one each time: a dataset's shuffle state is its own
+        return trainer.make_train_dataset(info, cfg, 0, shapes)
+
+    whole = list(train_dataset().take(3))
+    for index in (0, 1):
+        rows = input_ops.auto_shard_dataset(
+            trainer.TrainTask._split_by_rows(train_dataset()).rebatch([4, 4]), 2, index, 2)
+        for batch, part in zip(whole, rows.take(3)):
+            for key in ("images", "dequant", "posterior"):
+                np.testing.assert_array_equal(batch[key][4 * index:4 * index + 4], part[key])
+
+
 @pytest.mark.slow
 def test_two_workers_write_once_and_train_like_one_process(digits_4_shards, tmp_path,
                                                            tracking_uri):
