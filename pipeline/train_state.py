@@ -66,12 +66,51 @@ def generator_learning_rate(
     return base
 
 
-def make_strategy(name: str, devices: tuple = ()) -> tf.distribute.Strategy:
+class WorkerLost(RuntimeError):
+    """A multi-worker job lost a worker, or its cluster never came up; the chief's last
+    checkpoint is kept and a restart of every worker resumes from it."""
+
+
+def _bound_cluster_start(timeout_s: int) -> None:
+    """Configures TensorFlow's coordination service as MultiWorkerMirroredStrategy would
+    (leader: the chief, or worker 0; the 'chief' and 'worker' jobs of TF_CONFIG) plus a
+    cluster registration timeout, so a task whose peers never start fails after
+    ``timeout_s`` seconds instead of waiting forever (TF's default; a waiting task also
+    ignores SIGTERM). Its heartbeats then detect a peer that stops responding."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    spec = resolver.cluster_spec()
+    if (not spec.as_dict() or resolver.task_type not in ("chief", "worker")
+            or context.context().coordination_service is not None):
+        return
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name=job,
+                                                                 num_tasks=spec.num_tasks(job))
+                          for job in ("chief", "worker") if job in spec.jobs],
+        cluster_register_timeout_in_ms=int(timeout_s * 1000))
+
+
+def make_strategy(name: str, devices: tuple = (), cluster_start_timeout_s: int = 0
+                  ) -> tf.distribute.Strategy:
     """'auto': MirroredStrategy over the visible GPUs if any, else the default strategy;
     'mirrored': MirroredStrategy over ``devices`` (default: all GPUs, else the CPU);
-    'multi_worker': MultiWorkerMirroredStrategy (hosts from TF_CONFIG)."""
+    'multi_worker': MultiWorkerMirroredStrategy (hosts from TF_CONFIG), failing with
+    :class:`WorkerLost` if the cluster has not started within ``cluster_start_timeout_s``
+    seconds (0 = no limit)."""
     if name == "multi_worker":  # a dead peer aborts collectives (coordination heartbeats)
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        if cluster_start_timeout_s:
+            _bound_cluster_start(cluster_start_timeout_s)
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError) as err:
+            raise WorkerLost(
+                f"the multi-worker cluster of TF_CONFIG did not start within "
+                f"{cluster_start_timeout_s} s ({type(err).__name__}); start every worker "
+                "listed in TF_CONFIG (or raise --cluster_start_timeout_s)") from err
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and gpus):
         return tf.distribute.MirroredStrategy(devices=list(devices) or None)
@@ -137,7 +176,7 @@ def build_state(model_config: HybridConfig, cfg: TrainConfig,
     if cfg.batch_size > info.split_counts["train"]:
         raise ValueError(f"--batch_size={cfg.batch_size} exceeds the {info.split_counts['train']}"
                          f" training images of {cfg.data_dir!r}")
-    strategy = make_strategy(cfg.strategy, cfg.devices)
+    strategy = make_strategy(cfg.strategy, cfg.devices, cfg.cluster_start_timeout_s)
     if cfg.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"--batch_size={cfg.batch_size} must be divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas")

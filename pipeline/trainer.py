@@ -52,6 +52,7 @@ from pipeline.train_input import (
 )
 from pipeline.train_state import (
     TrainState,
+    WorkerLost,
     build_state,
     generator_learning_rate,
     make_strategy,
@@ -71,11 +72,6 @@ __all__ = [  # the trainer's public names, wherever they are defined
 
 class TrainingDiverged(FloatingPointError):
     """A loss became NaN or Inf; the last good checkpoint is kept."""
-
-
-class WorkerLost(RuntimeError):
-    """A multi-worker job lost a worker (its collectives were aborted or timed out); the
-    chief's last checkpoint is kept and a restart of every worker resumes from it."""
 
 
 # What a collective raises when a peer is gone (aborted by the coordination service's

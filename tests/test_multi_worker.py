@@ -306,3 +306,22 @@ def test_a_signal_to_one_worker_stops_both_after_the_same_step(digits_4_shards, 
     [run] = _runs(experiment)
     assert run.info.status == "KILLED"
     assert not list(workers.tmpdirs[1].iterdir())
+
+
+@pytest.mark.slow
+def test_a_worker_whose_cluster_never_starts_fails_instead_of_waiting(digits_4_shards,
+                                                                      tmp_path, tracking_uri):
+    """Worker 1 alone (the chief never comes up): it fails after --cluster_start_timeout_s
+    with one line, touching nothing (TensorFlow's default is to wait forever)."""
+    model_dir = tmp_path / "lone"
+    cmd = _flags(digits_4_shards, model_dir, tracking_uri, "mw-lone", 2,
+                 ["--cluster_start_timeout_s=5"])
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), TF_CPP_MIN_LOG_LEVEL="2",
+               TF_CONFIG=json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in
+                                                            _free_ports(2)]},
+                                     "task": {"type": "worker", "index": 1}}))
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path,
+                            timeout=240)
+    assert result.returncode == WORKER_LOST_EXIT, result.stderr[-3000:]
+    assert "did not start within 5 s" in result.stderr
+    assert not model_dir.exists()
