@@ -2,12 +2,16 @@
 last completed step (:class:`SignalGuard`, :func:`save_interrupted`), reported as
 :class:`TrainingInterrupted` (the CLI exits with 128 + signal number; the MLflow run is
 marked KILLED).
+
+In a multi-worker job the workers agree on the stop (:class:`StopAgreement`): a signal that
+reaches any worker stops every worker after the same step, so all of them take part in the
+last checkpoint's save instead of one waiting in a collective for a peer that left.
 """
 from __future__ import annotations
 
 import logging
 import signal
-from typing import Any
+from typing import Any, Callable
 
 import tensorflow as tf
 
@@ -54,11 +58,55 @@ class SignalGuard:
         return False
 
 
-def save_interrupted(manager: tf.train.CheckpointManager, step: int, start_step: int) -> None:
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """The number of worker tasks (chief included) of the strategy's cluster; 1 without one."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return sum(len(spec.get(job, ())) for job in ("chief", "worker")) or 1
+
+
+class StopAgreement:
+    """Whether training stops at this step boundary, agreed by every worker.
+
+    :meth:`signum` is the guard's signal on one machine. Under a multi-worker strategy it
+    all-reduces, at every call (once per step boundary, on every worker), whether any worker
+    has received a signal, and answers that signal (this worker's own, else SIGTERM: a peer
+    was stopped) once any has. Every worker must call it equally often."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, guard: SignalGuard):
+        self.guard = guard
+        self.strategy = strategy
+        self.multi_worker = num_workers(strategy) > 1
+        self._agreed: int | None = None
+        if self.multi_worker:
+            def any_stopped(flag):  # 1 replica's flag, summed over every replica of the job
+                per_replica = strategy.run(tf.identity, args=(flag,))
+                return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            self._any_stopped = tf.function(any_stopped)
+
+    def signum(self) -> int | None:
+        if not self.multi_worker:
+            return self.guard.signum
+        if self._agreed is None:
+            flag = tf.constant(0.0 if self.guard.signum is None else 1.0)
+            if float(self._any_stopped(flag)) > 0:
+                self._agreed = self.guard.signum or signal.SIGTERM
+        return self._agreed
+
+
+def save_interrupted(manager: tf.train.CheckpointManager, step: int, start_step: int,
+                     save: Callable[[int], Any] | None = None) -> None:
     """Checkpoints the last completed step ``step`` after a signal, unless that step's
     checkpoint was already written (a periodic one: same contents, not rewritten) or no
-    step ran in this process (the restored checkpoint is that state)."""
+    step ran in this process (the restored checkpoint is that state). ``save(step)``
+    writes it (default: ``manager.save(checkpoint_number=step)``); every worker of a
+    multi-worker job reaches the same decision, as all of them must call the save."""
     latest = manager.latest_checkpoint
     if step == start_step or (latest and latest.endswith(f"ckpt-{step}")):
         return
-    manager.save(checkpoint_number=step)
+    if save is None:
+        manager.save(checkpoint_number=step)
+    else:
+        save(step)

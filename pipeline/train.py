@@ -6,6 +6,7 @@ A second run with the same ``--model_dir`` resumes from its latest checkpoint.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -16,7 +17,7 @@ from pipeline import config_flags
 from pipeline.train_config import TrainConfig
 
 FLAGS = flags.FLAGS
-
+WORKER_LOST_EXIT_CODE = 3  # a multi-worker job lost a worker; restart all workers to resume
 
 
 def define_flags() -> None:
@@ -36,7 +37,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     setup_logging()
-    from pipeline.trainer import TrainingInterrupted, train
+    from pipeline.trainer import TrainingInterrupted, WorkerLost, train
 
     model_values, train_cfg = configs_from_flags()
     params = {"flagfile": ",".join(a.split("=", 1)[1] for a in sys.argv if a.startswith("--flagfile="))}
@@ -45,6 +46,11 @@ def main(argv):
     except TrainingInterrupted as stop:  # checkpointed; the MLflow run is marked KILLED
         print(f"pipeline.train: {stop}; resume with the same --model_dir", file=sys.stderr)
         sys.exit(128 + stop.signum)
+    except WorkerLost as lost:  # not a user error, but one clear line, not a traceback
+        if os.environ.get("AD_TRACEBACK"):
+            raise
+        print(f"pipeline.train: error: {lost}", file=sys.stderr)
+        sys.exit(WORKER_LOST_EXIT_CODE)
     print(json.dumps(summary, indent=2, default=str))
 
 

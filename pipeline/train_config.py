@@ -83,6 +83,9 @@ class TrainConfig:
         "choices": STRATEGIES})
     devices: tuple = dataclasses.field(default=(), metadata={
         "help": "Devices of --strategy=mirrored (default: all GPUs)."})
+    cluster_start_timeout_s: int = dataclasses.field(default=900, metadata={
+        "help": "--strategy=multi_worker: seconds a task waits for every task of TF_CONFIG's "
+                "cluster to start before it fails (0 = wait forever)."})
     mlflow_tracking_uri: str = dataclasses.field(default="", metadata={
         "help": "MLflow tracking URI ('' = the one recorded in --model_dir by an earlier run, "
                 "else MLflow's default)."})
@@ -102,7 +105,8 @@ class TrainConfig:
         if self.flow_learning_rate < 0:
             raise ValueError(f"--flow_learning_rate={self.flow_learning_rate}: expected >= 0 "
                              "(0 = --learning_rate)")
-        for name in ("kl_warmup_steps", "flow_warmup_steps", "lr_decay_steps"):
+        for name in ("kl_warmup_steps", "flow_warmup_steps", "lr_decay_steps",
+                     "cluster_start_timeout_s"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"--{name}={getattr(self, name)}: expected >= 0")
         if self.lr_schedule not in LR_SCHEDULES:

@@ -1,11 +1,23 @@
 """The state of a training run (:class:`TrainState`): strategy, model, optimizers, step
 counter and checkpoint manager, built or restored by :func:`build_state`.
+
+Multi-worker roles (``--strategy=multi_worker``, TensorFlow's rules for
+MultiWorkerMirroredStrategy): every worker builds the same state, restores the chief's
+latest checkpoint from ``model_dir`` and calls every checkpoint save (saving is part of
+the synchronous program all workers run), but only the chief
+(``strategy.extended.should_checkpoint``: task 'chief', or worker 0 without one) writes to
+``model_dir``. Other workers' checkpoint managers write to a private temporary directory
+whose files are deleted after each save (:func:`save_checkpoint`) and which is removed at
+the end of the run (:func:`remove_worker_copies`).
 """
 from __future__ import annotations
 
 import dataclasses
+import glob
 import logging
 import os
+import shutil
+import tempfile
 
 import keras
 import tensorflow as tf
@@ -23,7 +35,10 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class TrainState:
     """What a run trains and checkpoints. ``step_var`` (int64) holds the last completed
-    step; ``start_step`` is its value when the run started (0, or the restored step)."""
+    step; ``start_step`` is its value when the run started (0, or the restored step).
+    ``is_chief``: this process writes the model directory (always True on one machine);
+    ``task`` names it ('chief:0', 'worker:1'; 'local' outside a multi-worker cluster).
+    A non-chief's ``manager`` writes to a temporary directory, never ``model_dir``."""
     strategy: tf.distribute.Strategy
     model: HybridModel
     g_opt: keras.optimizers.Optimizer
@@ -33,6 +48,9 @@ class TrainState:
     manager: tf.train.CheckpointManager
     start_step: int
     noise_shapes: dict[str, tuple]
+    is_chief: bool = True
+    task: str = "local"
+    model_dir: str = ""
 
 
 def generator_learning_rate(
@@ -48,16 +66,83 @@ def generator_learning_rate(
     return base
 
 
-def make_strategy(name: str, devices: tuple = ()) -> tf.distribute.Strategy:
+class WorkerLost(RuntimeError):
+    """A multi-worker job lost a worker, or its cluster never came up; the chief's last
+    checkpoint is kept and a restart of every worker resumes from it."""
+
+
+def _bound_cluster_start(timeout_s: int) -> None:
+    """Configures TensorFlow's coordination service as MultiWorkerMirroredStrategy would
+    (leader: the chief, or worker 0; the 'chief' and 'worker' jobs of TF_CONFIG) plus a
+    cluster registration timeout, so a task whose peers never start fails after
+    ``timeout_s`` seconds instead of waiting forever (TF's default; a waiting task also
+    ignores SIGTERM). Its heartbeats then detect a peer that stops responding."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    spec = resolver.cluster_spec()
+    if (not spec.as_dict() or resolver.task_type not in ("chief", "worker")
+            or context.context().coordination_service is not None):
+        return
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name=job,
+                                                                 num_tasks=spec.num_tasks(job))
+                          for job in ("chief", "worker") if job in spec.jobs],
+        cluster_register_timeout_in_ms=int(timeout_s * 1000))
+
+
+def make_strategy(name: str, devices: tuple = (), cluster_start_timeout_s: int = 0
+                  ) -> tf.distribute.Strategy:
     """'auto': MirroredStrategy over the visible GPUs if any, else the default strategy;
     'mirrored': MirroredStrategy over ``devices`` (default: all GPUs, else the CPU);
-    'multi_worker': MultiWorkerMirroredStrategy (hosts from TF_CONFIG)."""
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+    'multi_worker': MultiWorkerMirroredStrategy (hosts from TF_CONFIG), failing with
+    :class:`WorkerLost` if the cluster has not started within ``cluster_start_timeout_s``
+    seconds (0 = no limit)."""
+    if name == "multi_worker":  # a dead peer aborts collectives (coordination heartbeats)
+        if cluster_start_timeout_s:
+            _bound_cluster_start(cluster_start_timeout_s)
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError) as err:
+            raise WorkerLost(
+                f"the multi-worker cluster of TF_CONFIG did not start within "
+                f"{cluster_start_timeout_s} s ({type(err).__name__}); start every worker "
+                "listed in TF_CONFIG (or raise --cluster_start_timeout_s)") from err
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and gpus):
         return tf.distribute.MirroredStrategy(devices=list(devices) or None)
     return tf.distribute.get_strategy()
+
+
+def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, str]:
+    """(whether this process is the chief, its task name). The chief is TensorFlow's:
+    ``strategy.extended.should_checkpoint`` (task 'chief', or worker 0 of a cluster without
+    one); every process is the chief outside a multi-worker cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    task = f"{task_type}:{resolver.task_id}" if task_type else "local"
+    return bool(strategy.extended.should_checkpoint), task
+
+
+def save_checkpoint(state: TrainState, step: int) -> str:
+    """Checkpoints step ``step``: every worker must call this at the same step. Returns the
+    chief's checkpoint path in ``model_dir`` (on a non-chief, whose copy in its temporary
+    directory is deleted right away, the path the chief writes)."""
+    path = state.manager.save(checkpoint_number=step)
+    if state.is_chief:
+        return path
+    for name in glob.glob(glob.escape(path) + ".*"):
+        os.remove(name)
+    return os.path.join(state.model_dir, os.path.basename(path))
+
+
+def remove_worker_copies(state: TrainState) -> None:
+    """Removes a non-chief's temporary checkpoint directory (nothing on the chief)."""
+    if not state.is_chief:
+        shutil.rmtree(state.manager.directory, ignore_errors=True)
 
 
 def check_compatible(model_dir: str, config: HybridConfig) -> None:
@@ -83,13 +168,15 @@ def build_state(model_config: HybridConfig, cfg: TrainConfig,
     """Checks the run against the model directory and the data set, then builds the
     strategy, the model (seeded by ``cfg.seed``), its optimizers and the checkpoint
     manager and restores the latest checkpoint of ``cfg.model_dir``; a new run gets the
-    data-dependent init from one batch. Writes the model directory's model_config.json.
+    data-dependent init from one batch. The chief writes the model directory's
+    model_config.json; in a multi-worker job every worker restores the chief's checkpoint
+    from ``cfg.model_dir`` and non-chiefs save to a temporary directory (module docstring).
     ``model_config.image_shape`` must already be the data's."""
     check_compatible(cfg.model_dir, model_config)
     if cfg.batch_size > info.split_counts["train"]:
         raise ValueError(f"--batch_size={cfg.batch_size} exceeds the {info.split_counts['train']}"
                          f" training images of {cfg.data_dir!r}")
-    strategy = make_strategy(cfg.strategy, cfg.devices)
+    strategy = make_strategy(cfg.strategy, cfg.devices, cfg.cluster_start_timeout_s)
     if cfg.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"--batch_size={cfg.batch_size} must be divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas")
@@ -105,17 +192,27 @@ def build_state(model_config: HybridConfig, cfg: TrainConfig,
     if d_opt is not None:
         optimizers["discriminator_optimizer"] = d_opt
     checkpoint = model_io.make_checkpoint(model, step_var, **optimizers)
-    manager = tf.train.CheckpointManager(checkpoint, cfg.model_dir, max_to_keep=cfg.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log.info("resumed from %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
+    is_chief, task = worker_role(strategy)
+    latest = tf.train.latest_checkpoint(cfg.model_dir)  # every worker resumes from the chief's
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        log.info("%s resumed from %s at step %d", task, latest, int(step_var.numpy()))
+    write_dir = (cfg.model_dir if is_chief else
+                 tempfile.mkdtemp(prefix=f"ade-{task.replace(':', '')}-checkpoints-"))
+    manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=cfg.keep_checkpoints)
     state = TrainState(strategy, model, g_opt, flow_opt, d_opt, step_var, manager,
-                       start_step=int(step_var.numpy()), noise_shapes=model.noise_shapes())
-    if state.start_step == 0:
-        _data_init(state, cfg, info)
-    model_io.save_model_config(cfg.model_dir, model_config, {
-        "data_dir": os.path.abspath(cfg.data_dir), "dataset": info.raw.get("source"),
-        "label_names": info.label_names})
+                       start_step=int(step_var.numpy()), noise_shapes=model.noise_shapes(),
+                       is_chief=is_chief, task=task, model_dir=cfg.model_dir)
+    try:
+        if state.start_step == 0:
+            _data_init(state, cfg, info)
+    except BaseException:
+        remove_worker_copies(state)
+        raise
+    if is_chief:
+        model_io.save_model_config(cfg.model_dir, model_config, {
+            "data_dir": os.path.abspath(cfg.data_dir), "dataset": info.raw.get("source"),
+            "label_names": info.label_names})
     return state
 
 

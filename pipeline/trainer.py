@@ -12,6 +12,15 @@ A run is a :class:`TrainTask` in the manner of a TF Model Garden ``Task``:
 (final sample grid, MLflow artifacts, summary). The settings are in
 :mod:`pipeline.train_config`.
 
+Multi-worker (``--strategy=multi_worker``): every worker runs the same program (steps,
+validation, samples, checkpoint saves: all that may hold collectives); only the chief writes
+to ``model_dir`` (checkpoints, model_config.json, sample grids, the lock, the MLflow run id)
+and tracks in MLflow, with exactly one run (:mod:`pipeline.train_state`). Each global batch
+is split across the workers' replicas by rows (tf.data auto-sharding by DATA), so the
+workers together train on exactly the batches of a one-process run. A worker that dies
+aborts the others' collectives; they stop with :class:`WorkerLost`, and a restart of every
+worker resumes from the chief's last checkpoint.
+
 Randomness: every noise tensor a step uses is drawn in the input pipeline with stateless
 ops keyed on (seed, step), one row per example (:mod:`pipeline.train_input`), so a batch
 split across replicas sees the same noise as on one device, and a resumed run replays
@@ -19,18 +28,20 @@ exactly the data and noise it would have seen.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 from typing import Any, Callable, Mapping
 
+import tensorflow as tf
 from tqdm import tqdm
 
 from artifacts import images as images_lib
 from artifacts import model_io
 from pipeline import data as data_lib
 from pipeline import model_lock
-from pipeline.preemption import SignalGuard, TrainingInterrupted, save_interrupted
+from pipeline.preemption import SignalGuard, StopAgreement, TrainingInterrupted, save_interrupted
 from pipeline.train_config import LR_SCHEDULES, STRATEGIES, TrainConfig
 from pipeline.train_input import (
     ValidationBound,
@@ -39,20 +50,52 @@ from pipeline.train_input import (
     kl_weight,
     make_train_dataset,
 )
-from pipeline.train_state import TrainState, build_state, generator_learning_rate, make_strategy
+from pipeline.train_state import (
+    TrainState,
+    WorkerLost,
+    build_state,
+    generator_learning_rate,
+    make_strategy,
+    remove_worker_copies,
+    save_checkpoint,
+)
 from pipeline.train_step import StepFunctions
 from tfp_models import metrics
 from tfp_models.hybrid import HybridConfig
 
 __all__ = [  # the trainer's public names, wherever they are defined
     "LR_SCHEDULES", "STRATEGIES", "StepFunctions", "TrainConfig", "TrainState", "TrainTask",
-    "TrainingDiverged", "TrainingInterrupted", "ValidationBound", "add_step_noise",
+    "TrainingDiverged", "TrainingInterrupted", "ValidationBound", "WorkerLost", "add_step_noise",
     "data_image_shape", "generator_learning_rate", "kl_weight", "make_strategy",
     "make_train_dataset", "model_config_for_data", "train"]
 
 
 class TrainingDiverged(FloatingPointError):
     """A loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+# What a collective raises when a peer is gone (aborted by the coordination service's
+# heartbeats or the strategy's health check, or a dropped connection).
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                tf.errors.DeadlineExceededError, tf.errors.CancelledError)
+
+
+_TRACE_LINES = ("Graph execution error", "Detected at node", "File ", "[[", "Additional GRPC",
+                ":UNKNOWN", "Traceback")
+
+
+def _cause_line(err: BaseException) -> str:
+    """A TensorFlow error's cause on one line: the first line of its message that is not
+    part of the graph-node trace TF adds (at most 300 characters)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    causes = [ln for ln in lines if not ln.startswith(_TRACE_LINES)
+              and not ln.endswith("(most recent call last):")]
+    return (causes or lines or [type(err).__name__])[0][:300]
+
+
+def _no_tracking(*args: Any, **kwargs: Any) -> None:
+    """What a multi-worker non-chief does instead of an MLflow call: nothing."""
+    return None
 
 
 def _check_finite(values: dict[str, float], step: int, last_checkpoint: str | None) -> None:
@@ -86,7 +129,9 @@ def train(model_config: HybridConfig | Mapping[str, Any], cfg: TrainConfig,
     before any training starts; the data set and the model settings before the model
     directory is touched. The chief holds the model directory's lock (pipeline.model_lock)
     throughout: a second trainer on the same directory raises
-    :class:`~pipeline.model_lock.ModelDirInUse`.
+    :class:`~pipeline.model_lock.ModelDirInUse`. With ``cfg.strategy='multi_worker'`` the
+    process's role comes from ``TF_CONFIG``; a non-chief neither locks nor writes
+    ``model_dir`` and returns a summary without run id or grid.
     """
     info = data_lib.read_dataset_info(cfg.data_dir)
     if "train" not in info.split_counts:
@@ -94,8 +139,8 @@ def train(model_config: HybridConfig | Mapping[str, Any], cfg: TrainConfig,
                          f"(splits: {sorted(info.split_counts)})")
     task = TrainTask(model_config_for_data(model_config, cfg, info), cfg, info, params_to_log,
                      on_step)
-    if not model_lock.is_chief():  # multi-worker non-chiefs do not own the directory
-        return task.run()
+    if cfg.strategy == "multi_worker" and not model_lock.is_chief():
+        return task.run()  # multi-worker non-chiefs do not own the directory
     with model_lock.ModelDirLock(cfg.model_dir):
         return task.run()
 
@@ -125,28 +170,51 @@ class TrainTask:
         """Trains to ``cfg.train_steps``; returns the summary of :meth:`finalize`."""
         cfg, tracking = self.cfg, self.tracking
         state = self.build_state()
-        steps = StepFunctions(state.model, state.strategy, cfg, state.g_opt, state.d_opt,
-                              state.flow_opt)
-        dataset = state.strategy.experimental_distribute_dataset(
-            make_train_dataset(self.info, cfg, state.start_step, state.noise_shapes))
-        tracking.configure(cfg.mlflow_tracking_uri or None, cfg.model_dir)
-        with (tracking.tracked_run(cfg.model_dir, cfg.experiment, cfg.run_name or None,
-                                   tags={"variant": self.model_config.variant}) as run_id,
-              SignalGuard() as guard):
-            tracking.log_params_once(run_id, {**dataclasses.asdict(self.model_config),
-                                              **dataclasses.asdict(cfg),
-                                              **(self.params_to_log or {})})
-            step, values = self.run_loop(state, steps, dataset, guard)
-            return self.finalize(state, run_id, step, values)
+        try:
+            steps = StepFunctions(state.model, state.strategy, cfg, state.g_opt, state.d_opt,
+                                  state.flow_opt)
+            dataset = state.strategy.experimental_distribute_dataset(
+                self._split_by_rows(make_train_dataset(self.info, cfg, state.start_step,
+                                                       state.noise_shapes)))
+            if state.is_chief:
+                tracking.configure(cfg.mlflow_tracking_uri or None, cfg.model_dir)
+                run = tracking.tracked_run(cfg.model_dir, cfg.experiment, cfg.run_name or None,
+                                           tags={"variant": self.model_config.variant})
+            else:  # one MLflow run per job: the chief's
+                self.track = _no_tracking
+                run = contextlib.nullcontext(None)
+            with run as run_id, SignalGuard() as guard:
+                if state.is_chief:
+                    tracking.log_params_once(run_id, {**dataclasses.asdict(self.model_config),
+                                                      **dataclasses.asdict(cfg),
+                                                      **(self.params_to_log or {})})
+                step, values = self.run_loop(state, steps, dataset, guard)
+                return self.finalize(state, run_id, step, values)
+        finally:
+            remove_worker_copies(state)
+
+    @staticmethod
+    def _split_by_rows(dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """``dataset`` set to be auto-sharded by DATA: every worker reads the same global
+        batches and keeps its replicas' rows of each, so the job trains on exactly the
+        batches (and per-example noise) of a one-process run. (AUTO would shard by FILE:
+        other batches than one process, and an error with fewer shards than workers.)"""
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA)
+        return dataset.with_options(options)
 
     def run_loop(self, state: TrainState, steps: StepFunctions, dataset: Any,
                  guard: SignalGuard) -> tuple[int, dict[str, float]]:
         """Steps from ``state.start_step`` to ``cfg.train_steps``, or to the step boundary
         after a signal (then checkpoints that step and raises :class:`TrainingInterrupted`).
-        Raises :class:`TrainingDiverged` on a NaN/Inf metric. Returns (the last step, its
-        metrics: the step's outputs plus 'bpd' in bits/dim where there is an 'nll')."""
+        Raises :class:`TrainingDiverged` on a NaN/Inf metric and, in a multi-worker job,
+        :class:`WorkerLost` when a peer is gone. A signal to any worker stops every worker
+        after the same step (:class:`~pipeline.preemption.StopAgreement`). Returns (the
+        last step, its metrics: the step's outputs plus 'bpd' in bits/dim where there is an
+        'nll')."""
         cfg, model = self.cfg, state.model
-        last_good = state.manager.latest_checkpoint
+        last_good = tf.train.latest_checkpoint(cfg.model_dir)  # the chief's, on every worker
         step = state.start_step
         values: dict[str, float] = {}
         bar = tqdm(total=cfg.train_steps, initial=step, desc=f"train {self.model_config.variant}",
@@ -155,8 +223,9 @@ class TrainTask:
         validation = None
         if cfg.validation_every and model.spec.has_likelihood:
             validation = ValidationBound(model, self.info, cfg.validation_examples, cfg.seed)
+        stop = StopAgreement(state.strategy, guard)
         try:
-            while step < cfg.train_steps and guard.signum is None:  # a step boundary
+            while step < cfg.train_steps and stop.signum() is None:  # a step boundary
                 out = steps.step_fn(next(iterator))
                 step += 1
                 state.step_var.assign(step)
@@ -171,9 +240,19 @@ class TrainTask:
                 if self.on_step is not None:
                     self.on_step(step, values)
                 last_good = self._after_step(state, step, values, validation) or last_good
-            if guard.signum is not None:
-                save_interrupted(state.manager, step, state.start_step)
-                raise TrainingInterrupted(guard.signum, step)
+            if stop.signum() is not None:
+                save_interrupted(state.manager, step, state.start_step,
+                                 save=lambda n: save_checkpoint(state, n))
+                raise TrainingInterrupted(stop.signum(), step)
+        except _PEER_ERRORS as err:
+            if cfg.strategy != "multi_worker":
+                raise
+            last_good = tf.train.latest_checkpoint(cfg.model_dir)  # what the chief did write
+            raise WorkerLost(
+                f"{state.task}: a worker of the multi-worker job is gone, stopped after step "
+                f"{step} ({type(err).__name__}: {_cause_line(err)}); "
+                f"restart every worker with the same flags to resume from the chief's "
+                f"checkpoint ({last_good or 'none written yet'})") from err
         finally:
             bar.close()
         return step, values
@@ -189,17 +268,20 @@ class TrainTask:
         if validation is not None and (step % cfg.validation_every == 0 or last):
             track(tracking.mlflow.log_metric, "validation/bpd", validation.bits_per_dim(), step)
         saved = None
-        if step % cfg.checkpoint_every == 0 or last:
-            saved = state.manager.save(checkpoint_number=step)
+        if step % cfg.checkpoint_every == 0 or last:  # on every worker (see train_state)
+            saved = save_checkpoint(state, step)
         if step % cfg.sample_every == 0 and not last:
             self.write_grid(state, step)
         return saved
 
-    def write_grid(self, state: TrainState, step: int) -> str:
-        """Saves and logs a PNG grid of ``cfg.num_grid_samples`` samples; returns its path."""
+    def write_grid(self, state: TrainState, step: int) -> str | None:
+        """Saves and logs a PNG grid of ``cfg.num_grid_samples`` samples; returns its path
+        (None on a multi-worker non-chief, which draws the samples but writes nothing)."""
         cfg = self.cfg
         images = state.model.sample(cfg.num_grid_samples, cfg.sample_temperature,
                                     seed=cfg.seed).numpy()
+        if not state.is_chief:
+            return None
         path = images_lib.save_grid(images, os.path.join(self.grid_dir, f"step_{step:07d}.png"))
         self.track(self.tracking.mlflow.log_artifact, path, artifact_path="samples")
         return path
@@ -208,14 +290,19 @@ class TrainTask:
                  values: dict[str, float]) -> dict[str, Any]:
         """The final sample grid; the model config and latest checkpoint logged to MLflow.
         Returns the summary: start_step, mlflow_run_id, step, metrics, checkpoint, grid,
-        model_dir."""
+        model_dir, task (on a multi-worker non-chief: no run id, no grid, the chief's
+        checkpoint path)."""
         cfg, tracking, track = self.cfg, self.tracking, self.track
+        ckpt = state.manager.latest_checkpoint
+        if ckpt and not state.is_chief:
+            ckpt = os.path.join(cfg.model_dir, os.path.basename(ckpt))
         summary: dict[str, Any] = {
             "start_step": state.start_step, "mlflow_run_id": run_id, "step": step,
-            "metrics": values, "checkpoint": state.manager.latest_checkpoint,
-            "grid": self.write_grid(state, step), "model_dir": os.path.abspath(cfg.model_dir)}
+            "metrics": values, "checkpoint": ckpt, "grid": self.write_grid(state, step),
+            "model_dir": os.path.abspath(cfg.model_dir), "task": state.task}
+        if not state.is_chief:
+            return summary
         track(tracking.mlflow.log_artifact, os.path.join(cfg.model_dir, model_io.CONFIG_FILE))
-        ckpt = state.manager.latest_checkpoint
         if ckpt:
             for name in os.listdir(cfg.model_dir):
                 if name.startswith(os.path.basename(ckpt) + ".") or name == "checkpoint":

@@ -88,7 +88,8 @@ def test_every_flag_value_round_trips_into_the_dataclasses():
                resize_with_crop_or_pad=12, log_every=2, sample_every=7, num_grid_samples=9,
                sample_temperature=0.5, data_init_batch=17, validation_every=4,
                validation_examples=33, keep_checkpoints=1, strategy="mirrored",
-               devices=("/cpu:0", "/cpu:1"), mlflow_tracking_uri="sqlite:///x.db",
+               devices=("/cpu:0", "/cpu:1"), cluster_start_timeout_s=30,
+               mlflow_tracking_uri="sqlite:///x.db",
                experiment="e", run_name="r", show_progress=False, jit_compile=False)
     every = _fields(HybridConfig) + _fields(TrainConfig)
     assert set(model) | set(run) == {f.name for f, _ in every}
