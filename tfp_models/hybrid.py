@@ -24,7 +24,9 @@ a fixed seeded binarization; the export's mid-bin u = 0.5: threshold at 128) get
 binarization its noise implies. Then L_MLE(b) = -E_q[ln Bernoulli(b; sigmoid(logits(z)))]
 + KL(q(z|b) || p(z)), no feature map and no log-det: bounds are on ln P(b) of the binary
 image in nats (a discrete probability, <= 0), not on a density of x~, and
-:func:`tfp_models.metrics.bits_per_dim` (the 8-bit bits/dim) does not apply to them. Random noise can be passed in explicitly (``noise`` dicts):
+:func:`tfp_models.metrics.bits_per_dim` (the 8-bit bits/dim) does not apply to them.
+
+Random noise can be passed in explicitly (``noise`` dicts):
 the training pipeline draws it per example so results do not depend on how a batch is
 split across replicas.
 """
