@@ -9,6 +9,11 @@ K > 1, the importance-weighted bound (tighter, still an upper bound on bits/dim)
 image is dequantized once with seeded uniform noise; the mean and its standard error over
 the split are reported. FID/KID/IS: the Beam job of :mod:`beam_jobs.fid` draws the
 samples straight from the model directory (the rows of the export's ``sample`` signature).
+Binary data (``decoder='bernoulli'``): the held-out images are binarized once,
+b_i = 1[u_i < x_i / 255] with u_i keyed on (the image's index in the split, ``--seed``), a
+fixed seeded binarization independent of the batch size, and the report is -ln P(b) in
+nats per image (ELBO bound and IW bound; ``nll_binarized``), as the binarized-MNIST
+literature reports it; bits/dim of 8-bit data do not apply.
 Latent use (VAE variants): the mean KL(q(z|x) || p(z)) on the split and the number of
 active latent units (Burda et al., 2016). Sample quality a reader can interpret without
 Inception (MNIST classifier): the confident-sample rate (top class probability >= 0.9)
@@ -30,7 +35,10 @@ from artifacts import model_io
 from artifacts.cli import setup_logging
 from pipeline import data as data_lib
 from tfp_models import flows, metrics
-from tfp_models.hybrid import HybridModel
+from tfp_models.hybrid import HybridModel, row_noise
+
+BINARIZATION = ("fixed: b_i = 1[u_i < x_i / 255], u_i ~ U[0,1)^D keyed on (image index i "
+                "in the split, seed)")
 
 
 def split_batches(model: HybridModel, data_dir: str, split: str, batch_size: int,
@@ -49,24 +57,36 @@ def split_batches(model: HybridModel, data_dir: str, split: str, batch_size: int
     return ds, total
 
 
-def evaluate_bpd(model: HybridModel, data_dir: str, split: str = "validation",
-                 batch_size: int = 100, importance_samples: int = 1, seed: int = 0,
-                 max_examples: int | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Bits/dim of a split: {"bpd" (ELBO bound, or exact for flows), "bpd_stderr",
-    ["bpd_iw", "bpd_iw_stderr", "importance_samples"], "num_examples", "kind"}."""
-    if not model.spec.has_likelihood:
-        raise ValueError(f"variant {model.spec.name!r} defines no likelihood; no BPD to report")
+def dequantized_inputs(model: HybridModel, images: tf.Tensor, index: tf.Tensor,
+                       batch_size: int, seed: int) -> tf.Tensor:
+    """The model's input for uint8 ``images`` [B, H, W, C], batch ``index`` of a split read in
+    file order: x~ = (x + u) / 256 with u keyed on (seed, batch index); for the Bernoulli
+    decoder u is keyed on (image index in the split, seed) instead, so the binarization
+    1[u < x / 255] of each held-out image is fixed whatever the batch size."""
+    if getattr(model, "binary", False):
+        rows = tf.cast(index, tf.int64) * batch_size + tf.range(
+            tf.shape(images, out_type=tf.int64)[0])
+        noise = row_noise(rows, tuple(model.config.image_shape), 7919 + seed,
+                          tf.random.stateless_uniform)
+    else:
+        noise = tf.random.stateless_uniform(tf.shape(images), seed=tf.stack([seed, index]))
+    return flows.dequantize_images(images, noise)
+
+
+def _split_log_prob_bounds(model: HybridModel, data_dir: str, split: str, batch_size: int,
+                           importance_samples: int, seed: int, max_examples: int | None,
+                           show_progress: bool, desc: str) -> tuple[dict[str, np.ndarray], int]:
+    """Per-image lower bounds of ln p in nats over a split: {"elbo": [n], "iw": [n] (K > 1,
+    latent variants)} float64, and n."""
     if importance_samples < 1:
         raise ValueError(f"importance_samples={importance_samples}: expected >= 1")
     ds, total = split_batches(model, data_dir, split, batch_size, max_examples)
-    shape = model.config.image_shape
     iw = model.spec.latent and importance_samples > 1
     latent_dim = model.config.latent_dim
 
     @tf.function
     def bounds(images, index):
-        noise = tf.random.stateless_uniform(tf.shape(images), seed=tf.stack([seed, index]))
-        x = flows.dequantize_images(images, noise)
+        x = dequantized_inputs(model, images, index, batch_size, seed)
         out = {}
         if model.spec.latent:  # posterior noise seeded too: the numbers are reproducible
             n = tf.shape(images)[0]
@@ -81,18 +101,63 @@ def evaluate_bpd(model: HybridModel, data_dir: str, split: str = "validation",
         return out
 
     values: dict[str, list] = {"elbo": [], "iw": []}
-    with tqdm(total=total, desc=f"bpd {split}", unit="img", disable=not show_progress) as bar:
+    with tqdm(total=total, desc=f"{desc} {split}", unit="img", disable=not show_progress) as bar:
         for i, images in enumerate(ds):
             out = bounds(images, tf.constant(i, tf.int32))
             for k, v in out.items():
-                values[k].append(metrics.bits_per_dim(v.numpy().astype(np.float64), shape))
+                values[k].append(v.numpy().astype(np.float64))
             bar.update(int(images.shape[0]))
-    bpd, stderr = metrics.mean_and_stderr(np.concatenate(values["elbo"]))
+    return {k: np.concatenate(v) for k, v in values.items() if v}, total
+
+
+def evaluate_bpd(model: HybridModel, data_dir: str, split: str = "validation",
+                 batch_size: int = 100, importance_samples: int = 1, seed: int = 0,
+                 max_examples: int | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Bits/dim of a split: {"bpd" (ELBO bound, or exact for flows), "bpd_stderr",
+    ["bpd_iw", "bpd_iw_stderr", "importance_samples"], "num_examples", "kind"}.
+    Bernoulli-decoder models have no bits/dim of 8-bit data: :func:`evaluate_binary_nll`."""
+    if not model.spec.has_likelihood:
+        raise ValueError(f"variant {model.spec.name!r} defines no likelihood; no BPD to report")
+    if getattr(model, "binary", False):
+        raise ValueError("a Bernoulli-decoder model scores binarized images in nats; use "
+                         "evaluate_binary_nll, not bits/dim of 8-bit data")
+    values, total = _split_log_prob_bounds(model, data_dir, split, batch_size,
+                                           importance_samples, seed, max_examples,
+                                           show_progress, "bpd")
+    shape = model.config.image_shape
+    bpd, stderr = metrics.mean_and_stderr(metrics.bits_per_dim(values["elbo"], shape))
     result: dict[str, Any] = {"split": split, "num_examples": total, "bpd": bpd, "bpd_stderr": stderr,
                               "kind": "exact" if not model.spec.latent else "elbo_bound"}
-    if iw:
+    if "iw" in values:
         result["bpd_iw"], result["bpd_iw_stderr"] = metrics.mean_and_stderr(
-            np.concatenate(values["iw"]))
+            metrics.bits_per_dim(values["iw"], shape))
+        result["importance_samples"] = importance_samples
+    return result
+
+
+def evaluate_binary_nll(model: HybridModel, data_dir: str, split: str = "validation",
+                        batch_size: int = 100, importance_samples: int = 1, seed: int = 0,
+                        max_examples: int | None = None,
+                        show_progress: bool = True) -> dict[str, Any]:
+    """-ln P(b) in nats per image of the split's images binarized once (Bernoulli decoder;
+    :data:`BINARIZATION`, keyed on ``seed``): {"nll_nats" (from the ELBO: an upper bound),
+    "nll_nats_stderr", ["nll_nats_iw", "nll_nats_iw_stderr" (IW bound, K =
+    "importance_samples"; tighter, still an upper bound in expectation)], "num_examples",
+    "kind", "binarization", "units"}. Standard errors are over images."""
+    if not getattr(model, "binary", False):
+        raise ValueError(f"model (decoder={model.config.decoder!r}) is not a Bernoulli-decoder "
+                         "model of binary data; use evaluate_bpd")
+    values, total = _split_log_prob_bounds(model, data_dir, split, batch_size,
+                                           importance_samples, seed, max_examples,
+                                           show_progress, "nll")
+    nll, stderr = metrics.mean_and_stderr(-values["elbo"])
+    result: dict[str, Any] = {
+        "split": split, "num_examples": total, "nll_nats": nll, "nll_nats_stderr": stderr,
+        "kind": "elbo_bound_binarized", "binarization": f"{BINARIZATION}, seed {seed}",
+        "units": "nats per image of the binarized image (-ln P(b)); not 8-bit bits/dim"}
+    if "iw" in values:
+        result["nll_nats_iw"], result["nll_nats_iw_stderr"] = metrics.mean_and_stderr(
+            -values["iw"])
         result["importance_samples"] = importance_samples
     return result
 
@@ -115,8 +180,7 @@ def evaluate_latent(model: HybridModel, data_dir: str, split: str = "validation"
 
     @tf.function
     def latent_terms(images, index):
-        noise = tf.random.stateless_uniform(tf.shape(images), seed=tf.stack([seed, index]))
-        x = flows.dequantize_images(images, noise)
+        x = dequantized_inputs(model, images, index, batch_size, seed)
         params = model.encoder(x)
         out = {"mean": model.posterior.representative(params)}
         if model.has_analytic_kl:
@@ -173,7 +237,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("importance_samples", 1, "K of the importance-weighted bound (VAE variants).")
     flags.DEFINE_integer("batch_size", 100, "Images per batch.")
     flags.DEFINE_integer("max_examples", None, "Score at most this many images of the split.")
-    flags.DEFINE_integer("seed", 0, "Seed of the dequantization noise and the samples.")
+    flags.DEFINE_integer("seed", 0, "Seed of the dequantization noise (for a Bernoulli-decoder "
+                         "model: of the fixed binarization of the split), the posterior noise "
+                         "and the samples.")
     flags.DEFINE_integer("fid_samples", 0, "If > 0, FID/KID/IS of this many samples.")
     flags.DEFINE_string("extractor", "mnist_classifier", "Feature extractor (beam_jobs.extractors).")
     flags.DEFINE_string("extractor_path", None, "Local path of the extractor.")
@@ -195,7 +261,12 @@ def main(argv):
     model, step = model_io.load_trained_model(FLAGS.model_dir)
     results: dict[str, Any] = {"model_dir": os.path.abspath(FLAGS.model_dir), "step": step,
                                "variant": model.spec.name}
-    if FLAGS.data_dir and model.spec.has_likelihood:
+    if FLAGS.data_dir and model.binary:  # binarized images: nats, no 8-bit bits/dim
+        results["nll_binarized"] = evaluate_binary_nll(
+            model, FLAGS.data_dir, FLAGS.split, FLAGS.batch_size, FLAGS.importance_samples,
+            FLAGS.seed, FLAGS.max_examples)
+        log_results(FLAGS.model_dir, results["nll_binarized"], f"eval/{FLAGS.split}")
+    elif FLAGS.data_dir and model.spec.has_likelihood:
         results["bpd"] = evaluate_bpd(model, FLAGS.data_dir, FLAGS.split, FLAGS.batch_size,
                                       FLAGS.importance_samples, FLAGS.seed, FLAGS.max_examples)
         log_results(FLAGS.model_dir, results["bpd"], f"eval/{FLAGS.split}")

@@ -212,7 +212,8 @@ class TrainTask:
         :class:`WorkerLost` when a peer is gone. A signal to any worker stops every worker
         after the same step (:class:`~pipeline.preemption.StopAgreement`). Returns (the
         last step, its metrics: the step's outputs plus 'bpd' in bits/dim where there is an
-        'nll')."""
+        'nll', except for the Bernoulli decoder, whose 'nll' is -ln P(b) of binarized
+        images in nats)."""
         cfg, model = self.cfg, state.model
         last_good = tf.train.latest_checkpoint(cfg.model_dir)  # the chief's, on every worker
         step = state.start_step
@@ -231,7 +232,7 @@ class TrainTask:
                 state.step_var.assign(step)
                 values = {k: float(v.numpy()) for k, v in out.items()}
                 _check_finite(values, step, last_good)
-                if "nll" in values:
+                if "nll" in values and not model.binary:  # binary data: nats only
                     values["bpd"] = float(metrics.bits_per_dim(-values["nll"],
                                                                self.model_config.image_shape))
                 bar.update(1)
@@ -266,7 +267,12 @@ class TrainTask:
         if step % cfg.log_every == 0 or last:
             track(tracking.mlflow.log_metrics, {f"train/{k}": v for k, v in values.items()}, step)
         if validation is not None and (step % cfg.validation_every == 0 or last):
-            track(tracking.mlflow.log_metric, "validation/bpd", validation.bits_per_dim(), step)
+            bpd = validation.bits_per_dim()
+            if state.model.binary:  # -ln P(b) of the binarized digits: nats, not 8-bit bpd
+                nll = -metrics.bits_per_dim_to_nats(bpd, self.model_config.image_shape)
+                track(tracking.mlflow.log_metric, "validation/nll_nats", nll, step)
+            else:
+                track(tracking.mlflow.log_metric, "validation/bpd", bpd, step)
         saved = None
         if step % cfg.checkpoint_every == 0 or last:  # on every worker (see train_state)
             saved = save_checkpoint(state, step)

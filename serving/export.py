@@ -162,6 +162,13 @@ def _score_metadata(module: ServingModule) -> dict[str, Any]:
                       "(a point estimate, not a bound)"),
         "iw_bound": None,
     }
+    if getattr(module.model, "binary", False):
+        meta["data"] = "binarized"
+        meta["dequantization"] = ("none: the image is binarized b = 1[x >= 128] (the mid-bin "
+                                  "u = 0.5 of b = 1[u < x / 255]) and scored by the Bernoulli "
+                                  "decoder")
+        meta["units"] = ("log_likelihood_nats: ln P(b) of the binary image; bits_per_dim: "
+                         "-log2 P(b) / D, bits per binary pixel (not 8-bit bits/dim)")
     if module.importance_samples:
         meta["outputs"] += list(IW_OUTPUTS)
         meta["iw_bound"] = {
@@ -172,6 +179,12 @@ def _score_metadata(module: ServingModule) -> dict[str, Any]:
                            "image's pixels and the seed: a lower bound in expectation on "
                            "ln P(x) + D ln 256 (an upper bound on bits/dim), with its "
                            "jackknife standard error over the K draws"}
+        if getattr(module.model, "binary", False):
+            meta["iw_bound"]["description"] = (
+                "ln (1/K) sum_k P(b, z_k)/q(z_k|b) with K posterior draws z_k ~ q(z|b) per "
+                "image for its one binarization b = 1[x >= 128], seeded per row: a lower "
+                "bound in expectation on ln P(b) (nats; iw_bits_per_dim = -bound / (D ln 2)),"
+                " with its jackknife standard error over the K draws")
     return meta
 
 

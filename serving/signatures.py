@@ -26,6 +26,14 @@ Signatures (N is the batch size, H, W, C the model's image shape, D = H * W * C)
   mean f^-1(mu(z)) for latent variants, f^-1(latent reshaped to [H, W, C]) for flows
   (d = D), for interpolation.
 
+Binary-data models (``decoder='bernoulli'``): the uint8 image is binarized at the
+threshold 128 (the mid-bin u = 0.5 of b = 1[u < x / 255]), for ``score`` and for every
+draw of the IW bound (which then draws only posterior noise: a bound on ln P(b) of that
+one binary image); the nats are -ln P(b) and ``bits_per_dim`` / ``iw_bits_per_dim`` are
+-log2 P(b) / D, bits per binary pixel (no ln 256 term: not 8-bit bits/dim). ``sample``
+gives binary images (0 or 255) at temperature > 0 and the Bernoulli means (grey levels)
+at temperature 0; ``sample_latent`` the means.
+
 Every signature accepts at most ``max_batch`` rows (N <= max_batch, an export setting,
 default :data:`DEFAULT_MAX_BATCH`); a larger request fails inside the graph with
 "at most M rows per request ...", so one request cannot exhaust the server's memory.
@@ -63,6 +71,16 @@ def score_noise(model: HybridModel, num_samples: int, seed: int = DEFAULT_SCORE_
                                       seed=tf.constant([seed, 0], tf.int64))
 
 
+def to_bits_per_dim(model: HybridModel, nats):
+    """Per-image bits/dim of ln-likelihoods ``nats``: 8-bit bits/dim (with ln 256 per
+    dimension, :func:`tfp_models.metrics.bits_per_dim`), or for a Bernoulli-decoder model
+    -nats / (D ln 2), bits per binary pixel."""
+    shape = model.config.image_shape
+    if getattr(model, "binary", False):
+        return -nats / (metrics.num_dims(shape) * math.log(2.0))
+    return metrics.bits_per_dim(nats, shape)
+
+
 def deterministic_score(model: HybridModel, images: tf.Tensor, num_samples: int = 1,
                         seed: int = DEFAULT_SCORE_SEED) -> dict[str, tf.Tensor]:
     """What the exported ``score`` computes, on an in-memory model: uint8 images
@@ -73,8 +91,7 @@ def deterministic_score(model: HybridModel, images: tf.Tensor, num_samples: int 
         eps = tf.broadcast_to(eps[None], tf.concat([tf.shape(x)[:1], tf.shape(eps)], 0))
     ll = model.log_prob_bound(x, num_samples, eps)
     return {"log_likelihood_nats": ll,
-            "bits_per_dim": tf.cast(metrics.bits_per_dim(ll, model.config.image_shape),
-                                    tf.float32)}
+                "bits_per_dim": tf.cast(to_bits_per_dim(model, ll), tf.float32)}
 
 
 def image_row_seeds(images: tf.Tensor) -> tf.Tensor:
@@ -128,7 +145,10 @@ def importance_weighted_score(model: HybridModel, images: tf.Tensor, num_samples
     n = tf.shape(images)[0]
     shape = tuple(int(d) for d in model.config.image_shape)
     row_seeds = image_row_seeds(images)
-    dequant = row_noise(row_seeds, (k,) + shape, seed, tf.random.stateless_uniform)
+    if getattr(model, "binary", False):  # one binarization (threshold 128) for all K draws
+        dequant = tf.fill(tf.concat([[n], [k], shape], 0), 0.5)
+    else:
+        dequant = row_noise(row_seeds, (k,) + shape, seed, tf.random.stateless_uniform)
     x = flows.dequantize_images(
         tf.repeat(images, k, axis=0), tf.reshape(dequant, (-1,) + shape))  # [N*K, ...]
     if model.spec.latent:
@@ -142,7 +162,7 @@ def importance_weighted_score(model: HybridModel, images: tf.Tensor, num_samples
     dims = float(np.prod(shape))
     return {"iw_bound_nats": tf.cast(bound, tf.float32),
             "iw_bound_stderr_nats": tf.cast(stderr, tf.float32),
-            "iw_bits_per_dim": tf.cast(metrics.bits_per_dim(bound, shape), tf.float32),
+            "iw_bits_per_dim": tf.cast(to_bits_per_dim(model, bound), tf.float32),
             "iw_bits_per_dim_stderr": tf.cast(stderr / (dims * np.log(2.0)), tf.float32)}
 
 
@@ -256,9 +276,8 @@ class ServingModule(tf.Module):
     def _sample_latent(self, latent: tf.Tensor) -> dict[str, tf.Tensor]:
         latent = self._check_latent(latent)
         latent = self._check_rows(tf.shape(latent)[0], latent, "latents")
-        if self.model.spec.latent:
-            mu, _ = self.model.decoder(latent)
-            images = self.model.features_to_images(mu)
+        if self.model.spec.latent:  # f^-1(mu(z)); the Bernoulli means for binary data
+            images = self.model.decode_to_images(latent, 0.0)
         else:
             y = tf.reshape(latent, (-1,) + self.image_shape)
             images = self.model.features_to_images(y)

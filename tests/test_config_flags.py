@@ -73,13 +73,15 @@ def test_defaults_round_trip_into_the_dataclasses():
 def test_every_flag_value_round_trips_into_the_dataclasses():
     """A value other than the default for every field, given on the command line, arrives
     in the dataclass unchanged (tuples from list flags)."""
-    model = dict(variant="vae_f", latent_dim=7, posterior="iaf", posterior_steps=3,
+    # variant 'vae': the only one the non-default decoder ('bernoulli') accepts
+    model = dict(variant="vae", latent_dim=7, posterior="iaf", posterior_steps=3,
                  posterior_hidden=9, prior="mixture", prior_components=4, enc_dec_channels=5,
                  enc_dec_downsamples=1, flow_scales=1, flow_hidden=6, flow_res_blocks=2,
                  flow_kernel_size=1, use_actnorm=False, logit_alpha=0.01,
                  decoder_min_log_sigma=-4.5, disc_channels=3, spectral_norm=True,
                  lambda_adv=2.5, gradient_penalty="r1", gp_weight=1.5,
-                 disc_inputs="dequantized", free_bits=0.25, decoder_data_init=False)
+                 disc_inputs="dequantized", free_bits=0.25, decoder_data_init=False,
+                 decoder="bernoulli")
     run = dict(data_dir="data/x", model_dir="runs/y", train_steps=11, batch_size=4,
                checkpoint_every=3, seed=9, learning_rate=5e-4, lr_schedule="cosine",
                lr_decay_steps=20, flow_learning_rate=1e-4, disc_learning_rate=3e-4,

@@ -65,7 +65,7 @@ def test_importance_weighted_bound_matches_numpy_and_tightens():
     assert float(tf.reduce_mean(iw)) > float(tf.reduce_mean(elbo))
 
 
-@pytest.mark.parametrize("kind", ["iaf", "planar"])
+@pytest.mark.parametrize("kind", ["iaf", "planar", "realnvp"])
 def test_flow_posterior_log_density_matches_brute_force_jacobian(kind):
     d = 4
     post = posteriors.make_posterior(kind, d, num_steps=2, hidden_units=16)

@@ -14,7 +14,19 @@ Settings, how images meet the discriminator (``disc_inputs``) and the deviations
 the paper's objective: :mod:`tfp_models.hybrid_config`.
 
 All log-likelihoods are in nats per image; :func:`tfp_models.metrics.bits_per_dim`
-turns them into bits/dim. Random noise can be passed in explicitly (``noise`` dicts):
+turns them into bits/dim.
+
+Binary data (``decoder='bernoulli'``, variant ``vae`` only): the model still takes
+dequantized images x~ = (x + u) / 256 and binarizes them itself, b = 1[u < x / 255]
+(:func:`tfp_models.networks.binarize_dequantized`), so every caller that dequantizes
+(training with fresh noise each step: dynamic binarization; evaluation with seeded noise:
+a fixed seeded binarization; the export's mid-bin u = 0.5: threshold at 128) gets the
+binarization its noise implies. Then L_MLE(b) = -E_q[ln Bernoulli(b; sigmoid(logits(z)))]
++ KL(q(z|b) || p(z)), no feature map and no log-det: bounds are on ln P(b) of the binary
+image in nats (a discrete probability, <= 0), not on a density of x~, and
+:func:`tfp_models.metrics.bits_per_dim` (the 8-bit bits/dim) does not apply to them.
+
+Random noise can be passed in explicitly (``noise`` dicts):
 the training pipeline draws it per example so results do not depend on how a batch is
 split across replicas.
 """
@@ -27,6 +39,7 @@ import tensorflow as tf
 
 from tfp_models import flows
 from tfp_models.hybrid_config import (  # noqa: F401 -- re-exported: the settings live there
+    DECODERS,
     DISC_INPUTS,
     GRADIENT_PENALTIES,
     VARIANTS,
@@ -34,7 +47,14 @@ from tfp_models.hybrid_config import (  # noqa: F401 -- re-exported: the setting
     Variant,
 )
 from tfp_models.metrics import importance_weighted_bound
-from tfp_models.networks import ConvDecoder, ConvEncoder, Discriminator
+from tfp_models.networks import (
+    BernoulliConvDecoder,
+    ConvDecoder,
+    ConvEncoder,
+    Discriminator,
+    bernoulli_log_prob,
+    binarize_dequantized,
+)
 from tfp_models.posteriors import make_posterior, standard_normal_log_prob
 from tfp_models.priors import make_prior
 
@@ -77,15 +97,22 @@ class HybridModel(keras.Model):
         self.flow_nets = self.flow.nets
         self.posterior = self.encoder = self.decoder = self.discriminator = None
         self.prior = None
+        self.binary = config.decoder == "bernoulli"
         if spec.latent:
             self.prior = make_prior(config.prior, config.latent_dim, config.prior_components)
-            self.decoder = ConvDecoder(shape, config.enc_dec_channels, config.enc_dec_downsamples,
-                                       config.decoder_min_log_sigma, name="decoder")
+            if self.binary:
+                self.decoder = BernoulliConvDecoder(shape, config.enc_dec_channels,
+                                                    config.enc_dec_downsamples, name="decoder")
+            else:
+                self.decoder = ConvDecoder(shape, config.enc_dec_channels,
+                                           config.enc_dec_downsamples,
+                                           config.decoder_min_log_sigma, name="decoder")
         if spec.latent and spec.mle:
             self.posterior = make_posterior(config.posterior, config.latent_dim,
                                             config.posterior_steps, config.posterior_hidden)
             self.encoder = ConvEncoder(self.posterior.param_size, shape, config.enc_dec_channels,
-                                       config.enc_dec_downsamples, name="encoder")
+                                       config.enc_dec_downsamples, binarize_inputs=self.binary,
+                                       name="encoder")
         if spec.adversarial:
             self.discriminator = Discriminator(shape, config.disc_channels, config.spectral_norm,
                                                name="discriminator")
@@ -107,7 +134,7 @@ class HybridModel(keras.Model):
         """Encoder, prior, decoder, posterior and flow weights (everything but D); without an MLE
         term ('gan') the decoder's log-sigma bias is unused and left out."""
         skip = {id(v) for v in self.discriminator_variables}
-        if self.decoder is not None and not self.spec.mle:
+        if self.decoder is not None and not self.spec.mle and not self.binary:
             skip.add(id(self.decoder.sigma_bias))
         return [v for v in self.trainable_variables if id(v) not in skip]
 
@@ -135,7 +162,8 @@ class HybridModel(keras.Model):
         (``decoder_data_init``, variants without a learned flow) the decoder's
         per-dimension mean and log sigma from the features f(x), with latents
         z = p.from_noise(``prior_noise``) of prior noise [N, noise_dim] (default: standard
-        normal draws).
+        normal draws). Bernoulli decoder: the logit bias from the per-pixel mean of the
+        batch binarized (:func:`~tfp_models.networks.binarize_dequantized`).
 
         With a learned flow the decoder keeps sigma = 1: the features move as the flow
         trains, and per-pixel sigmas fitted to the initial features (down to ~0.01 for
@@ -144,7 +172,10 @@ class HybridModel(keras.Model):
         self.flow.data_init(x)
         if (self.decoder is not None and self.config.decoder_data_init
                 and not self.spec.learned_flow):
-            y, _ = self.flow.forward_and_log_det(x)
+            if self.binary:
+                y = binarize_dequantized(x)
+            else:
+                y, _ = self.flow.forward_and_log_det(x)
             if prior_noise is None:
                 prior_noise = tf.random.normal((tf.shape(x)[0],) + self.prior_noise_shape())
             self.decoder.initialize_from(y, self.prior.from_noise(prior_noise))
@@ -164,28 +195,37 @@ class HybridModel(keras.Model):
     def log_weights(self, x: tf.Tensor, num_samples: int = 1, eps: tf.Tensor | None = None):
         """Importance log-weights ln p(x, z_k) - ln q(z_k|x), [K, N] nats, with z_k ~ q.
 
-        Also returns the terms: ``recon`` [K, N] = ln N(f(x); mu(z_k), sigma(z_k)),
-        ``log_prior`` and ``log_q`` [K, N], ``log_det`` [N] = ln |det df/dx|.
+        Also returns the terms: ``recon`` [K, N] = ln N(f(x); mu(z_k), sigma(z_k)) (Bernoulli
+        decoder: ln p(b|z_k) of the binarized x), ``log_prior`` and ``log_q`` [K, N],
+        ``log_det`` [N] = ln |det df/dx| (0 for the Bernoulli decoder).
         ``eps`` [N, K, d] (or None) is the posterior's standard normal noise.
         """
         if not self.spec.latent or self.encoder is None:
             raise ValueError(f"variant {self.spec.name!r} has no encoder/posterior")
-        y, log_det = self.flow.forward_and_log_det(x)
+        if self.binary:  # b = 1[u < x/255]; the encoder binarizes the same way
+            y, log_det = binarize_dequantized(x), tf.zeros(tf.shape(x)[:1])
+        else:
+            y, log_det = self.flow.forward_and_log_det(x)
         params = self.encoder(x)
         if eps is not None:
             eps = tf.transpose(eps, (1, 0, 2))
         z, log_q = self.posterior.sample_and_log_prob(params, num_samples, eps)
         k, n = tf.shape(z)[0], tf.shape(z)[1]
-        mu, log_sigma = self.decoder(tf.reshape(z, (-1, self.config.latent_dim)))
-        y_k = tf.reshape(tf.broadcast_to(y, tf.concat([[k], tf.shape(y)], 0)), tf.shape(mu))
-        recon = tf.reshape(gaussian_log_prob(y_k, mu, log_sigma), (k, n))
+        out = self.decoder(tf.reshape(z, (-1, self.config.latent_dim)))
+        target_shape = tf.shape(out) if self.binary else tf.shape(out[0])
+        y_k = tf.reshape(tf.broadcast_to(y, tf.concat([[k], tf.shape(y)], 0)), target_shape)
+        if self.binary:
+            recon = tf.reshape(bernoulli_log_prob(y_k, out), (k, n))
+        else:
+            recon = tf.reshape(gaussian_log_prob(y_k, *out), (k, n))
         log_prior = self.prior.log_prob(z)
         return {"log_w": recon + log_prior - log_q + log_det, "recon": recon,
                 "log_prior": log_prior, "log_q": log_q, "log_det": log_det, "params": params}
 
     def mle_terms(self, x: tf.Tensor, eps: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         """Per-image terms of the MLE objective, each [N] nats: ``nll`` (= L_MLE, an upper
-        bound on -ln p(x); exact for the flow variants), ``recon``, ``kl``, ``log_det``."""
+        bound on -ln p(x); exact for the flow variants; -ln P(b) of the binarized image for
+        the Bernoulli decoder), ``recon``, ``kl``, ``log_det``."""
         if not self.spec.latent:
             y, log_det = self.flow.forward_and_log_det(x)
             prior = standard_normal_log_prob(tf.reshape(y, (tf.shape(y)[0], -1)))
@@ -230,7 +270,8 @@ class HybridModel(keras.Model):
     def log_prob_bound(self, x: tf.Tensor, num_samples: int = 1,
                        eps: tf.Tensor | None = None) -> tf.Tensor:
         """A lower bound on ln p(x~) [N] nats: exact for 'flow'/'flow_wgan'/'flowgan', the ELBO for
-        K = 1, the importance-weighted bound for K > 1 (tighter, still a bound)."""
+        K = 1, the importance-weighted bound for K > 1 (tighter, still a bound). Bernoulli
+        decoder: a bound on ln P(b) of the binarized x~ (:mod:`tfp_models.hybrid`)."""
         if not self.spec.has_likelihood:
             raise ValueError(f"variant {self.spec.name!r} defines no likelihood")
         if not self.spec.latent or num_samples == 1:
@@ -244,7 +285,12 @@ class HybridModel(keras.Model):
         """x = f^-1(mu(z) + temperature * sigma(z) * eps) in [0, 1], [N, H, W, C].
 
         ``temperature`` is a scalar or [N]; 0 gives the decoder mean mapped to pixels.
+        Bernoulli decoder: temperature 0 gives the means p = sigmoid(logits(z)) (grey
+        levels), temperature t > 0 binary draws b = 1[Phi(eps) < sigmoid(logits / t)]
+        (eps standard normal, Phi its CDF: a uniform draw; t = 1 samples the model).
         """
+        if self.binary:
+            return self._bernoulli_images(self.decoder(z), temperature, eps)
         mu, log_sigma = self.decoder(z)
         if eps is None and isinstance(temperature, (int, float)) and temperature == 0:
             return self.features_to_images(mu)  # the mean: no noise op in the graph
@@ -252,6 +298,17 @@ class HybridModel(keras.Model):
         if eps is None:
             eps = tf.random.normal(tf.shape(mu))
         return self.features_to_images(mu + t * tf.exp(log_sigma) * eps)
+
+    def _bernoulli_images(self, logits: tf.Tensor, temperature, eps) -> tf.Tensor:
+        means = tf.sigmoid(logits)
+        if eps is None and isinstance(temperature, (int, float)) and temperature == 0:
+            return means
+        t = tf.reshape(tf.cast(temperature, logits.dtype), (-1, 1, 1, 1))
+        if eps is None:
+            eps = tf.random.normal(tf.shape(logits))
+        u = 0.5 * tf.math.erfc(-eps / math.sqrt(2.0))  # Phi(eps) ~ U(0, 1)
+        draws = tf.cast(u < tf.sigmoid(logits / tf.maximum(t, 1e-6)), logits.dtype)
+        return tf.where(t > 0, draws, means)
 
     def features_to_images(self, y: tf.Tensor, clip: bool = True) -> tf.Tensor:
         """f^-1(y) [N, H, W, C], clipped to [0, 1] unless ``clip`` is False (then in

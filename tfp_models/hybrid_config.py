@@ -64,6 +64,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
 
 
 DISC_INPUTS = ("quantized", "dequantized")
+DECODERS = ("gaussian", "bernoulli")
 GRADIENT_PENALTIES = ("none", "r1", "wgan-gp")
 
 
@@ -76,10 +77,20 @@ class HybridConfig:
         "help": "(H, W, C) of the images; the trainer sets it from the data set."})
     latent_dim: int = dataclasses.field(default=32, metadata={"help": "Dimension of z."})
     posterior: str = dataclasses.field(default="diag", metadata={
-        "help": "Family of q(z|x).", "choices": POSTERIORS})
-    posterior_steps: int = dataclasses.field(default=2, metadata={"help": "IAF / planar steps."})
+        "help": "Family of q(z|x): 'diag' (diagonal Gaussian), 'iaf' (inverse autoregressive "
+                "flow), 'planar' (planar flows), 'realnvp' (affine couplings on z with "
+                "alternating half masks); the flows are conditioned on the encoder's context.",
+        "choices": POSTERIORS})
+    posterior_steps: int = dataclasses.field(default=2, metadata={
+        "help": "Steps k of the posterior flow (iaf, planar, realnvp; unused by diag)."})
     posterior_hidden: int = dataclasses.field(default=128, metadata={
-        "help": "Hidden units of the IAF's MADE."})
+        "help": "Hidden units of the IAF's MADE and of the realnvp posterior's coupling nets."})
+    decoder: str = dataclasses.field(default="gaussian", metadata={
+        "help": "Likelihood p(x|z): 'gaussian' (factorized Gaussian in the feature space "
+                "f(x), the paper's) or 'bernoulli' (binary data, variant vae only: each image "
+                "is binarized b = 1[u < x/255] with the dequantization noise u, dynamically "
+                "in training; bounds are -ln p(b) in nats of the binarized image, not 8-bit "
+                "bits/dim).", "choices": DECODERS})
     prior: str = dataclasses.field(default="standard", metadata={
         "help": "p(z): 'standard' N(0, I) (the paper's) or 'mixture', a learned mixture of "
                 "diagonal Gaussians (deviation; the KL becomes a one-sample estimate).",
@@ -135,6 +146,22 @@ class HybridConfig:
             raise ValueError(f"unknown variant {self.variant!r}; expected one of {sorted(VARIANTS)}")
         if self.posterior not in POSTERIORS:
             raise ValueError(f"unknown posterior {self.posterior!r}; expected one of {POSTERIORS}")
+        if self.posterior_steps < 1 and self.posterior != "diag":
+            raise ValueError(f"posterior_steps={self.posterior_steps}: the {self.posterior!r} "
+                             "posterior needs at least 1 step")
+        if self.posterior == "realnvp" and self.latent_dim < 2:
+            raise ValueError(f"posterior='realnvp' couples two halves of z: needs latent_dim >= "
+                             f"2, got {self.latent_dim}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {self.decoder!r}; expected one of {DECODERS}")
+        if self.decoder == "bernoulli" and (self.spec.learned_flow or self.spec.adversarial
+                                            or not (self.spec.latent and self.spec.mle)):
+            raise ValueError(
+                f"decoder='bernoulli' models binarized images with a VAE trained by maximum "
+                f"likelihood and no flow: use variant 'vae' (got {self.variant!r}, which "
+                + ("has a learned flow" if self.spec.learned_flow else
+                   "has an adversarial loss on grey-level images" if self.spec.adversarial
+                   else "has no latent decoder") + ")")
         if self.prior not in PRIORS:
             raise ValueError(f"unknown prior {self.prior!r}; expected one of {PRIORS}")
         if self.prior_components < 1:

@@ -79,11 +79,14 @@ class ConvEncoder(keras.layers.Layer):
     """Residual conv encoder: images in [0, 1) [N, H, W, C] -> a vector [N, out_dim].
 
     The output holds the posterior's parameters (and any context for flow posteriors).
+    With ``binarize_inputs`` the images are first binarized (:func:`binarize_dequantized`):
+    the encoder then sees exactly the binary image the Bernoulli decoder scores.
     """
 
     def __init__(self, out_dim: int, image_shape, base_channels: int, num_downsamples: int = 2,
-                 **kwargs):
+                 binarize_inputs: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.binarize_inputs = binarize_inputs
         self.stem = keras.layers.Conv2D(base_channels, 3, padding="same")
         steps = downsample_steps(image_shape, num_downsamples)
         self.stages = []
@@ -99,6 +102,8 @@ class ConvEncoder(keras.layers.Layer):
         self.head = keras.layers.Dense(out_dim)
 
     def call(self, x):
+        if self.binarize_inputs:  # q(z|b) of the binarized image b (Bernoulli decoder)
+            x = binarize_dequantized(x)
         h = self.stem(2.0 * x - 1.0)
         for block, down in self.stages:
             h = down(tf.nn.relu(block(h)))
@@ -106,7 +111,52 @@ class ConvEncoder(keras.layers.Layer):
         return self.head(self.flatten(h))
 
 
-class ConvDecoder(keras.layers.Layer):
+def binarize_dequantized(x: tf.Tensor) -> tf.Tensor:
+    """Binary images b [N, H, W, C] in {0, 1} from dequantized images x~ = (x + u) / 256
+    (x uint8 pixel values, u ~ U[0, 1) the dequantization noise): b = 1[u < x / 255].
+
+    So b ~ Bernoulli(x / 255) per pixel, drawn with the noise the pipeline already supplies
+    (a fresh u per training step: dynamic binarization; u = 0.5, the mid-bin
+    dequantization, thresholds at x >= 128). Reads x = floor(256 x~) and u = 256 x~ - x
+    back exactly (256 is a power of two); only u within float32 rounding of 1 (about
+    2^-17 for x >= 128, once per ~10^5 pixels) is read as the next bin with u = 0. Pixels
+    0 and 255 stay 0 and 1."""
+    scaled = x * 256.0
+    level = tf.floor(scaled)
+    u = scaled - level
+    return tf.cast(u < level / 255.0, x.dtype)
+
+
+class _DecoderTrunk:
+    """The dense projection and residual up-sampling stages shared by the decoders:
+    z [N, d] -> [N, H, W, out_channels]."""
+
+    def _build_trunk(self, image_shape, base_channels: int, num_upsamples: int,
+                     out_channels: int) -> None:
+        h, w, _ = (int(d) for d in image_shape)
+        steps = downsample_steps(image_shape, num_upsamples)
+        self.start_shape = (h // 2 ** steps, w // 2 ** steps, base_channels * 2 ** steps)
+        self.project = keras.layers.Dense(
+            self.start_shape[0] * self.start_shape[1] * self.start_shape[2])
+        self.stages = []
+        channels = self.start_shape[2]
+        for i in range(steps):
+            block = track_layer(self, ResidualBlock(channels), f"res_{i}")
+            channels //= 2
+            up = track_layer(self, keras.layers.Conv2DTranspose(
+                channels, 4, strides=2, padding="same"), f"up_{i}")
+            self.stages.append((block, up))
+        self.last_block = ResidualBlock(channels)
+        self.out = keras.layers.Conv2D(out_channels, 3, padding="same")
+
+    def _trunk(self, z):
+        h = tf.reshape(self.project(z), (-1,) + self.start_shape)
+        for block, up in self.stages:
+            h = up(tf.nn.relu(block(h)))
+        return self.out(tf.nn.relu(self.last_block(h)))
+
+
+class ConvDecoder(_DecoderTrunk, keras.layers.Layer):
     """Residual conv decoder: z [N, d] -> (mu, log_sigma), each [N, H, W, C].
 
     mu = mu_raw(z) + mu_bias and log_sigma = min_log_sigma + softplus(raw(z) + sigma_bias),
@@ -121,33 +171,17 @@ class ConvDecoder(keras.layers.Layer):
                  min_log_sigma: float = -6.0, **kwargs):
         super().__init__(**kwargs)
         h, w, c = (int(d) for d in image_shape)
-        steps = downsample_steps(image_shape, num_upsamples)
-        self.start_shape = (h // 2 ** steps, w // 2 ** steps, base_channels * 2 ** steps)
         self.min_log_sigma = min_log_sigma
         # softplus(raw + offset) = -min_log_sigma at raw = 0: a fresh decoder has sigma = 1.
         self._sigma_offset = math.log(math.expm1(-min_log_sigma))
-        self.project = keras.layers.Dense(
-            self.start_shape[0] * self.start_shape[1] * self.start_shape[2])
-        self.stages = []
-        channels = self.start_shape[2]
-        for i in range(steps):
-            block = track_layer(self, ResidualBlock(channels), f"res_{i}")
-            channels //= 2
-            up = track_layer(self, keras.layers.Conv2DTranspose(
-                channels, 4, strides=2, padding="same"), f"up_{i}")
-            self.stages.append((block, up))
-        self.last_block = ResidualBlock(channels)
-        self.out = keras.layers.Conv2D(2 * c, 3, padding="same")
+        self._build_trunk(image_shape, base_channels, num_upsamples, 2 * c)
         self.mu_bias = self.add_weight(name="mu_bias", shape=(h, w, c), initializer="zeros")
         self.sigma_bias = self.add_weight(
             name="sigma_bias", shape=(h, w, c),
             initializer=keras.initializers.Constant(self._sigma_offset))
 
     def _raw(self, z):
-        h = tf.reshape(self.project(z), (-1,) + self.start_shape)
-        for block, up in self.stages:
-            h = up(tf.nn.relu(block(h)))
-        return tf.split(self.out(tf.nn.relu(self.last_block(h))), 2, axis=-1)
+        return tf.split(self._trunk(z), 2, axis=-1)
 
     def call(self, z):
         mu, raw = self._raw(z)
@@ -164,6 +198,36 @@ class ConvDecoder(keras.layers.Layer):
         inv_softplus = target + tf.math.log(-tf.math.expm1(-target))
         self.mu_bias.assign(mean - tf.reduce_mean(mu_raw, axis=0))
         self.sigma_bias.assign(inv_softplus - tf.reduce_mean(raw, axis=0))
+
+
+class BernoulliConvDecoder(_DecoderTrunk, keras.layers.Layer):
+    """Residual conv decoder of binary images: z [N, d] -> logits [N, H, W, C] of
+    p(b|z) = prod Bernoulli(b; sigmoid(logits)); logits = raw(z) + ``logit_bias`` [H, W, C]
+    (same trunk as :class:`ConvDecoder`)."""
+
+    def __init__(self, image_shape, base_channels: int, num_upsamples: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        h, w, c = (int(d) for d in image_shape)
+        self._build_trunk(image_shape, base_channels, num_upsamples, c)
+        self.logit_bias = self.add_weight(name="logit_bias", shape=(h, w, c),
+                                          initializer="zeros")
+
+    def call(self, z):
+        return self._trunk(z) + self.logit_bias
+
+    def initialize_from(self, b: tf.Tensor, z: tf.Tensor) -> None:
+        """Data-dependent init from binary images b [N, H, W, C] and latents z [N, d]: the
+        logits averaged over the batch become logit(p), p the per-pixel mean of b clipped
+        to [1e-3, 1 - 1e-3]."""
+        p = tf.clip_by_value(tf.reduce_mean(b, axis=0), 1e-3, 1.0 - 1e-3)
+        target = tf.math.log(p) - tf.math.log1p(-p)
+        self.logit_bias.assign(target - tf.reduce_mean(self._trunk(z), axis=0))
+
+
+def bernoulli_log_prob(b: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """ln prod Bernoulli(b; sigmoid(logits)) summed over the trailing 3 axes [N] (nats)."""
+    return -tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=b, logits=logits),
+                          axis=[-3, -2, -1])
 
 
 class Discriminator(keras.layers.Layer):
@@ -240,3 +304,30 @@ class MADE(keras.layers.Layer):
     def call(self, z, context):
         h = tf.nn.elu(self.hidden(z) + self.context_proj(context))
         return self.shift(h), self.log_scale(h)
+
+
+class ConditionalCouplingNet(keras.layers.Layer):
+    """The shift/log-scale net of an affine coupling on a latent vector, conditioned on a
+    context (the Real NVP posterior's s_i, t_i).
+
+    ``call(a [N, m], context [N, c])`` returns (shift, log_scale), each [N, out_dim]:
+    h = elu(W_a a + W_c context + b), h = elu(dense(h)), then a zero-initialised dense
+    layer gives (t, raw_s) and log_scale = s_scale * tanh(raw_s) (bounded per unit, s_scale
+    learned, 1 at init). A fresh net gives shift = log_scale = 0: the identity coupling.
+    """
+
+    def __init__(self, out_dim: int, hidden_units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.out_dim = out_dim
+        self.hidden = keras.layers.Dense(hidden_units)
+        self.context_proj = keras.layers.Dense(hidden_units, use_bias=False)
+        self.hidden_2 = keras.layers.Dense(hidden_units)
+        self.out = keras.layers.Dense(2 * out_dim, kernel_initializer="zeros",
+                                      bias_initializer="zeros")
+        self.s_scale = self.add_weight(name="s_scale", shape=(out_dim,), initializer="ones")
+
+    def call(self, a, context):
+        h = tf.nn.elu(self.hidden(a) + self.context_proj(context))
+        h = tf.nn.elu(self.hidden_2(h))
+        shift, raw_s = tf.split(self.out(h), 2, axis=-1)
+        return shift, self.s_scale * tf.tanh(raw_s)

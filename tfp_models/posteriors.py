@@ -1,4 +1,6 @@
-"""Families of the approximate posterior q(z|x) of the hybrid model.
+"""Families of the approximate posterior q(z|x) of the hybrid model: 'diag' (diagonal
+Gaussian), 'iaf' (inverse autoregressive flow), 'planar' (planar flows), 'realnvp'
+(affine couplings with alternating masks), the flows conditioned on the encoder.
 
 Each posterior reads a parameter vector [N, param_size] produced by the encoder and
 draws reparameterized samples z [K, N, d] with their log-density log q(z|x) [K, N] in
@@ -14,12 +16,12 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_models.networks import MADE, track_layer
+from tfp_models.networks import MADE, ConditionalCouplingNet, track_layer
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
 
-POSTERIORS = ("diag", "iaf", "planar")
+POSTERIORS = ("diag", "iaf", "planar", "realnvp")
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -169,13 +171,86 @@ class PlanarFlows(DiagonalGaussian):
         return self._push(mu[None], params)[0][0]
 
 
+class RealNVPPosterior(DiagonalGaussian):
+    """Diagonal Gaussian followed by k affine coupling steps on z (Real NVP, Dinh et al.
+    2017, as a posterior flow), each conditioned on an encoder context h(x).
+    params = [mu, raw_sigma, context] -> 2d + context_dim.
+
+    z_0 = mu(x) + sigma(x) * eps, eps ~ N(0, I); step i splits z into a conditioning half
+    a and a transformed half b (alternating: the first floor(d/2) coordinates condition
+    the rest at even i, the last floor(d/2) condition the rest at odd i) and maps
+
+        b' = b * exp(s_i(a, h)) + t_i(a, h),    a' = a,
+
+    with s_i = s_scale * tanh(raw_s) bounded (:class:`~tfp_models.networks.ConditionalCouplingNet`,
+    zero-initialised: a fresh step is the identity). The Jacobian of a step is triangular
+    with diagonal exp(s_i) on b, so
+
+        ln q(z_k | x) = ln q0(z_0 | x) - sum_i sum_j s_i,j(a_i, h)      (nats).
+
+    Each step is a ``tfb.RealNVP`` (``num_masked`` = floor(d/2), negative at odd steps for
+    the reversed mask) whose ``shift_and_log_scale_fn`` calls the Keras net with the
+    context as a condition kwarg; the Keras layers own the weights (DESIGN.md, "Keras 3
+    does not track variables created inside TFP objects")."""
+
+    has_analytic_kl = False
+
+    def __init__(self, latent_dim: int, num_steps: int = 2, hidden_units: int = 128,
+                 context_dim: int = 32, **kwargs):
+        super().__init__(latent_dim, **kwargs)
+        if latent_dim < 2:
+            raise ValueError(f"a Real NVP posterior needs latent_dim >= 2, got {latent_dim}")
+        self.context_dim = context_dim
+        self.num_masked = latent_dim // 2
+        # Both masks transform the d - floor(d/2) coordinates that do not condition.
+        self.nets = [track_layer(self, ConditionalCouplingNet(
+            latent_dim - self.num_masked, hidden_units, name=f"coupling_{i}"))
+            for i in range(num_steps)]
+
+    @property
+    def param_size(self) -> int:
+        return 2 * self.latent_dim + self.context_dim
+
+    def _step(self, i: int) -> tfb.Bijector:
+        net = self.nets[i]
+        return tfb.RealNVP(
+            num_masked=self.num_masked if i % 2 == 0 else -self.num_masked,
+            shift_and_log_scale_fn=lambda a, units, context: net(a, context))
+
+    def _push(self, z, context):
+        """z [M, d] -> (flowed z [M, d], sum of log-dets [M])."""
+        total = tf.zeros(tf.shape(z)[:1])
+        for i in range(len(self.nets)):
+            step = self._step(i)
+            z_in = tf.identity(z)  # no stale bijector cache across weight updates
+            z = step.forward(z_in, context=context)
+            total += step.forward_log_det_jacobian(z_in, event_ndims=1, context=context)
+        return z, total
+
+    def sample_and_log_prob(self, params, num_samples: int = 1, eps=None):
+        z0, log_q0 = self._base_sample(params, num_samples, eps)
+        k, n = tf.shape(z0)[0], tf.shape(z0)[1]
+        context = params[:, 2 * self.latent_dim:]
+        context = tf.reshape(tf.broadcast_to(context, tf.concat([[k], tf.shape(context)], 0)),
+                             (-1, self.context_dim))
+        z, ldj = self._push(tf.reshape(z0, (-1, self.latent_dim)), context)
+        return (tf.reshape(z, (k, n, self.latent_dim)),
+                log_q0 - tf.reshape(ldj, (k, n)))
+
+    def representative(self, params):
+        mu, _ = self.base(params)
+        return self._push(mu, params[:, 2 * self.latent_dim:])[0]
+
+
 def make_posterior(kind: str, latent_dim: int, num_steps: int = 2,
                    hidden_units: int = 128) -> DiagonalGaussian:
-    """The posterior family by name: 'diag', 'iaf' or 'planar'."""
+    """The posterior family by name: 'diag', 'iaf', 'planar' or 'realnvp'."""
     if kind == "diag":
         return DiagonalGaussian(latent_dim, name="posterior")
     if kind == "iaf":
         return InverseAutoregressiveFlow(latent_dim, num_steps, hidden_units, name="posterior")
     if kind == "planar":
         return PlanarFlows(latent_dim, num_steps, name="posterior")
+    if kind == "realnvp":
+        return RealNVPPosterior(latent_dim, num_steps, hidden_units, name="posterior")
     raise ValueError(f"unknown posterior {kind!r}; expected one of {POSTERIORS}")
