@@ -29,7 +29,7 @@ import statistics
 import sys
 import time
 
-from pipeline.quickstart import DEFAULT_MNIST, PROJECT_ROOT, last_json, run_stage
+from pipeline.quickstart import DEFAULT_MNIST, PROJECT_ROOT, last_json, preprocess_mnist, run_stage
 
 ALL_VARIANTS = "vae,vae_f,cq,cqf,gan,flow,flow_wgan,flowgan"
 PAPER_CIFAR10 = {  # Lucas et al. 2019, table "impact of training objectives and NVP decoder"
@@ -52,11 +52,7 @@ def prepare(work: str, mnist_dir: str) -> tuple[str, str, str]:
     data_dir = os.path.join(work, "data", "mnist28")
     classifier = os.path.join(work, "mnist_classifier")
     ref_stats = os.path.join(work, "reference_train_stats.npz")
-    if not os.path.isfile(os.path.join(data_dir, "dataset.json")):
-        run_stage(0, 0, "preprocess", [py, "-m", "beam_jobs.preprocess", "--source=mnist_idx",
-                                       f"--input={mnist_dir}", f"--output_dir={data_dir}",
-                                       "--image_size=28", "--grayscale",
-                                       "--validation_fraction=0.1"])
+    preprocess_mnist(data_dir, mnist_dir)
     if not os.path.isdir(classifier):
         run_stage(0, 0, "classifier", [py, "-m", "pipeline.train_mnist_classifier",
                                        f"--mnist_dir={mnist_dir}", f"--output={classifier}"])

@@ -42,7 +42,7 @@ import numpy as np
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, PROJECT_ROOT)
 
-from pipeline.quickstart import DEFAULT_MNIST, last_json, run_stage  # noqa: E402
+from pipeline.quickstart import DEFAULT_MNIST, last_json, preprocess_mnist, run_stage  # noqa: E402
 
 VARIANTS = ("flow", "flow_wgan")
 # Same Real NVP for both (the ablation's 3x3-coupling baseline: configs/quickstart.cfg's flow
@@ -65,13 +65,9 @@ SOURCE = ("Danihelka et al. 2017 (full-size Real NVPs on 32x32 natural images, G
 
 
 def prepare_data(work: str, mnist_dir: str) -> str:
-    """The quickstart's data set (benchmarks/ablation.py prepare(), data part only)."""
+    """The quickstart's MNIST data set in ``work``/data/mnist28, made if missing."""
     data_dir = os.path.join(work, "data", "mnist28")
-    if not os.path.isfile(os.path.join(data_dir, "dataset.json")):
-        run_stage(0, 0, "preprocess", [sys.executable, "-m", "beam_jobs.preprocess",
-                                       "--source=mnist_idx", f"--input={mnist_dir}",
-                                       f"--output_dir={data_dir}", "--image_size=28",
-                                       "--grayscale", "--validation_fraction=0.1"])
+    preprocess_mnist(data_dir, mnist_dir)
     return data_dir
 
 

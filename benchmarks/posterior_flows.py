@@ -28,7 +28,7 @@ import os
 import sys
 import time
 
-from pipeline.quickstart import DEFAULT_MNIST, PROJECT_ROOT, run_stage
+from pipeline.quickstart import DEFAULT_MNIST, PROJECT_ROOT, preprocess_mnist
 
 ALL_ROWS = "diag,planar4,planar10,planar20,iaf,realnvp2,realnvp5,realnvp10,realnvp20"
 RESULT_FILE = "posterior_flows_result.json"
@@ -50,13 +50,9 @@ def parse_row(name: str) -> tuple[str, int]:
 
 
 def prepare_data(work: str, mnist_dir: str) -> str:
-    """The quickstart's MNIST data set (beam_jobs.preprocess), made if missing."""
+    """The quickstart's MNIST data set in ``work``/data/mnist28, made if missing."""
     data_dir = os.path.join(work, "data", "mnist28")
-    if not os.path.isfile(os.path.join(data_dir, "dataset.json")):
-        run_stage(0, 0, "preprocess", [sys.executable, "-m", "beam_jobs.preprocess",
-                                       "--source=mnist_idx", f"--input={mnist_dir}",
-                                       f"--output_dir={data_dir}", "--image_size=28",
-                                       "--grayscale", "--validation_fraction=0.1"])
+    preprocess_mnist(data_dir, mnist_dir)
     return data_dir
 
 

@@ -49,6 +49,19 @@ def run_stage(index: int, total: int, title: str, argv: list[str], capture: bool
     return stdout
 
 
+def preprocess_mnist(data_dir: str, mnist_dir: str, index: int = 0, total: int = 0) -> bool:
+    """The quickstart's data set: the MNIST IDX files of ``mnist_dir`` as 28x28 grey
+    TFRecords in ``data_dir`` (90% train / 10% validation) by the Beam job, unless
+    ``data_dir`` already holds one. Returns whether it was made."""
+    if os.path.isfile(os.path.join(data_dir, "dataset.json")):
+        return False
+    run_stage(index, total, "Beam preprocessing: MNIST IDX -> TFRecords", [
+        sys.executable, "-m", "beam_jobs.preprocess", "--source=mnist_idx",
+        f"--input={mnist_dir}", f"--output_dir={data_dir}", "--image_size=28", "--grayscale",
+        "--validation_fraction=0.1"])
+    return True
+
+
 def last_json(text: str) -> dict:
     """The last JSON object printed by a command (they print a JSON summary last)."""
     start = text.rfind("\n{")
@@ -84,12 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     real_fid_file = os.path.join(work, "heldout_real_fid.json")
     total, started = 9, time.time()
 
-    if not os.path.isfile(os.path.join(data_dir, "dataset.json")):
-        run_stage(1, total, "Beam preprocessing: MNIST IDX -> TFRecords", [
-            py, "-m", "beam_jobs.preprocess", "--source=mnist_idx", f"--input={args.mnist_dir}",
-            f"--output_dir={data_dir}", "--image_size=28", "--grayscale",
-            "--validation_fraction=0.1"])
-    else:
+    if not preprocess_mnist(data_dir, args.mnist_dir, 1, total):
         print(f"\n=== [1/{total}] data set exists: {data_dir}")
     if not os.path.isdir(classifier):
         run_stage(2, total, "MNIST classifier for FID/KID/IS features", [

@@ -74,24 +74,51 @@ class DiagonalGaussian(keras.layers.Layer):
         return tf.reduce_sum(self.analytic_kl_per_dim(params), axis=-1)
 
 
-class InverseAutoregressiveFlow(DiagonalGaussian):
-    """Diagonal Gaussian followed by IAF steps (Kingma et al., 2016), each a
-    ``tfb.Invert(tfb.MaskedAutoregressiveFlow)`` conditioned on an encoder context,
-    with the latent order reversed between steps. params = [mu, raw_sigma, context]."""
+class ContextFlowPosterior(DiagonalGaussian):
+    """A diagonal Gaussian q0(z_0|x) pushed through invertible steps conditioned on an
+    encoder context h(x): params = [mu, raw_sigma, context] -> 2d + context_dim, and
+    ln q(z|x) = ln q0(z_0|x) - sum of the steps' log |det|. Subclasses define
+    ``_push(z [M, d], context [M, c]) -> (z [M, d], log-det [M])``."""
 
     has_analytic_kl = False
 
-    def __init__(self, latent_dim: int, num_steps: int = 2, hidden_units: int = 128,
-                 context_dim: int = 32, **kwargs):
+    def __init__(self, latent_dim: int, context_dim: int = 32, **kwargs):
         super().__init__(latent_dim, **kwargs)
         self.context_dim = context_dim
-        self.mades = [track_layer(self, MADE(latent_dim, hidden_units, name=f"made_{i}"))
-                      for i in range(num_steps)]
-        self.reverse = tfb.Permute(list(range(latent_dim))[::-1])
 
     @property
     def param_size(self) -> int:
         return 2 * self.latent_dim + self.context_dim
+
+    def _push(self, z, context):
+        raise NotImplementedError
+
+    def sample_and_log_prob(self, params, num_samples: int = 1, eps=None):
+        z0, log_q0 = self._base_sample(params, num_samples, eps)
+        k, n = tf.shape(z0)[0], tf.shape(z0)[1]
+        context = params[:, 2 * self.latent_dim:]
+        context = tf.reshape(tf.broadcast_to(context, tf.concat([[k], tf.shape(context)], 0)),
+                             (-1, self.context_dim))
+        z, ldj = self._push(tf.reshape(z0, (-1, self.latent_dim)), context)
+        return (tf.reshape(z, (k, n, self.latent_dim)),
+                log_q0 - tf.reshape(ldj, (k, n)))
+
+    def representative(self, params):
+        mu, _ = self.base(params)
+        return self._push(mu, params[:, 2 * self.latent_dim:])[0]
+
+
+class InverseAutoregressiveFlow(ContextFlowPosterior):
+    """Diagonal Gaussian followed by IAF steps (Kingma et al., 2016), each a
+    ``tfb.Invert(tfb.MaskedAutoregressiveFlow)`` conditioned on an encoder context,
+    with the latent order reversed between steps. params = [mu, raw_sigma, context]."""
+
+    def __init__(self, latent_dim: int, num_steps: int = 2, hidden_units: int = 128,
+                 context_dim: int = 32, **kwargs):
+        super().__init__(latent_dim, context_dim, **kwargs)
+        self.mades = [track_layer(self, MADE(latent_dim, hidden_units, name=f"made_{i}"))
+                      for i in range(num_steps)]
+        self.reverse = tfb.Permute(list(range(latent_dim))[::-1])
 
     def _flow(self, made):
         # MAF's inverse, x = (y - shift(y)) * exp(-log_scale(y)), runs in one parallel
@@ -110,20 +137,6 @@ class InverseAutoregressiveFlow(DiagonalGaussian):
             z = flow.forward(z_in, context=context)
             total += flow.forward_log_det_jacobian(z_in, event_ndims=1, context=context)
         return z, total
-
-    def sample_and_log_prob(self, params, num_samples: int = 1, eps=None):
-        z0, log_q0 = self._base_sample(params, num_samples, eps)
-        k, n = tf.shape(z0)[0], tf.shape(z0)[1]
-        context = params[:, 2 * self.latent_dim:]
-        context = tf.reshape(tf.broadcast_to(context, tf.concat([[k], tf.shape(context)], 0)),
-                             (-1, self.context_dim))
-        z, ldj = self._push(tf.reshape(z0, (-1, self.latent_dim)), context)
-        return (tf.reshape(z, (k, n, self.latent_dim)),
-                log_q0 - tf.reshape(ldj, (k, n)))
-
-    def representative(self, params):
-        mu, _ = self.base(params)
-        return self._push(mu, params[:, 2 * self.latent_dim:])[0]
 
 
 class PlanarFlows(DiagonalGaussian):
@@ -171,7 +184,7 @@ class PlanarFlows(DiagonalGaussian):
         return self._push(mu[None], params)[0][0]
 
 
-class RealNVPPosterior(DiagonalGaussian):
+class RealNVPPosterior(ContextFlowPosterior):
     """Diagonal Gaussian followed by k affine coupling steps on z (Real NVP, Dinh et al.
     2017, as a posterior flow), each conditioned on an encoder context h(x).
     params = [mu, raw_sigma, context] -> 2d + context_dim.
@@ -193,23 +206,16 @@ class RealNVPPosterior(DiagonalGaussian):
     context as a condition kwarg; the Keras layers own the weights (DESIGN.md, "Keras 3
     does not track variables created inside TFP objects")."""
 
-    has_analytic_kl = False
-
     def __init__(self, latent_dim: int, num_steps: int = 2, hidden_units: int = 128,
                  context_dim: int = 32, **kwargs):
-        super().__init__(latent_dim, **kwargs)
         if latent_dim < 2:
             raise ValueError(f"a Real NVP posterior needs latent_dim >= 2, got {latent_dim}")
-        self.context_dim = context_dim
+        super().__init__(latent_dim, context_dim, **kwargs)
         self.num_masked = latent_dim // 2
         # Both masks transform the d - floor(d/2) coordinates that do not condition.
         self.nets = [track_layer(self, ConditionalCouplingNet(
             latent_dim - self.num_masked, hidden_units, name=f"coupling_{i}"))
             for i in range(num_steps)]
-
-    @property
-    def param_size(self) -> int:
-        return 2 * self.latent_dim + self.context_dim
 
     def _step(self, i: int) -> tfb.Bijector:
         net = self.nets[i]
@@ -226,20 +232,6 @@ class RealNVPPosterior(DiagonalGaussian):
             z = step.forward(z_in, context=context)
             total += step.forward_log_det_jacobian(z_in, event_ndims=1, context=context)
         return z, total
-
-    def sample_and_log_prob(self, params, num_samples: int = 1, eps=None):
-        z0, log_q0 = self._base_sample(params, num_samples, eps)
-        k, n = tf.shape(z0)[0], tf.shape(z0)[1]
-        context = params[:, 2 * self.latent_dim:]
-        context = tf.reshape(tf.broadcast_to(context, tf.concat([[k], tf.shape(context)], 0)),
-                             (-1, self.context_dim))
-        z, ldj = self._push(tf.reshape(z0, (-1, self.latent_dim)), context)
-        return (tf.reshape(z, (k, n, self.latent_dim)),
-                log_q0 - tf.reshape(ldj, (k, n)))
-
-    def representative(self, params):
-        mu, _ = self.base(params)
-        return self._push(mu, params[:, 2 * self.latent_dim:])[0]
 
 
 def make_posterior(kind: str, latent_dim: int, num_steps: int = 2,
