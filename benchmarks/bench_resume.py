@@ -4,7 +4,7 @@
         [--out benchmarks/results/bench_resume.txt]
 
 The training input of a run resumed at step k (``pipeline.train_input.make_train_dataset``
-with ``start_step=k``, the quickstart's batch of 64 MNIST digits with per-step noise) is
+with ``start_step=k``, batches of ``--batch`` MNIST digits with cqf's per-step noise) is
 built and its first batch drawn; that wall time is the resume start-up of the input.
 Measured at k = 10 and at a simulated k = 10^6 (no training: the step counter is what a
 checkpoint at that step would restore). Baseline: the earlier implementation, which
