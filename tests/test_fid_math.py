@@ -211,6 +211,19 @@ def test_frechet_distance_refuses_non_covariances():
         fid_math.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.full((2, 2), np.nan))
 
 
+def test_frechet_distance_of_identical_samples_is_the_closed_form():
+    """All samples alike (a flow's T=0 samples): their covariance is zero up to rounding,
+    with eigenvalues of either sign; FID = ||mu1 - mu2||^2 + Tr(sigma2) (to the trace
+    term's ~5e-8 relative rounding)."""
+    one = np.random.default_rng(3).normal(5.0, 3.0, size=64)
+    a = _fit(np.repeat(one[None], 1000, axis=0))
+    assert np.linalg.eigvalsh(a.sigma).min() <= 0.0 and np.abs(a.sigma).max() < 1e-9
+    b = _fit(_correlated_features(500, 64, seed=4))
+    want = float((a.mu - b.mu) @ (a.mu - b.mu) + np.trace(b.sigma))
+    assert fid_math.frechet_distance(a.mu, a.sigma, b.mu, b.sigma) == pytest.approx(want, rel=1e-7)
+    assert fid_math.frechet_distance(b.mu, b.sigma, a.mu, a.sigma) == pytest.approx(want, rel=1e-7)
+
+
 def test_sum_outer_is_symmetric_and_survives_pickling():
     x = _features(n=FLUSH_PLUS, d=7, seed=14)
     s = fid_math.SufficientStatistics()

@@ -47,15 +47,20 @@ def _check_gaussians(mu1, sigma1, mu2, sigma2) -> tuple[np.ndarray, ...]:
     return mu1, sigma1, mu2, sigma2
 
 
-def _clipped_eigenvalues(eig: np.ndarray, name: str) -> np.ndarray:
+def _clipped_eigenvalues(eig: np.ndarray, name: str, scale: float = 0.0) -> np.ndarray:
     """Eigenvalues [d] of a symmetric PSD [d, d] matrix with rounding negatives set to 0.
+
+    A negative eigenvalue is rounding if it is within ``PSD_TOL`` of the larger of the
+    matrix's own largest |eigenvalue| and ``scale`` (the size of the problem it belongs
+    to: a covariance that is zero up to rounding, from identical samples, has only
+    rounding-sized eigenvalues of either sign).
 
     Accuracy: ``eigh`` resolves eigenvalues to about ``eps * max|eig|``, so a zero
     eigenvalue of a singular matrix comes back as noise of that size; its square root
     adds ~1e-8 * sqrt(max|eig|) to the trace term. Measured on N < d covariances against
     the exact low-rank computation: ~5e-8 relative, as ``scipy.linalg.sqrtm`` (~6e-8).
     """
-    scale = max(float(np.max(np.abs(eig))), np.finfo(np.float64).tiny)
+    scale = max(float(np.max(np.abs(eig))), scale, np.finfo(np.float64).tiny)
     if eig.min() < -PSD_TOL * scale:
         raise ValueError(f"{name} is not positive semi-definite (eigenvalue {eig.min():.3g}, "
                          f"largest {scale:.3g}); it is not a covariance matrix")
@@ -87,17 +92,22 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     two matrix products and one ``eigvalsh``, real float64 arithmetic throughout, with
     BLAS threads fitted to the machine's load (:func:`blas_threads_for_load`).
     """
-    sigma1 = np.asarray(sigma1, np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    # Both covariances set the scale of rounding: a zero-variance sample set (all images
+    # alike, e.g. a flow's temperature-0 samples) has a zero sigma up to rounding noise.
+    scale = float(max(np.abs(np.diagonal(sigma1)).max(), np.abs(np.diagonal(sigma2)).max()))
     with limited_blas_threads():
         w, v = np.linalg.eigh(0.5 * (sigma1 + sigma1.T))
-        w = _clipped_eigenvalues(w, "sigma1")
+        w = _clipped_eigenvalues(w, "sigma1", scale)
         keep = w > 0
         if not keep.any():
             return 0.0
         b = v[:, keep] * np.sqrt(w[keep])
-        m = b.T @ (np.asarray(sigma2, np.float64) @ b)
+        m = b.T @ (sigma2 @ b)
         eig = np.linalg.eigvalsh(0.5 * (m + m.T))
-    return float(np.sqrt(_clipped_eigenvalues(eig, "sigma1^1/2 sigma2 sigma1^1/2")).sum())
+    # M's eigenvalues are at most max(w) * max eig(sigma2): its rounding scale.
+    eig = _clipped_eigenvalues(eig, "sigma1^1/2 sigma2 sigma1^1/2", float(w.max()) * scale)
+    return float(np.sqrt(eig).sum())
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
