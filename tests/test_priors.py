@@ -118,6 +118,7 @@ def test_a_learned_prior_needs_a_likelihood_term():
         HybridConfig(prior="vamp", **SMALL)
 
 
+@pytest.mark.slow  # training + export (~30 s)
 def test_trainer_learns_the_mixture_and_export_samples_and_scores_with_it(
         digits16, tmp_path, tracking_uri):
     model_dir = str(tmp_path / "model")
@@ -143,6 +144,7 @@ def test_trainer_learns_the_mixture_and_export_samples_and_scores_with_it(
     assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
 
 
+@pytest.mark.slow  # training + EM refit (~30 s)
 def test_fit_prior_refits_only_the_prior_and_raises_its_likelihood(digits16, tmp_path,
                                                                     tracking_uri):
     import subprocess

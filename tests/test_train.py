@@ -65,6 +65,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(digits16, tmp_pat
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # two trainings (~35 s); the fast suite keeps near 10 min
 def test_two_replicas_match_one_replica(digits16, tmp_path, tracking_uri):
     assert len(tf.config.list_logical_devices("CPU")) >= 2, "conftest sets 2 logical CPUs"
     one = tmp_path / "one"
@@ -205,6 +206,7 @@ def test_cli_rejects_unknown_variant(digits16, tmp_path):
     assert "variant" in result.stderr and "cqf" in result.stderr
 
 
+@pytest.mark.slow  # two trainings (~40 s)
 def test_flow_warmup_keeps_the_flow_fixed_then_trains_it(digits16, tmp_path, tracking_uri):
     """--flow_warmup_steps=2: after 2 steps the coupling nets equal their (data-initialized)
     start, the decoder has moved; after 4 steps the flow has moved too."""
@@ -228,6 +230,7 @@ def test_flow_warmup_keeps_the_flow_fixed_then_trains_it(digits16, tmp_path, tra
     assert any(np.abs(d2 - d4).max() > 0 for d2, d4 in zip(dec2, dec4))
 
 
+@pytest.mark.slow  # three trainings (~60 s)
 def test_flow_learning_rate_gives_the_flow_its_own_optimizer(digits16, tmp_path, tracking_uri):
     """--flow_learning_rate: the flow's nets are updated by their own Adam (a tiny rate keeps
     them near their start while the decoder moves at --learning_rate); the optimizer is
