@@ -22,6 +22,13 @@ from artifacts.dataset_format import DatasetInfo, read_dataset_info
 _EPOCH_STRIDE = 1 << 20
 
 
+def _interleaved_records(file_names: tf.data.Dataset, num_files: int) -> tf.data.Dataset:
+    """The serialized records of the TFRecord files named by ``file_names``, read with a
+    deterministic parallel interleave of up to 16 files."""
+    return file_names.interleave(tf.data.TFRecordDataset, cycle_length=min(num_files, 16),
+                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def shuffled_epoch_records(files: list[str], epoch: tf.Tensor | int, seed: int,
                            buffer_size: int) -> tf.data.Dataset:
     """The serialized records of one epoch: shard order and records shuffled with seeds of
@@ -31,10 +38,8 @@ def shuffled_epoch_records(files: list[str], epoch: tf.Tensor | int, seed: int,
     def epoch_records(e):
         tf.random.set_seed(seed % (2 ** 31 - 2) + 1)  # in this trace: the graph's seed
         op_seed = 2 * (tf.constant(seed, tf.int64) * _EPOCH_STRIDE + e)
-        ds = tf.data.Dataset.from_tensor_slices(files).shuffle(
-            len(files), seed=op_seed, reshuffle_each_iteration=False)
-        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
-                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = _interleaved_records(tf.data.Dataset.from_tensor_slices(files).shuffle(
+            len(files), seed=op_seed, reshuffle_each_iteration=False), len(files))
         return ds.shuffle(buffer_size, seed=op_seed + 1, reshuffle_each_iteration=False)
 
     epochs = tf.data.Dataset.from_tensors(tf.cast(epoch, tf.int64))
@@ -73,7 +78,7 @@ def make_image_dataset(data: str | os.PathLike | DatasetInfo, split: str, batch_
         raise ValueError("start_batch needs repeat=True and drop_remainder=True (a position "
                          "in an endless stream of full batches)")
     h, w, c = info.image_shape
-    files = [f for f in info.split_files[split]]
+    files = list(info.split_files[split])
     autotune = tf.data.AUTOTUNE
     if seed is None:
         seed = random.SystemRandom().randrange(2 ** 31)
@@ -85,9 +90,7 @@ def make_image_dataset(data: str | os.PathLike | DatasetInfo, split: str, batch_
                   else tf.data.Dataset.range(1))
         ds = epochs.flat_map(lambda e: shuffled_epoch_records(files, e, seed, buffer))
     else:
-        ds = tf.data.Dataset.from_tensor_slices(files).interleave(
-            tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
-            num_parallel_calls=autotune, deterministic=True)
+        ds = _interleaved_records(tf.data.Dataset.from_tensor_slices(files), len(files))
         if repeat:
             ds = ds.repeat()  # every epoch is the same: only the offset matters
     ds = ds.skip(offset)
