@@ -50,7 +50,13 @@ def main(argv):
         if os.environ.get("AD_TRACEBACK"):
             raise
         print(f"pipeline.train: error: {lost}", file=sys.stderr)
-        sys.exit(WORKER_LOST_EXIT_CODE)
+        # The checkpoint, the MLflow run's status and the model-dir lock are settled by now.
+        # An aborted collective leaves TF's cross-device thread pool with closed pipes, and
+        # a normal interpreter shutdown then prints its finalizer's traceback ("Exception
+        # ignored in Pool.__del__ ... Bad file descriptor"); exit at once after flushing.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(WORKER_LOST_EXIT_CODE)
     print(json.dumps(summary, indent=2, default=str))
 
 
