@@ -52,14 +52,6 @@ log = logging.getLogger("pipeline.critic_eval")
 TRAIN_POOL_OFFSET, FRESH_OFFSET = 0, 1 << 30
 
 
-def check_generator(model: HybridModel) -> None:
-    """Raises ValueError if the model cannot draw samples (a latent variant without a
-    decoder, a flow variant without a flow)."""
-    spec = model.spec
-    if (spec.latent and model.decoder is None) or (not spec.latent and model.flow is None):
-        raise ValueError(f"variant {spec.name!r} has no generator to draw samples from")
-
-
 def model_samples(model: HybridModel, num: int, temperature: float, seed: int,
                   offset: int = 0, batch_size: int = 250, show_progress: bool = False,
                   desc: str = "samples") -> np.ndarray:
@@ -123,7 +115,7 @@ def critic_eval(model: HybridModel, data_dir: str, split: str = "validation", *,
         raise ValueError(f"--critic_steps={critic_steps}, --batch_size={batch_size}, "
                          f"--train_samples={train_samples}, --eval_every={eval_every}: expected "
                          "positive integers with batch_size >= 2 and train_samples >= batch_size")
-    check_generator(model)
+    model.check_generator()
     # One seed fixes the data order (tf.data shuffles), the critic's initial weights, the
     # samples and the interpolation weights (this sets the global Python/NumPy/TF seeds).
     tf.keras.utils.set_random_seed(seed)

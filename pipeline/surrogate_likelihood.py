@@ -68,6 +68,7 @@ def surrogate_scores(model: HybridModel, data_dir: str, split: str, *, num_gener
                          "expected positive integers")
     if not entropic_lambda > 0:
         raise ValueError(f"--entropic_lambda={entropic_lambda}: expected > 0")
+    model.check_generator()
     info = data_lib.read_dataset_info(data_dir)
     if tuple(info.image_shape) != tuple(model.config.image_shape):
         raise ValueError(f"data set {data_dir!r} holds {list(info.image_shape)} images, the "

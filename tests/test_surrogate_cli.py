@@ -85,3 +85,11 @@ def test_mismatched_image_shape_is_refused(gan_dir, tmp_path):
     with pytest.raises(ValueError, match=r"\[8, 8, 1\] images, the model was trained on"):
         sl.surrogate_scores(model, str(fake_data), "validation", num_generated=4,
                             entropic_lambda=1.0, batch_size=2, show_progress=False)
+
+
+def test_a_model_without_a_generator_is_refused(gan_dir, digits16):
+    model, _ = model_io.load_trained_model(gan_dir)
+    model.decoder = None  # no variant lacks a generator today; the check still names it
+    with pytest.raises(ValueError, match="has no generator"):
+        sl.surrogate_scores(model, digits16, "validation", num_generated=4,
+                            entropic_lambda=1.0, batch_size=2, show_progress=False)

@@ -326,6 +326,13 @@ class HybridModel(keras.Model):
         t = tf.reshape(tf.cast(temperature, prior_noise.dtype), (-1, 1, 1, 1))
         return self.features_to_images(t * prior_noise)
 
+    def check_generator(self) -> None:
+        """Raises ValueError if the model cannot draw samples (a latent variant without a
+        decoder, a flow variant without a flow)."""
+        if (self.spec.latent and self.decoder is None) or (
+                not self.spec.latent and self.flow is None):
+            raise ValueError(f"variant {self.spec.name!r} has no generator to draw samples from")
+
     def prior_noise_shape(self) -> tuple:
         """Per-sample shape of the standard normal noise a sample is made from: the
         prior's noise_dim for latent variants, the image shape for the flow variants."""
