@@ -137,13 +137,16 @@ def evaluate_bpd(model: HybridModel, data_dir: str, split: str = "validation",
 
 def evaluate_binary_nll(model: HybridModel, data_dir: str, split: str = "validation",
                         batch_size: int = 100, importance_samples: int = 1, seed: int = 0,
-                        max_examples: int | None = None,
-                        show_progress: bool = True) -> dict[str, Any]:
+                        max_examples: int | None = None, show_progress: bool = True,
+                        per_image: bool = False) -> dict[str, Any]:
     """-ln P(b) in nats per image of the split's images binarized once (Bernoulli decoder;
     :data:`BINARIZATION`, keyed on ``seed``): {"nll_nats" (from the ELBO: an upper bound),
     "nll_nats_stderr", ["nll_nats_iw", "nll_nats_iw_stderr" (IW bound, K =
     "importance_samples"; tighter, still an upper bound in expectation)], "num_examples",
-    "kind", "binarization", "units"}. Standard errors are over images."""
+    "kind", "binarization", "units"}. Standard errors are over images. ``per_image``: also
+    "per_image": {"nll_elbo_nats", ["nll_iw_nats"]} float64 [N] arrays (-ln P(b) bounds),
+    in split order (the same
+    images and binarization for every model at equal seed: paired comparisons)."""
     if not getattr(model, "binary", False):
         raise ValueError(f"model (decoder={model.config.decoder!r}) is not a Bernoulli-decoder "
                          "model of binary data; use evaluate_bpd")
@@ -159,6 +162,8 @@ def evaluate_binary_nll(model: HybridModel, data_dir: str, split: str = "validat
         result["nll_nats_iw"], result["nll_nats_iw_stderr"] = metrics.mean_and_stderr(
             -values["iw"])
         result["importance_samples"] = importance_samples
+    if per_image:
+        result["per_image"] = {f"nll_{k}_nats": -v for k, v in values.items()}
     return result
 
 

@@ -155,9 +155,18 @@ def test_training_logs_nats_evaluation_reports_nats_with_a_fixed_binarization(
     assert "train/bpd" not in run.data.metrics and run.data.metrics["train/nll"] > 0
     model, _ = model_io.load_trained_model(model_dir)
     res = evaluate.evaluate_binary_nll(model, digits16, "validation", batch_size=16,
-                                       importance_samples=8, seed=1, show_progress=False)
+                                       importance_samples=8, seed=1, show_progress=False,
+                                       per_image=True)
     assert res["units"].startswith("nats") and res["kind"] == "elbo_bound_binarized"
     assert 0 < res["nll_nats_iw"] <= res["nll_nats"] + 3 * res["nll_nats_stderr"]
+    per_image = res.pop("per_image")  # the values behind the means, one per held-out image
+    assert sorted(per_image) == ["nll_elbo_nats", "nll_iw_nats"]
+    assert per_image["nll_iw_nats"].shape == (res["num_examples"],)
+    np.testing.assert_allclose(per_image["nll_elbo_nats"].mean(), res["nll_nats"], rtol=1e-12)
+    np.testing.assert_allclose(per_image["nll_iw_nats"].mean(), res["nll_nats_iw"], rtol=1e-12)
+    again = evaluate.evaluate_binary_nll(model, digits16, "validation", batch_size=16,
+                                         importance_samples=8, seed=1, show_progress=False)
+    assert "per_image" not in again and again == res
     assert "bpd" not in res
     with pytest.raises(ValueError, match="nats"):
         evaluate.evaluate_bpd(model, digits16, "validation", show_progress=False)
