@@ -212,7 +212,7 @@ def table(rows: list[dict], args) -> list[str]:
         "the 60,000 training digits, -ln p(x) on the 10,000 test digits) and reports about "
         "81-86 nats for planar k = 4..40 and Real NVP k = 2..20 (issue 12's summary). "
         f"Here each row gets {args.train_steps * args.batch_size / 9054:.1f} epochs of 9,054 "
-        "digits on a shared 2-core CPU, so the absolute numbers are far from convergence and "
+        "digits on a 2-core CPU, so the absolute numbers are far from convergence and "
         "the differences between rows are those of an early-training budget, not of converged "
         "models.",
         "",
@@ -275,7 +275,7 @@ def main() -> int:
     for n in names:
         parse_row(n)
     data_dir = prepare_data(os.path.abspath(args.work_dir), args.mnist_dir)
-    start = time.time()
+    start, load_before = time.time(), os.getloadavg()[0]
     rows = [run_row(n, args, data_dir, i, len(names)) for i, n in enumerate(names, 1)]
     stem = os.path.splitext(args.out)[0]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -287,7 +287,9 @@ def main() -> int:
               f"Decoder means of z ~ N(0, I) (16 per row, rows in table order): "
               f"`{os.path.basename(grid)}`",
               f"Wall time of this invocation (rows already stored are not re-run): "
-              f"{time.time() - start:.0f} s"]
+              f"{time.time() - start:.0f} s; 1-minute load average {load_before:.2f} at the "
+              f"start, {os.getloadavg()[0]:.2f} at the end, on {os.cpu_count()} CPUs (above "
+              "the CPU count: other jobs shared the cores)"]
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(stem + ".json", "w") as f:
