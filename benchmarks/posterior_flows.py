@@ -4,8 +4,12 @@ the diagonal Gaussian, planar flows (k = 4, 10, 20), IAF and Real NVP posteriors
 (k = 2, 5, 10, 20), every row with the Bernoulli decoder, the same architecture, budget
 and evaluation.
 
-    python benchmarks/posterior_flows.py [--rows diag,planar4,...] [--train_steps 1000] \
-        [--importance_samples 100] [--heldout 500] [--out benchmarks/results/posterior_flows.md]
+    python benchmarks/posterior_flows.py [--rows diag,planar4,...] [--train_steps 3000] \
+        [--seeds 0,1,2] [--importance_samples 100] [--heldout 500] \
+        [--out benchmarks/results/posterior_flows.md]
+
+One seed of every row at the default 3,000 steps took about 30 min on the idle 2-core
+machine; ``--seeds`` trains the whole table once per seed (mean ± std over seeds).
 
 Data: the quickstart's preprocessing of ../shared/data/mnist_test (MNIST's 10,000 test
 digits, 9,054 for training and 946 held out as the validation split; made here if
@@ -68,25 +72,33 @@ def model_config(kind: str, steps: int, args):
                         enc_dec_downsamples=2)
 
 
-def run_row(name: str, args, data_dir: str, index: int, total: int) -> dict:
-    """Trains and evaluates one row; returns (and stores) its result."""
+def row_dir(args, seed: int, name: str) -> str:
+    """The model directory of row ``name`` trained with ``seed``: <runs_dir>/seed<seed>/<name>."""
+    return os.path.join(args.runs_dir, f"seed{seed}", name)
+
+
+def run_row(name: str, seed: int, args, data_dir: str, index: int, total: int) -> dict:
+    """Trains row ``name`` with training seed ``seed`` and evaluates it (evaluation seed
+    ``args.eval_seed``: the same binarized held-out digits for every row and seed); returns
+    (and stores) its result."""
     from artifacts import model_io
     from pipeline import evaluate, trainer
 
-    model_dir = os.path.join(args.runs_dir, name)
+    model_dir = row_dir(args, seed, name)
     result_file = os.path.join(model_dir, RESULT_FILE)
     if os.path.isfile(result_file):
         with open(result_file) as f:
             return json.load(f)
     kind, steps = parse_row(name)
-    print(f"\n=== [{index}/{total}] {name}: posterior={kind} posterior_steps={steps}", flush=True)
+    print(f"\n=== [{index}/{total}] {name} (seed {seed}): posterior={kind} "
+          f"posterior_steps={steps}", flush=True)
     cfg = trainer.TrainConfig(
         data_dir=data_dir, model_dir=model_dir, train_steps=args.train_steps,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, seed=seed,
         checkpoint_every=args.train_steps, log_every=50, sample_every=10 ** 9,
         num_grid_samples=64, validation_every=args.validation_every,
         validation_examples=args.validation_examples, mlflow_tracking_uri=args.mlflow_tracking_uri,
-        experiment=f"posterior-flows-{args.tag}", run_name=f"posterior-flows-{name}",
+        experiment=f"posterior-flows-{args.tag}", run_name=f"posterior-flows-{name}-seed{seed}",
         show_progress=args.progress)
     start = time.time()
     summary = trainer.train(model_config(kind, steps, args), cfg)
@@ -94,16 +106,16 @@ def run_row(name: str, args, data_dir: str, index: int, total: int) -> dict:
     model, step = model_io.load_trained_model(model_dir)
     start = time.time()
     nll = evaluate.evaluate_binary_nll(model, data_dir, "validation", args.eval_batch,
-                                       args.importance_samples, args.seed, args.heldout,
+                                       args.importance_samples, args.eval_seed, args.heldout,
                                        show_progress=args.progress, per_image=True)
     np.savez(os.path.join(model_dir, PER_IMAGE_FILE), **nll.pop("per_image"))
-    latent = evaluate.evaluate_latent(model, data_dir, "validation", args.eval_batch, args.seed,
-                                      args.heldout, show_progress=False)
+    latent = evaluate.evaluate_latent(model, data_dir, "validation", args.eval_batch,
+                                      args.eval_seed, args.heldout, show_progress=False)
     eval_seconds = time.time() - start
     from artifacts.tracking import log_results
 
     log_results(model_dir, nll, "eval/validation")
-    row = {"row": name, "posterior": kind, "posterior_steps": steps, "step": step,
+    row = {"row": name, "seed": seed, "posterior": kind, "posterior_steps": steps, "step": step,
            "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
            "nll": nll, "kl_mean": latent["kl_mean"], "active_units": latent["active_units"],
            "mlflow_run_id": summary["mlflow_run_id"],
@@ -118,8 +130,15 @@ def run_row(name: str, args, data_dir: str, index: int, total: int) -> dict:
     return row
 
 
+def first_seed(rows: list[dict]) -> list[dict]:
+    """The rows trained with the smallest training seed, in table order."""
+    seed = min(r["seed"] for r in rows)
+    return [r for r in rows if r["seed"] == seed]
+
+
 def curves(rows: list[dict], args, path: str) -> str | None:
-    """-ELBO (nats) on the first validation digits vs step, one line per row, as a PNG."""
+    """-ELBO (nats) on the first validation digits vs step, one line per row (of the first
+    training seed), as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,7 +148,7 @@ def curves(rows: list[dict], args, path: str) -> str | None:
     client = MlflowClient(tracking_uri=args.mlflow_tracking_uri)
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     drawn, lows = 0, []
-    for r in rows:
+    for r in first_seed(rows):
         hist = sorted((m.step, m.value) for m in
                       client.get_metric_history(r["mlflow_run_id"], CURVE_METRIC))
         if hist:
@@ -153,40 +172,50 @@ def curves(rows: list[dict], args, path: str) -> str | None:
 
 
 def means_grid(rows: list[dict], args, path: str) -> str:
-    """16 decoder means sigmoid(logits(z)), z ~ N(0, I) (seed 0), of every row: one row each."""
+    """16 decoder means sigmoid(logits(z)), z ~ N(0, I) (seed 0), of every row (of the first
+    training seed): one row each."""
     from artifacts import images as images_lib
     from artifacts import model_io
 
     images = []
-    for r in rows:
-        model, _ = model_io.load_trained_model(os.path.join(args.runs_dir, r["row"]))
+    for r in first_seed(rows):
+        model, _ = model_io.load_trained_model(row_dir(args, r["seed"], r["row"]))
         images.append(model.sample(16, 0.0, seed=0).numpy())
-    return images_lib.save_grid(np.concatenate(images), path, num_rows=len(rows))
+    return images_lib.save_grid(np.concatenate(images), path, num_rows=len(images))
 
 
-def paired_differences(rows: list[dict], args) -> dict[str, tuple[float, float]]:
-    """Row -> (mean, standard error) over the held-out digits of the per-digit difference
-    of the IW bounds, row minus diag (negative: the row is better). Every row is evaluated
-    on the same digits with the same binarization, so the pairing removes the spread between
-    digits. Empty without a diag row or stored per-image values."""
-    def per_image(name: str) -> np.ndarray | None:
-        path = os.path.join(args.runs_dir, name, PER_IMAGE_FILE)
+def paired_differences(rows: list[dict], args) -> dict[tuple[str, int], tuple[float, float]]:
+    """(row, seed) -> (mean, standard error) over the held-out digits of the per-digit
+    difference of the IW bounds, row minus diag of the same seed (negative: the row is
+    better). Every row is evaluated on the same digits with the same binarization, so the
+    pairing removes the spread between digits. Rows without a diag of their seed or without
+    stored per-image values are left out."""
+    def per_image(r: dict) -> np.ndarray | None:
+        path = os.path.join(row_dir(args, r["seed"], r["row"]), PER_IMAGE_FILE)
         return np.load(path)["nll_iw_nats"] if os.path.isfile(path) else None
 
-    base = per_image("diag")
-    if base is None:
-        return {}
+    bases = {r["seed"]: per_image(r) for r in rows if r["row"] == "diag"}
     out = {}
     for r in rows:
-        values = per_image(r["row"])
-        if values is not None and r["row"] != "diag" and len(values) == len(base):
+        base, values = bases.get(r["seed"]), per_image(r)
+        if (r["row"] != "diag" and base is not None and values is not None
+                and len(values) == len(base)):
             d = values - base
-            out[r["row"]] = (float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))))
+            out[(r["row"], r["seed"])] = (float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))))
     return out
+
+
+def _spread(values: list[float], fmt: str = ".2f") -> str:
+    """'m ± std over seeds' (sample std), or the one value."""
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{np.mean(values):{fmt}} ± {np.std(values, ddof=1):{fmt}}"
 
 
 def table(rows: list[dict], args) -> list[str]:
     n_eval = rows[0]["nll"]["num_examples"] if rows else 0
+    seeds = sorted({r["seed"] for r in rows})
+    several = len(seeds) > 1
     lines = [
         "# VAE posteriors with normalizing flows on dynamically binarized MNIST (CPU scale)",
         "",
@@ -197,15 +226,20 @@ def table(rows: list[dict], args) -> list[str]:
         f"posterior nets with {args.posterior_hidden} hidden units (IAF: MADE, 2 steps; Real "
         f"NVP: coupling MLPs), N(0, I) prior, exact ELBO objective (no KL warm-up, no free "
         f"bits), Adam {args.learning_rate:g}, {args.train_steps} steps of batch "
-        f"{args.batch_size} (seed {args.seed}). Training data: the 9,054 training digits of "
+        f"{args.batch_size} (training seed{'s' if several else ''} "
+        f"{', '.join(map(str, seeds))}). Training data: the 9,054 training digits of "
         "the quickstart's MNIST data set (the 10,000 MNIST *test* digits split 90/10), "
         "binarized afresh at every step (b = 1[u < x/255], u the step's dequantization noise: "
         f"dynamic binarization). Evaluation: the first {n_eval} held-out digits (validation "
-        f"split), binarized once with a fixed seed ({args.seed}; keyed on the image index); "
+        f"split), binarized once with a fixed seed ({args.eval_seed}, keyed on the image index; "
+        "the same binary digits for every row and training seed); "
         f"-ln p(x) is the importance-weighted bound with K={args.importance_samples} (an upper "
         "bound on -ln P(b) in expectation), -ELBO the K=1 bound, in **nats per image of the "
-        "binary digit** (not bits/dim of 8-bit data); ± is the standard error over the held-out "
-        "digits. KL: mean one-sample KL(q(z|x) || p(z)) (analytic for diag), nats; AU: active "
+        "binary digit** (not bits/dim of 8-bit data); "
+        + ("± is the standard deviation over the training seeds (each seed's number is a mean "
+           "over the held-out digits). " if several else
+           "± is the standard error over the held-out digits. ")
+        + "KL: mean one-sample KL(q(z|x) || p(z)) (analytic for diag), nats; AU: active "
         "units (Cov_x E_q[z_u] > 0.01; E_q[z] = the posterior mean pushed through the flow).",
         "",
         "Scale: the source trains to convergence on binarized MNIST (the usual protocol: "
@@ -216,25 +250,38 @@ def table(rows: list[dict], args) -> list[str]:
         "the differences between rows are those of an early-training budget, not of converged "
         "models.",
         "",
-        "Paired: the per-digit difference of the IW bound to the diag row on the same "
-        "held-out digits (mean ± standard error of the differences; negative = better than "
-        "diag).",
+        "Paired vs diag: the per-digit difference of the IW bound to the diag row of the same "
+        "training seed on the same held-out digits (negative = better than diag); "
+        + ("mean over the seeds of each seed's mean difference ± its standard deviation over "
+           "the seeds. KL: mean over seeds; AU: the fewest over seeds." if several else
+           "mean ± standard error of the differences."),
         "",
         f"| posterior | k | -ln p(x) nats (IW, K={args.importance_samples}) | paired vs diag | "
         "-ELBO nats | KL nats | AU | posterior params | train s | eval s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     paired = paired_differences(rows, args)
-    for r in rows:
-        nll = r["nll"]
-        k = "—" if r["posterior"] == "diag" else str(r["posterior_steps"])
-        diff = (f"{paired[r['row']][0]:+.2f} ± {paired[r['row']][1]:.2f}"
-                if r["row"] in paired else "—")
+    seeds = sorted({r["seed"] for r in rows})
+    for name in dict.fromkeys(r["row"] for r in rows):
+        rs = [r for r in rows if r["row"] == name]
+        first, nll = rs[0], rs[0]["nll"]
+        k = "—" if first["posterior"] == "diag" else str(first["posterior_steps"])
+        if len(seeds) == 1:  # ± over the held-out digits
+            iw = f"{nll['nll_nats_iw']:.2f} ± {nll['nll_nats_iw_stderr']:.2f}"
+            elbo = f"{nll['nll_nats']:.2f} ± {nll['nll_nats_stderr']:.2f}"
+            d = paired.get((name, first["seed"]))
+            diff = f"{d[0]:+.2f} ± {d[1]:.2f}" if d else "—"
+        else:  # ± over the training seeds
+            iw = _spread([r["nll"]["nll_nats_iw"] for r in rs])
+            elbo = _spread([r["nll"]["nll_nats"] for r in rs])
+            ds = [paired[(name, r["seed"])][0] for r in rs if (name, r["seed"]) in paired]
+            diff = (f"{np.mean(ds):+.2f} ± {np.std(ds, ddof=1):.2f}" if len(ds) > 1 else "—")
         lines.append(
-            f"| {r['posterior']} | {k} | {nll['nll_nats_iw']:.2f} ± {nll['nll_nats_iw_stderr']:.2f}"
-            f" | {diff} | {nll['nll_nats']:.2f} ± {nll['nll_nats_stderr']:.2f} | {r['kl_mean']:.1f} | "
-            f"{r['active_units']} | {r['posterior_parameters']} | {r['train_seconds']:.0f} | "
-            f"{r['eval_seconds']:.0f} |")
+            f"| {first['posterior']} | {k} | {iw} | {diff} | {elbo} | "
+            f"{np.mean([r['kl_mean'] for r in rs]):.1f} | "
+            f"{min(r['active_units'] for r in rs)} | {first['posterior_parameters']} | "
+            f"{np.mean([r['train_seconds'] for r in rs]):.0f} | "
+            f"{np.mean([r['eval_seconds'] for r in rs]):.0f} |")
     return lines
 
 
@@ -242,13 +289,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default=ALL_ROWS,
                         help="comma-separated rows: diag, iaf, planarK, realnvpK")
-    parser.add_argument("--train_steps", type=int, default=1000)
+    parser.add_argument("--train_steps", type=int, default=3000)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--latent_dim", type=int, default=32)
     parser.add_argument("--channels", type=int, default=8, help="encoder/decoder base channels")
     parser.add_argument("--posterior_hidden", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated training seeds; every row is trained once per seed")
+    parser.add_argument("--eval_seed", type=int, default=0,
+                        help="seed of the held-out binarization and the evaluation noise "
+                             "(the same for every row and training seed)")
     parser.add_argument("--importance_samples", type=int, default=100, help="K of the IW bound")
     parser.add_argument("--heldout", type=int, default=500, help="held-out digits evaluated")
     parser.add_argument("--eval_batch", type=int, default=50)
@@ -274,9 +325,16 @@ def main() -> int:
     names = [n for n in args.rows.split(",") if n]
     for n in names:
         parse_row(n)
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --seeds={args.seeds!r}: expected comma-separated integers")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"error: --seeds={args.seeds!r}: expected distinct integers")
     data_dir = prepare_data(os.path.abspath(args.work_dir), args.mnist_dir)
     start, load_before = time.time(), os.getloadavg()[0]
-    rows = [run_row(n, args, data_dir, i, len(names)) for i, n in enumerate(names, 1)]
+    jobs = [(n, seed) for seed in seeds for n in names]  # a whole table per seed, in turn
+    rows = [run_row(n, seed, args, data_dir, i, len(jobs)) for i, (n, seed) in enumerate(jobs, 1)]
     stem = os.path.splitext(args.out)[0]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     lines = table(rows, args)
@@ -284,7 +342,8 @@ def main() -> int:
     grid = means_grid(rows, args, stem + "_means.png")
     lines += ["", f"Validation curves: `{os.path.basename(curve)}`" if curve else
               "Validation curves: none logged",
-              f"Decoder means of z ~ N(0, I) (16 per row, rows in table order): "
+              f"Decoder means of z ~ N(0, I) (16 per row, rows in table order; curves and "
+              f"means of training seed {min(r['seed'] for r in rows)}): "
               f"`{os.path.basename(grid)}`",
               f"Wall time of this invocation (rows already stored are not re-run): "
               f"{time.time() - start:.0f} s; 1-minute load average {load_before:.2f} at the "
