@@ -8,8 +8,8 @@ and evaluation.
         [--seeds 0,1,2] [--importance_samples 100] [--heldout 500] \
         [--out benchmarks/results/posterior_flows.md]
 
-One seed of every row at the default 3,000 steps took about 30 min on the idle 2-core
-machine; ``--seeds`` trains the whole table once per seed (mean ± std over seeds).
+One seed of every row at the default 3,000 steps took about 35 min on the 2-core
+machine (2026-12-04); ``--seeds`` trains the whole table once per seed (mean ± std over seeds).
 
 Data: the quickstart's preprocessing of ../shared/data/mnist_test (MNIST's 10,000 test
 digits, 9,054 for training and 946 held out as the validation split; made here if
@@ -261,12 +261,11 @@ def table(rows: list[dict], args) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     paired = paired_differences(rows, args)
-    seeds = sorted({r["seed"] for r in rows})
     for name in dict.fromkeys(r["row"] for r in rows):
         rs = [r for r in rows if r["row"] == name]
         first, nll = rs[0], rs[0]["nll"]
         k = "—" if first["posterior"] == "diag" else str(first["posterior_steps"])
-        if len(seeds) == 1:  # ± over the held-out digits
+        if not several:  # ± over the held-out digits
             iw = f"{nll['nll_nats_iw']:.2f} ± {nll['nll_nats_iw_stderr']:.2f}"
             elbo = f"{nll['nll_nats']:.2f} ± {nll['nll_nats_stderr']:.2f}"
             d = paired.get((name, first["seed"]))

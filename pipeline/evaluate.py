@@ -145,8 +145,8 @@ def evaluate_binary_nll(model: HybridModel, data_dir: str, split: str = "validat
     "importance_samples"; tighter, still an upper bound in expectation)], "num_examples",
     "kind", "binarization", "units"}. Standard errors are over images. ``per_image``: also
     "per_image": {"nll_elbo_nats", ["nll_iw_nats"]} float64 [N] arrays (-ln P(b) bounds),
-    in split order (the same
-    images and binarization for every model at equal seed: paired comparisons)."""
+    in split order (the same images and binarization for every model at equal seed:
+    paired comparisons)."""
     if not getattr(model, "binary", False):
         raise ValueError(f"model (decoder={model.config.decoder!r}) is not a Bernoulli-decoder "
                          "model of binary data; use evaluate_bpd")
