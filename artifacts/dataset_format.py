@@ -3,7 +3,9 @@ and beam_jobs.fid, and defined only here.
 
 A data set directory holds
 
-* ``<split>-NNNNN-of-MMMMM.tfrecord`` shards (:func:`shard_name`) of serialized
+* ``<split>-NNNNN-of-MMMMM.tfrecord`` shards (:func:`shard_name`; the splits that
+  ``beam_jobs.preprocess`` writes are :data:`SPLIT_NAMES`: ``train``, ``validation``,
+  ``test``; readers take any split by its name) of serialized
   ``tf.train.Example`` with features ``image`` (PNG bytes of a uint8 [H, W, C] image),
   ``label`` (int64, -1 where unknown) and ``key`` (bytes: the record's id in its source);
 * ``dataset.json`` (:data:`DATASET_JSON`) describing it: ``image_shape`` [H, W, C] (px,
@@ -40,6 +42,9 @@ SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{5})-of-(?P<total>
 # FILEFORMAT 'tfrecord' formats to 'train-00003-of-00008.tfrecord'.
 TFDS_FILENAME_TEMPLATE = "{SPLIT}-{SHARD_X_OF_Y}.{FILEFORMAT}"
 TFDS_FILE_FORMAT = "tfrecord"
+# The splits beam_jobs.preprocess writes, in dataset.json order (by a hash of the key:
+# train and validation; by the key's top folder: any of the three).
+SPLIT_NAMES = ("train", "validation", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp")
 
 

@@ -6,6 +6,10 @@ Beam filesystem (``gs://...``). Which names are images is
 :func:`artifacts.dataset_format.is_image_file`; a record's key
 is its path relative to the root ('/'-separated) and its label the index of its parent
 folder's name among the sorted names (when there are two or more; -1 otherwise).
+
+Both take several inputs in one job (``--input=train.zip,test.zip``): the label names are
+then the sorted union of the parent folder names over all inputs (two or more), so a class
+folder has the same label in every input, also when another input lacks that class.
 """
 from __future__ import annotations
 
@@ -32,7 +36,18 @@ from beam_jobs.raw_source import (
 )
 
 
-class ImageFolder(RawSource):
+class _FileSource(RawSource):
+    """What both kinds share: labels from parent folder names, over several inputs too."""
+
+    MULTI_INPUT = True
+
+    @classmethod
+    def merged_labels(cls, plans: Sequence[SourcePlan]
+                      ) -> tuple[list[int], list[str] | None]:
+        return labels_from_parents([key for p in plans for key in p.keys])
+
+
+class ImageFolder(_FileSource):
     """``image_folder``: image files under a folder; hidden subfolders are skipped."""
 
     kind = "image_folder"
@@ -77,7 +92,7 @@ class ImageFolder(RawSource):
             yield rel, label, data
 
 
-class ImageZip(RawSource):
+class ImageZip(_FileSource):
     """``image_zip``: image members of a .zip archive, read without extracting it."""
 
     kind = "image_zip"

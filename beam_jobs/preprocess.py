@@ -9,16 +9,31 @@
         --tfds_data_dir=~/tensorflow_datasets --tfds_split=train+test \\
         --output_dir=data/cifar32 --image_size=32 --validation_fraction=0.1
 
+    python -m beam_jobs.preprocess --source=image_zip \\
+        --input=../shared/data/cifar10_train_jpg/cifar10_train_jpg.zip,../shared/data/cifar10_test_jpg/cifar10_test_jpg.zip \\
+        --split_by=top_folder --output_dir=data/cifar10 --image_size=32
+
+Several inputs: ``--input`` takes a comma-separated list of inputs of one kind
+(``image_folder``, ``image_zip``) read as one data set: record keys must be unique across
+the inputs, labels are the sorted union of the inputs' class folder names, and
+dataset.json's ``source`` lists every input.
+
+Splits (``--split_by``, :mod:`beam_jobs.shard_plan`): ``hash`` (default) puts a record in
+``validation`` when sha256 of its key falls below ``--validation_fraction``, else in
+``train``; ``top_folder`` takes the first component of its key (``train/cat/0001.jpg`` ->
+``train``; the names ``train``, ``validation``, ``test``). dataset.json's ``transform``
+records the rule used.
+
 Sources (``--source``): ``lsun_lmdb``, ``imagenet64_npz``, ``image_folder``, ``image_zip``,
 ``mnist_idx``, ``tfds`` (a TFDS data set already prepared locally; see
 :mod:`beam_jobs.image_sources`). Transform: :mod:`beam_jobs.image_transform`.
 
 The output also carries TFDS metadata (:mod:`beam_jobs.tfds_metadata`), so
-``tfds.builder_from_directory(output_dir).as_dataset(split="train")`` reads the shards
-as they are (features ``image``, ``label``, ``key``).
+``tfds.builder_from_directory(output_dir).as_dataset(split="train")`` (or any split it
+wrote) reads the shards as they are (features ``image``, ``label``, ``key``).
 
-Pipeline: the driver lists every record's key and locator, assigns it to a split and a
-shard by sha256(key), sorts each shard by key, pickles the shard's locators into the work
+Pipeline: the driver lists every record's key and locator, assigns it to a split (by the
+split rule) and a shard by sha256(key), sorts each shard by key, pickles the shard's locators into the work
 directory and cuts it into work units of RECORDS_PER_PART records
 (:mod:`beam_jobs.shard_plan`) -> Create (reshuffled over the workers) -> one DoFn
 (:mod:`beam_jobs.preprocess_fns`) reads its records by random access, decodes,
@@ -72,9 +87,16 @@ from beam_jobs import beam_fs, beam_options, tfds_metadata
 from beam_jobs.image_sources import DEFAULT_MAX_MEMBER_BYTES, SOURCE_KINDS, SourcePlan, plan_source
 from beam_jobs.image_transform import ImageTransform
 from beam_jobs.preprocess_fns import ConcatShardFn, EncodePartFn
-from beam_jobs.shard_plan import WorkUnit, default_num_shards, plan_parts, split_of
+from beam_jobs.shard_plan import (
+    SPLIT_RULE_TEXT,
+    SPLIT_RULES,
+    WorkUnit,
+    assign_splits,
+    default_num_shards,
+    plan_parts,
+)
 
-SPLITS = ("train", "validation")
+SPLITS = dataset_format.SPLIT_NAMES  # train, validation, test: the order in dataset.json
 _PLAN_DIR = "plan"
 _PARTS_DIR = "parts"
 _SHARDS_DIR = "shards"
@@ -179,9 +201,11 @@ def code_version() -> str:
 
 # -- the job ------------------------------------------------------------------------------
 
-def run_preprocess(source: str, input_path: str, output_dir: str, image_size: int, *,
+def run_preprocess(source: str, input_path: str | Sequence[str] | None, output_dir: str,
+                   image_size: int, *,
                    resize_shorter_side: int | None = None, center_crop: bool = True,
-                   validation_fraction: float = 0.0, num_shards: int | None = None,
+                   validation_fraction: float | None = None, split_by: str = "hash",
+                   num_shards: int | None = None,
                    grayscale: bool = False, overwrite: bool = False,
                    pipeline_args: Sequence[str] | None = None,
                    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
@@ -191,14 +215,19 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
     Args:
       source: one of SOURCE_KINDS.
       input_path: the raw input (LMDB dir, npz file/folder, image folder, zip, IDX folder,
-        prepared TFDS directory; None for tfds with ``source_options["name"]``).
+        prepared TFDS directory; None for tfds with ``source_options["name"]``), or a list
+        of inputs of one kind read as one data set (image_folder, image_zip; keys unique
+        across them, labels on the union of their class folder names).
       output_dir: where shards and dataset.json go (created; replaced only if overwrite).
       image_size: output images are uint8 [image_size, image_size, C], C = 1 if grayscale
         else 3.
       resize_shorter_side: px of the shorter side before the center crop (default
         image_size).
       center_crop: see :class:`ImageTransform`.
-      validation_fraction: in [0, 1); fraction of keys (by sha256) in 'validation'.
+      validation_fraction: in [0, 1); fraction of keys (by sha256) in 'validation'
+        (split_by 'hash' only; default 0).
+      split_by: the split rule, 'hash' (train/validation by ``validation_fraction``) or
+        'top_folder' (the key's first path component: train, validation or test).
       num_shards: shards per split (default: ~64 MiB of raw pixels per shard).
       grayscale: keep 1 channel.
       overwrite: replace an existing data set in output_dir.
@@ -212,7 +241,14 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
     (:mod:`beam_jobs.tfds_metadata`): ``tfds.builder_from_directory(output_dir)`` reads it.
     """
     transform = ImageTransform(image_size, resize_shorter_side, center_crop, grayscale)
-    if not 0.0 <= validation_fraction < 1.0:
+    if split_by not in SPLIT_RULES:
+        raise ValueError(f"split_by={split_by!r}: expected one of {', '.join(SPLIT_RULES)}")
+    if split_by != "hash" and validation_fraction is not None:
+        raise ValueError(f"validation_fraction applies only to --split_by=hash; with "
+                         f"--split_by={split_by} the key's top folder is its split")
+    if split_by == "hash" and validation_fraction is None:
+        validation_fraction = 0.0
+    if split_by == "hash" and not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction={validation_fraction}: expected a value in [0, 1)")
     if num_shards is not None and (not isinstance(num_shards, int) or num_shards < 1):
         raise ValueError(f"num_shards={num_shards!r}: expected a positive int")
@@ -224,7 +260,7 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
     plan = plan_source(source, input_path, source_options)
     image_shape = (image_size, image_size, transform.channels)
 
-    splits = [split_of(key, validation_fraction) for key in plan.keys]
+    splits = assign_splits(plan.keys, split_by, validation_fraction or 0.0)
     shards = {s: (num_shards or default_num_shards(splits.count(s), image_shape)) for s in SPLITS}
     n = len(plan.keys)
     options = beam_options.pipeline_options(pipeline_args, n,
@@ -242,8 +278,8 @@ def run_preprocess(source: str, input_path: str, output_dir: str, image_size: in
                  output_dir, options.view_as(StandardOptions).runner, mode, work, shards)
         _run_beam(plan, transform, units, shards, work, options, int(max_member_bytes))
         plan.info["max_member_bytes"] = int(max_member_bytes)  # -> dataset.json["source"]
-        info, entries = _finalize(plan, transform, validation_fraction, shards, work,
-                                  image_shape)
+        info, entries = _finalize(plan, transform, split_by, validation_fraction, shards,
+                                  work, image_shape)
         _commit(work, output_dir, existing, entries, info)
     finally:
         beam_fs.delete_tree(work)
@@ -258,7 +294,7 @@ def _run_beam(plan: SourcePlan, transform: ImageTransform, units: list[WorkUnit]
         outputs = (p
                    | "WorkUnits" >> beam.Create(units)  # reshuffled: spread over workers
                    | "DecodeResizeEncode" >> beam.ParDo(EncodePartFn(
-                       plan.kind, plan.input_path, transform, beam_fs.join(work, _PLAN_DIR),
+                       plan.kind, plan.reader_input, transform, beam_fs.join(work, _PLAN_DIR),
                        parts_dir, max_member_bytes))
                    .with_outputs(EncodePartFn.BAD, main="good"))
         _ = (outputs.good
@@ -271,9 +307,9 @@ def _run_beam(plan: SourcePlan, transform: ImageTransform, units: list[WorkUnit]
              | "SaveBadList" >> beam.Map(beam_fs.write_json, beam_fs.join(work, "bad.json")))
 
 
-def _finalize(plan: SourcePlan, transform: ImageTransform, validation_fraction: float,
-              shards: dict[str, int], work: str, image_shape: tuple
-              ) -> tuple[dict, list[dict]]:
+def _finalize(plan: SourcePlan, transform: ImageTransform, split_by: str,
+              validation_fraction: float | None, shards: dict[str, int], work: str,
+              image_shape: tuple) -> tuple[dict, list[dict]]:
     """(dataset.json content, shard entries with num_bytes) after checking what the
     pipeline reported against the plan and the shard files in the work directory."""
     written = beam_fs.read_json(beam_fs.join(work, "shards.json"))
@@ -318,10 +354,11 @@ def _finalize(plan: SourcePlan, transform: ImageTransform, validation_fraction: 
                                f"bytes, its writer reported {e['num_bytes']}; refusing to "
                                "commit an incomplete data set")
     tdesc = transform.describe()
+    tdesc["split_by"] = split_by
+    if split_by == "hash":
+        tdesc["validation_fraction"] = validation_fraction
     tdesc.update({
-        "validation_fraction": validation_fraction,
-        "split_rule": "validation iff int(sha256(key)[0:8], big-endian) / 2**64 < "
-                      "validation_fraction",
+        "split_rule": SPLIT_RULE_TEXT[split_by],
         "shard_rule": "int(sha256(key)[8:16], big-endian) % num_shards; records sorted by key",
         "num_shards": {s: shards[s] for s in splits},
     })
@@ -356,7 +393,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                    help="raw input kind (lsun_lmdb and imagenet64_npz: local or mounted paths; "
                         "the others: any Beam filesystem path)")
     p.add_argument("--input", help="raw input path (for --source=tfds: a prepared TFDS "
-                   "directory holding dataset_info.json, or use --tfds_name)")
+                   "directory holding dataset_info.json, or use --tfds_name); for "
+                   "image_folder and image_zip a comma-separated list of inputs is read as "
+                   "one data set (keys unique across them, labels on the union of their "
+                   "class folders)")
     p.add_argument("--output_dir", required=True,
                    help="data set directory (local, mounted or e.g. gs://); replaced only with "
                         "--overwrite")
@@ -367,9 +407,13 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                    help="center-crop after resizing the shorter side (default)")
     p.add_argument("--nocenter_crop", "--no-center_crop", dest="center_crop",
                    action="store_false", help="resize whole images to image_size^2 instead")
-    p.add_argument("--validation_fraction", type=float, default=0.0,
+    p.add_argument("--split_by", choices=SPLIT_RULES, default="hash",
+                   help="split rule: hash (default; train, and validation by "
+                        "--validation_fraction) or top_folder (the first folder of each "
+                        "record's key: train/, validation/ or test/)")
+    p.add_argument("--validation_fraction", type=float, default=None,
                    help="fraction in [0, 1) of records (by sha256 of their key) in the "
-                        "validation split")
+                        "validation split (--split_by=hash only; default 0)")
     p.add_argument("--num_shards", type=int, default=None, help="shards per split")
     p.add_argument("--grayscale", action="store_true", help="keep 1 channel")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data set")
@@ -391,6 +435,14 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     args, rest = p.parse_known_args(argv)
     tfds_flags = [n for n in ("tfds_name", "tfds_data_dir", "tfds_split", "tfds_image_key",
                               "tfds_label_key") if getattr(args, n) is not None]
+    if args.split_by != "hash" and args.validation_fraction is not None:
+        p.error(f"--validation_fraction applies only to --split_by=hash; with "
+                f"--split_by={args.split_by} the key's top folder is its split")
+    if args.input is not None:
+        inputs = [part.strip() for part in args.input.split(",")]
+        if len(inputs) > 1 and not all(inputs):
+            p.error(f"--input={args.input!r}: an empty entry in the comma-separated list")
+        args.input = inputs[0] if len(inputs) == 1 else inputs
     if args.source == "tfds":
         if bool(args.input) == bool(args.tfds_name):
             p.error("--source=tfds needs exactly one of --input and --tfds_name")
@@ -416,7 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         info = run_preprocess(
             args.source, args.input, args.output_dir, args.image_size,
             resize_shorter_side=args.resize_shorter_side, center_crop=args.center_crop,
-            validation_fraction=args.validation_fraction, num_shards=args.num_shards,
+            validation_fraction=args.validation_fraction, split_by=args.split_by,
+            num_shards=args.num_shards,
             grayscale=args.grayscale, overwrite=args.overwrite, pipeline_args=beam_args,
             max_member_bytes=args.max_member_bytes, source_options=_source_options(args))
     except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import uuid
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -34,12 +34,16 @@ class EncodePartFn(beam.DoFn):
     Yields ``((split, shard), (part, num_parts, fragment file, count))``; records that
     cannot be read or decoded go to the ``bad`` output as ``(key, reason)``. Encoded
     images never travel through the runner, only these small tuples do.
+
+    ``input_path``: ``SourcePlan.reader_input``, the input or the list of inputs of a plan
+    of several (each locator then names its input; one reader per input per worker).
     """
 
     BAD = "bad"
 
-    def __init__(self, kind: str, input_path: str, transform: ImageTransform, plan_dir: str,
-                 parts_dir: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
+    def __init__(self, kind: str, input_path: str | Sequence[str], transform: ImageTransform,
+                 plan_dir: str, parts_dir: str,
+                 max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
         self._kind = kind
         self._max_member_bytes = max_member_bytes
         self._input_path = input_path

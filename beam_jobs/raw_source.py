@@ -16,6 +16,12 @@ A kind has
 
 Keys are unique strings within a source; labels are ints (-1 when unknown).
 
+Several inputs of one kind (``--input=a.zip,b.zip``; kinds with :attr:`RawSource.MULTI_INPUT`)
+are one plan (:func:`merge_plans`): keys must be unique across the inputs, every locator
+becomes ``(input index, the input's own locator, label)`` with the labels re-indexed on
+one label set by the kind (:meth:`RawSource.merged_labels`), and
+:class:`MultiInputReader` reads each locator from its own input.
+
 An encoded entry (file, zip member, LMDB value) larger than ``max_member_bytes`` (default
 :data:`DEFAULT_MAX_MEMBER_BYTES`) is a bad record, not memory: the reader never holds more
 than that many bytes of one entry (a zip member's declared size is checked first, then its
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import itertools
 import os
 from typing import ClassVar, Iterator, Sequence
 
@@ -45,7 +52,9 @@ class SourcePlan:
     ``locators[i]`` tells the kind's reader where record ``keys[i]`` is:
     image_folder ``(relative name, label, size in bytes)``, image_zip ``(member name, label)``, lsun_lmdb the raw LMDB key (bytes),
     imagenet64_npz ``(npz path, row, 0-based label)``, mnist_idx ``(images path, row,
-    label)``.
+    label)``. A plan of several inputs (:func:`merge_plans`) has ``inputs``, their
+    absolute paths (``input_path`` is then those joined by ','), and the locators
+    ``(input index, the input's own locator, label)``.
     """
 
     kind: str
@@ -54,6 +63,13 @@ class SourcePlan:
     locators: list
     label_names: list[str] | None
     info: dict  # extra facts for dataset.json["source"]
+    inputs: list[str] | None = None  # several inputs: their absolute paths, in order
+
+    @property
+    def reader_input(self) -> str | list[str]:
+        """What :func:`beam_jobs.image_sources.open_reader` takes to read these locators:
+        the input's path, or the list of paths of a plan of several inputs."""
+        return list(self.inputs) if self.inputs is not None else self.input_path
 
 
 class RawSource(abc.ABC):
@@ -67,6 +83,7 @@ class RawSource(abc.ABC):
     kind: ClassVar[str]  # the --source name
     what: ClassVar[str]  # what the input must be, for error messages
     OPTIONS: ClassVar[tuple[str, ...]] = ()  # keyword options of plan() (e.g. tfds: split)
+    MULTI_INPUT: ClassVar[bool] = False  # several inputs in one job (merged_labels defined)
 
     def __init__(self, input_path: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
         if int(max_member_bytes) < 1:
@@ -80,12 +97,70 @@ class RawSource(abc.ABC):
     def plan(cls, path: str) -> SourcePlan:
         """Validates ``path`` as an input of this kind and lists its keys and locators."""
 
+    @classmethod
+    def merged_labels(cls, plans: Sequence[SourcePlan]
+                      ) -> tuple[list[int], list[str] | None]:
+        """(label of every record of ``plans``, in plan then record order; label names) on
+        one label set for all of them. Only kinds with ``MULTI_INPUT`` define it."""
+        raise NotImplementedError(f"--source={cls.kind} reads one input")
+
     @abc.abstractmethod
     def read(self, locators: Sequence) -> Iterator[Record]:
         """The records at ``locators`` (from this kind's :class:`SourcePlan`), in order."""
 
     def close(self) -> None:
         """Releases what :meth:`read` opened (files, environments, scratch space)."""
+
+
+class MultiInputReader:
+    """Reads the locators of a plan of several inputs (:func:`merge_plans`): each
+    ``(input index, locator, label)`` by the reader of its input, in the given order, with
+    the merged label. Create once per worker, ``close()`` at teardown."""
+
+    def __init__(self, readers: Sequence[RawSource]):
+        self.readers = list(readers)
+
+    def read(self, locators: Sequence) -> Iterator[Record]:
+        for index, run in itertools.groupby(locators, key=lambda loc: loc[0]):
+            run = list(run)
+            records = self.readers[index].read([inner for _, inner, _ in run])
+            for (key, _, payload), (_, _, label) in zip(records, run, strict=True):
+                yield key, label, payload
+
+    def close(self) -> None:
+        for reader in self.readers:
+            reader.close()
+
+
+def merge_plans(plans: Sequence[SourcePlan], labels: Sequence[int],
+                label_names: list[str] | None) -> SourcePlan:
+    """One plan of several inputs of one kind (``plans``, in input order): keys in input
+    order, locators ``(input index, locator, labels[i])``. ``labels``: the merged label of
+    every record, in plan then record order (:meth:`RawSource.merged_labels`).
+
+    ValueError (one line) for an input given twice or a key in two inputs.
+    """
+    paths = [p.input_path for p in plans]
+    for i, path in enumerate(paths):
+        if path in paths[:i]:
+            raise ValueError(f"input {path!r} is given twice; give each input once")
+    if len(labels) != sum(len(p.keys) for p in plans):
+        raise RuntimeError(f"{len(labels)} merged labels for "
+                           f"{sum(len(p.keys) for p in plans)} records")
+    owner: dict[str, int] = {}
+    keys, locators = [], []
+    for i, p in enumerate(plans):
+        for key, locator in zip(p.keys, p.locators, strict=True):
+            first = owner.setdefault(key, i)
+            if first != i:
+                raise ValueError(f"key {key!r} is in input {paths[first]!r} and in input "
+                                 f"{p.input_path!r}; record keys must be unique across inputs")
+            locators.append((i, locator, labels[len(keys)]))
+            keys.append(key)
+    inputs = [{"input": p.input_path, "num_input_records": len(p.keys),
+               "label_names": p.label_names, **p.info} for p in plans]
+    return SourcePlan(plans[0].kind, ",".join(paths), keys, locators, label_names,
+                      {"inputs": inputs}, inputs=paths)
 
 
 def progress(iterable, desc: str, total: int | None = None):

@@ -1,8 +1,12 @@
 """The preprocessing job's sharding plan (driver side): which split and shard every
 record goes to, and the work units that write each shard.
 
-Both assignments are pure functions of the record's key (sha256), so shards are
-byte-identical for the same input on any runner.
+Both assignments are pure functions of the record's key, so shards are byte-identical for
+the same input on any runner. The split rule (``--split_by``, :data:`SPLIT_RULES`):
+``hash`` (sha256 of the key against ``--validation_fraction``: train or validation) or
+``top_folder`` (the key's first '/'-separated component: ``train/...`` -> train,
+``test/...`` -> test; one of :data:`artifacts.dataset_format.SPLIT_NAMES`). The shard
+is always a hash of the key.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import math
 import pickle
 from typing import Sequence
 
+from artifacts.dataset_format import SPLIT_NAMES
 from beam_jobs import beam_fs
 from beam_jobs.raw_source import SourcePlan
 
@@ -26,6 +31,42 @@ def split_of(key: str, validation_fraction: float) -> str:
     digest = hashlib.sha256(key.encode("utf-8")).digest()
     u = int.from_bytes(digest[:8], "big") / 2.0 ** 64
     return "validation" if u < validation_fraction else "train"
+
+
+SPLIT_RULES = ("hash", "top_folder")
+SPLIT_RULE_TEXT = {
+    "hash": "validation iff int(sha256(key)[0:8], big-endian) / 2**64 < "
+            "validation_fraction",
+    "top_folder": "the key's first '/'-separated component (train, validation or test)",
+}
+
+
+def split_of_top_folder(key: str) -> str | None:
+    """The key's first '/'-separated component if it is a split name, else None."""
+    top, sep, _ = key.partition("/")
+    return top if sep and top in SPLIT_NAMES else None
+
+
+def assign_splits(keys: Sequence[str], split_by: str = "hash",
+                  validation_fraction: float = 0.0) -> list[str]:
+    """The split of every key by the rule ``split_by`` (:data:`SPLIT_RULES`).
+
+    ``top_folder``: ValueError (one line) naming an example key when some key's top folder
+    is not a split name.
+    """
+    if split_by == "hash":
+        return [split_of(key, validation_fraction) for key in keys]
+    if split_by != "top_folder":
+        raise ValueError(f"split_by={split_by!r}: expected one of {', '.join(SPLIT_RULES)}")
+    splits = [split_of_top_folder(key) for key in keys]
+    strays = [key for key, split in zip(keys, splits) if split is None]
+    if strays:
+        top, sep, _ = strays[0].partition("/")
+        where = f"top folder {top!r}" if sep else "no folder"
+        raise ValueError(
+            f"--split_by=top_folder: {len(strays)} of {len(keys)} keys are not under a folder "
+            f"named {', '.join(SPLIT_NAMES)}, e.g. {strays[0]!r} ({where})")
+    return splits
 
 
 def shard_of(key: str, num_shards: int) -> int:
@@ -50,7 +91,7 @@ def plan_parts(plan: SourcePlan, splits: Sequence[str], shards: dict[str, int],
                plan_dir: str, records_per_part: int | None = None) -> list[WorkUnit]:
     """Driver side: puts every record in its shard and cuts shards into parts.
 
-    ``splits[i]`` is the split of record i (``split_of`` of its key).
+    ``splits[i]`` is the split of record i (:func:`assign_splits` of its key).
 
     Each shard's locators, sorted by record key, are pickled to
     ``plan_dir/<split>-<shard>.pkl`` through Beam's FileSystems (so the pipeline graph
