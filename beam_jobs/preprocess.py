@@ -33,8 +33,8 @@ The output also carries TFDS metadata (:mod:`beam_jobs.tfds_metadata`), so
 wrote) reads the shards as they are (features ``image``, ``label``, ``key``).
 
 Pipeline: the driver lists every record's key and locator, assigns it to a split (by the
-split rule) and a shard by sha256(key), sorts each shard by key, pickles the shard's locators into the work
-directory and cuts it into work units of RECORDS_PER_PART records
+split rule) and a shard by sha256(key), sorts each shard by key, pickles the shard's
+locators into the work directory and cuts it into work units of RECORDS_PER_PART records
 (:mod:`beam_jobs.shard_plan`) -> Create (reshuffled over the workers) -> one DoFn
 (:mod:`beam_jobs.preprocess_fns`) reads its records by random access, decodes,
 resizes/crops, encodes PNG + Example and writes a fragment file under a name unique to the
