@@ -1,4 +1,5 @@
-"""FID / KID / IS as an Apache Beam job: images -> extractor features -> statistics.
+"""FID / KID / IS / precision and recall as an Apache Beam job: images -> extractor
+features -> statistics.
 
 One image source per run:
 
@@ -14,7 +15,13 @@ One image source per run:
 Features come from Beam RunInference over an extractor SavedModel (see
 :mod:`beam_jobs.extractors`); FID statistics are float64 sufficient statistics merged
 by a CombineFn (O(d^2) memory whatever N is), IS per-split softmax statistics, KID a
-bounded reservoir of features per side.
+bounded reservoir of features per side, precision and recall (Kynkaanniemi et al. 2019,
+k = 3) the features of at most ``--pr_max_samples`` images per side (a deterministic
+subset if there are more: the records whose keys hash smallest), computed on the driver
+after the features in row blocks of distances. Their reference side is the features of
+``--reference_data_dir``, or those stored in the ``--reference_stats`` file (written by
+``--output_stats ... --save_pr_features``); without either they are reported as null
+with a note (``pr_note``).
 
 This module is the job's CLI and programmatic API; the sources are in
 :mod:`beam_jobs.fid_sources`, the pipeline in :mod:`beam_jobs.fid_pipeline`, the math in
@@ -25,12 +32,12 @@ Examples::
     # reference statistics of a data set, once
     python -m beam_jobs.fid --data_dir=data/mnist --split=train \\
         --extractor=mnist_classifier --extractor_path=work/mnist_classifier \\
-        --output_stats=ref.npz --save_kid_features
-    # FID/KID/IS of 10,000 model samples
+        --output_stats=ref.npz --save_kid_features --save_pr_features
+    # FID/KID/IS/precision/recall of 10,000 model samples
     python -m beam_jobs.fid --saved_model=export/model/1 --num_samples=10000 \\
         --reference_stats=ref.npz --extractor=mnist_classifier \\
         --extractor_path=work/mnist_classifier
-    # FID of two statistics files
+    # FID of two statistics files (and precision/recall if both hold P&R features)
     python -m beam_jobs.fid --compare_stats=a.npz,b.npz
 
 Statistics files record the extractor's identity (name, content fingerprint, resize
@@ -56,13 +63,17 @@ import os
 import sys
 from typing import Any, Optional, Sequence, Union
 
+import numpy as np
+
 from artifacts.cli import setup_logging
 from beam_jobs import extractors, fid_math
 from beam_jobs.beam_options import pipeline_options
 from beam_jobs.fid_math import FeatureStatistics
 from beam_jobs.fid_pipeline import (
     DEFAULT_KID_SAMPLES,
+    DEFAULT_PR_SAMPLES,
     NUM_IS_SPLITS,
+    PR_SUBSET_RULE,
     DistinctShapesCombineFn,
     FeatureResult,
     run_features,
@@ -85,8 +96,9 @@ __all__ = [
     "TFRecordSource", "SampleSource", "ModelDirSampleSource", "ImageFolderSource",
     "ImageSource", "Source", "ReadImages", "FeatureResult", "DistinctShapesCombineFn",
     "run_features", "pipeline_options", "compute_statistics", "compare_stats",
-    "check_reference_stats", "evaluate", "evaluate_samples", "main", "cli",
-    "DEFAULT_BATCH_SIZE", "DEFAULT_KID_SAMPLES", "NUM_IS_SPLITS",
+    "check_reference_stats", "evaluate", "evaluate_samples", "precision_recall_report",
+    "main", "cli", "DEFAULT_BATCH_SIZE", "DEFAULT_KID_SAMPLES", "DEFAULT_PR_SAMPLES",
+    "NUM_IS_SPLITS",
 ]
 
 
@@ -96,17 +108,66 @@ __all__ = [
 def compute_statistics(source: Source, extractor: str, extractor_path: str, *,
                        batch_size: int = DEFAULT_BATCH_SIZE, kid_samples: int = 0,
                        cache_dir: Optional[str] = None,
-                       pipeline_args: Optional[Sequence[str]] = None) -> FeatureStatistics:
+                       pipeline_args: Optional[Sequence[str]] = None,
+                       pr_samples: int = 0) -> FeatureStatistics:
     """FID statistics (mu [d], sigma [d, d], count) of a source's extractor features.
 
     With ``kid_samples > 0`` the result also carries a reservoir sample of features
-    (``kid_features``) so it can serve as a KID reference.
+    (``kid_features``) so it can serve as a KID reference; with ``pr_samples > 0`` a
+    deterministic subset of at most that many features (``pr_features``, in the
+    subset's rank order) so it can serve as a precision/recall reference.
     """
     info = extractors.resolve_extractor(extractor, extractor_path, cache_dir)
     res = run_features(source, info, batch_size=batch_size, kid_samples=kid_samples,
-                       pipeline_args=pipeline_args)
+                       pipeline_args=pipeline_args, pr_samples=pr_samples)
     res.statistics.kid_features = res.kid_features
+    res.statistics.pr_features = res.pr_features
     return res.statistics
+
+
+def precision_recall_report(features: Optional[np.ndarray], total: Optional[int],
+                            reference: Optional[np.ndarray], reference_total: Optional[int],
+                            *, k: int = fid_math.DEFAULT_K, max_samples: int = DEFAULT_PR_SAMPLES,
+                            unavailable: str = "") -> dict[str, Any]:
+    """Precision and recall of ``features`` [n, d] (of ``total`` images) against
+    ``reference`` [m, d] (of ``reference_total`` images) as the results' keys:
+    {"precision", "recall", "pr_k", "pr_num_samples", "pr_num_reference", "pr_note"}.
+
+    Each side is cut to its first ``max_samples`` rows (the features of
+    :func:`run_features` are in the rank order of their subset, so this is the same
+    subset rule). With a side missing (``unavailable`` says why), with fewer than k + 1
+    rows, or with ``max_samples`` 0, the numbers are None and ``pr_note`` says why;
+    otherwise ``pr_note`` states how many feature vectors of how many images were used
+    per side.
+    """
+    out: dict[str, Any] = {"precision": None, "recall": None, "pr_k": k,
+                           "pr_num_samples": None, "pr_num_reference": None}
+    if max_samples <= 0:
+        out["pr_note"] = "precision/recall turned off (pr_max_samples=0)"
+        return out
+    if features is None or reference is None:
+        out["pr_note"] = f"precision/recall unavailable: {unavailable or 'no features'}"
+        return out
+    features, reference = features[:max_samples], reference[:max_samples]
+    n, m = len(features), len(reference)
+    if min(n, m) < k + 1:
+        out["pr_note"] = (f"precision/recall unavailable: k={k} needs at least {k + 1} "
+                          f"feature vectors per side, got {n} evaluated and {m} reference")
+        return out
+    log.info("computing precision/recall (k=%d) on %d vs %d feature vectors", k, n, m)
+    pr = fid_math.precision_recall(reference, features, k=k)
+    out.update(precision=pr.precision, recall=pr.recall, pr_num_samples=n, pr_num_reference=m)
+
+    def side(used: int, of: Optional[int], what: str) -> str:
+        return (f"{used} of {of} {what}" if of is not None and used < of
+                else f"all {used} {what}")
+
+    subset = ((total is not None and n < total)
+              or (reference_total is not None and m < reference_total))
+    out["pr_note"] = (f"k={k} nearest neighbours; {side(n, total, 'evaluated images')} and "
+                      f"{side(m, reference_total, 'reference images')}"
+                      + (f" (deterministic subsets: {PR_SUBSET_RULE})" if subset else ""))
+    return out
 
 
 def compare_stats(path_a: str, path_b: str, *, allow_unverified: bool = False) -> float:
@@ -141,30 +202,51 @@ def evaluate(source: Source, extractor: str, extractor_path: str, *,
              kid_subset_size: int = 1000, kid_num_subsets: int = 100,
              output_stats: Optional[str] = None, save_kid_features: bool = False,
              cache_dir: Optional[str] = None, allow_unverified: bool = False,
-             pipeline_args: Optional[Sequence[str]] = None) -> dict:
-    """FID (vs reference statistics), KID (vs reference features) and IS of a source.
+             pipeline_args: Optional[Sequence[str]] = None,
+             pr_max_samples: int = DEFAULT_PR_SAMPLES, pr_k: int = fid_math.DEFAULT_K,
+             save_pr_features: bool = False) -> dict:
+    """FID (vs reference statistics), KID and precision/recall (vs reference features)
+    and IS of a source.
 
     KID reference features come from ``reference_data_dir`` (run through the same
     extractor) or else from the reference ``.npz``'s ``kid_features``; without either
-    KID is None. Reference statistics of another extractor (fingerprint), resize
-    protocol or image shape, or without a fingerprint (unless ``allow_unverified``), are
-    refused with :class:`fid_math.StatisticsError`: the extractor's identity is checked
-    before the pipeline runs, the image shape after it (``output_stats`` is written
-    first). Returns the JSON-able dict of the CLI.
+    KID is None. Precision/recall (k = ``pr_k``, at most ``pr_max_samples`` feature
+    vectors per side, a deterministic subset if more; 0 turns them off) likewise use the
+    features of ``reference_data_dir`` or the ``.npz``'s ``pr_features``; without
+    either they are None and ``pr_note`` says why (:func:`precision_recall_report`).
+    ``save_pr_features`` stores this run's subset in ``output_stats``.
+
+    Reference statistics of another extractor (fingerprint), resize protocol or image
+    shape, or without a fingerprint (unless ``allow_unverified``), are refused with
+    :class:`fid_math.StatisticsError`: the extractor's identity is checked before the
+    pipeline runs, the image shape after it (``output_stats`` is written first). Returns
+    the JSON-able dict of the CLI.
     """
+    if pr_max_samples < 0 or isinstance(pr_k, bool) or not isinstance(pr_k, int) or pr_k < 1:
+        raise ValueError(f"pr_max_samples={pr_max_samples}, pr_k={pr_k!r}: expected "
+                         "pr_max_samples >= 0 and an integer pr_k >= 1")
+    if save_pr_features and not (output_stats and pr_max_samples > 0):
+        raise ValueError("save_pr_features stores precision/recall features in "
+                         "output_stats: it needs output_stats and pr_max_samples > 0")
     info = extractors.resolve_extractor(extractor, extractor_path, cache_dir)
     reference = (check_reference_stats(reference_stats_path, info,
                                        allow_unverified=allow_unverified)
                  if reference_stats_path else None)
+    pr_reference_known = bool(reference_data_dir) or (
+        reference is not None and reference.pr_features is not None)
+    pr_samples = pr_max_samples if (pr_reference_known or save_pr_features) else 0
     res = run_features(source, info, batch_size=batch_size, kid_samples=kid_samples,
-                       pipeline_args=pipeline_args)
+                       pipeline_args=pipeline_args, pr_samples=pr_samples)
     stats = res.statistics
     if output_stats:
         if save_kid_features:
             stats.kid_features = res.kid_features
+        if save_pr_features:
+            stats.pr_features = res.pr_features
         stats.save(output_stats)
         log.info("wrote statistics of %d images to %s", stats.count, output_stats)
     out: dict[str, Any] = {"fid": None, "kid_mean": None, "kid_std": None,
+                           "precision": None, "recall": None,
                            "is_mean": res.is_mean, "is_std": res.is_std,
                            "confident_rate": res.confident_rate,
                            "label_coverage": res.label_coverage,
@@ -178,19 +260,31 @@ def evaluate(source: Source, extractor: str, extractor_path: str, *,
                                                   allow_unverified=allow_unverified)
         out["reference_num_samples"] = reference.count
     ref_features = None
+    pr_reference, pr_reference_total, pr_missing = None, None, ""
     if reference_data_dir:
         ref = run_features(TFRecordSource(reference_data_dir, reference_split), info,
                            batch_size=batch_size, kid_samples=kid_samples,
-                           pipeline_args=pipeline_args)
+                           pipeline_args=pipeline_args, pr_samples=pr_max_samples)
         ref_features = ref.kid_features
-    elif reference is not None and reference.kid_features is not None:
+        pr_reference, pr_reference_total = ref.pr_features, ref.statistics.count
+    elif reference is not None:
         ref_features = reference.kid_features
+        pr_reference, pr_reference_total = reference.pr_features, reference.count
+        pr_missing = (f"{reference.describe()} hold no precision/recall features (write "
+                      "them with beam_jobs.fid --output_stats=PATH --save_pr_features, or "
+                      "give --reference_data_dir)")
+    else:
+        pr_missing = ("no reference features (--reference_data_dir, or --reference_stats "
+                      "written with --save_pr_features)")
     if ref_features is not None and res.kid_features is not None:
         log.info("computing KID on %d vs %d feature vectors", len(res.kid_features),
                  len(ref_features))
         out["kid_mean"], out["kid_std"] = fid_math.kernel_inception_distance(
             res.kid_features, ref_features, subset_size=kid_subset_size,
             num_subsets=kid_num_subsets)
+    out.update(precision_recall_report(
+        res.pr_features, stats.count, pr_reference, pr_reference_total, k=pr_k,
+        max_samples=pr_max_samples, unavailable=pr_missing))
     out["undecodable"] = res.undecodable
     out["seconds"] = round(res.seconds, 2)
     return out
@@ -204,9 +298,11 @@ def evaluate_samples(saved_model_dir: str, num_samples: int, reference_stats_pat
     ``saved_model_dir`` is a SavedModel with a ``sample`` signature, or with
     ``source_kind="model_dir"`` a trained model directory sampled without an export.
 
-    Returns {"fid", "kid_mean", "kid_std", "is_mean", "is_std", "confident_rate"
-    (top class probability >= 0.9), "label_coverage" (predicted-label entropy / ln K), "num_samples",
-    "feature_dim", "extractor", "resize_protocol", ...}.
+    Returns {"fid", "kid_mean", "kid_std", "precision", "recall" (None without reference
+    features; "pr_k", "pr_num_samples", "pr_num_reference", "pr_note"), "is_mean",
+    "is_std", "confident_rate" (top class probability >= 0.9), "label_coverage"
+    (predicted-label entropy / ln K), "num_samples", "feature_dim", "extractor",
+    "resize_protocol", ...}.
     """
     if source_kind not in ("saved_model", "model_dir"):
         raise ValueError(f"source_kind={source_kind!r}: expected 'saved_model' or 'model_dir'")
@@ -256,7 +352,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output_stats", help="write this run's statistics (.npz)")
     p.add_argument("--save_kid_features", action="store_true",
                    help="store the KID reservoir in --output_stats (a KID reference)")
-    p.add_argument("--compare_stats", help="A.npz,B.npz: print the FID of two statistics files")
+    p.add_argument("--pr_max_samples", type=int, default=DEFAULT_PR_SAMPLES,
+                   help="feature vectors per side for precision/recall (a deterministic "
+                        "subset if there are more; 0: no precision/recall)")
+    p.add_argument("--pr_k", type=int, default=fid_math.DEFAULT_K,
+                   help="k of the k-NN manifolds of precision/recall")
+    p.add_argument("--save_pr_features", action="store_true",
+                   help="store the precision/recall feature subset in --output_stats (a "
+                        "precision/recall reference)")
+    p.add_argument("--compare_stats", help="A.npz,B.npz: print the FID of two statistics "
+                   "files (and precision/recall of A against B if both hold P&R features)")
     p.add_argument("--allow_unverified_stats", action="store_true",
                    help="accept statistics files without an extractor fingerprint (plain "
                         "TTUR/pytorch-fid mu/sigma files, or files of older versions); "
@@ -281,8 +386,15 @@ def _run(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
         parts = args.compare_stats.split(",")
         if len(parts) != 2 or not all(parts):
             raise SystemExit(f"--compare_stats expects A.npz,B.npz, got {args.compare_stats!r}")
-        print(json.dumps({"fid": compare_stats(*parts,
-                                               allow_unverified=args.allow_unverified_stats)}))
+        out: dict[str, Any] = {"fid": compare_stats(
+            *parts, allow_unverified=args.allow_unverified_stats)}
+        a, b = FeatureStatistics.load(parts[0]), FeatureStatistics.load(parts[1])
+        missing = [s.describe() for s in (a, b) if s.pr_features is None]
+        out.update(precision_recall_report(
+            a.pr_features, a.count, b.pr_features, b.count, k=args.pr_k,
+            max_samples=args.pr_max_samples,
+            unavailable=f"{' and '.join(missing)} hold no precision/recall features"))
+        print(json.dumps(out))
         return 0
     chosen = [n for n in ("data_dir", "saved_model", "model_dir", "image_folder")
               if getattr(args, n)]
@@ -308,7 +420,9 @@ def _run(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
                    kid_samples=args.kid_samples, kid_subset_size=args.kid_subset_size,
                    kid_num_subsets=args.kid_num_subsets, output_stats=args.output_stats,
                    save_kid_features=args.save_kid_features, cache_dir=args.extractor_cache,
-                   allow_unverified=args.allow_unverified_stats, pipeline_args=pipeline_args)
+                   allow_unverified=args.allow_unverified_stats, pipeline_args=pipeline_args,
+                   pr_max_samples=args.pr_max_samples, pr_k=args.pr_k,
+                   save_pr_features=args.save_pr_features)
     print(json.dumps(out))
     return 0
 

@@ -1,9 +1,12 @@
 """The FID feature pipeline: a source's images -> extractor features (RunInference) ->
-FID sufficient statistics, Inception Score statistics, a KID reservoir and the images'
-distinct shapes, as one Beam pipeline (:func:`run_features`).
+FID sufficient statistics, Inception Score statistics, a KID reservoir, a deterministic
+subset of features for precision/recall and the images' distinct shapes, as one Beam
+pipeline (:func:`run_features`).
 
 FID statistics are float64 sufficient statistics merged by a CombineFn (O(d^2) memory
-whatever N is), IS per-split softmax statistics, KID a bounded reservoir of features.
+whatever N is), IS per-split softmax statistics, KID a bounded reservoir of features,
+precision/recall the features of the (at most ``pr_samples``) records whose keys hash
+smallest (:func:`~beam_jobs.fid_math.subset_key`: the same subset on every runner).
 The results reach the driver as files (:mod:`beam_jobs.fid_results`).
 """
 from __future__ import annotations
@@ -31,6 +34,10 @@ from beam_jobs.inference_handlers import features_model_handler
 log = logging.getLogger(__name__)
 
 DEFAULT_KID_SAMPLES = 10000
+DEFAULT_PR_SAMPLES = 10000
+#: How the precision/recall subset is chosen when a side has more feature vectors.
+PR_SUBSET_RULE = ("the records whose keys (sample index, record key or file path) have the "
+                  "smallest 64-bit BLAKE2b hashes")
 NUM_IS_SPLITS = 10
 
 
@@ -98,15 +105,21 @@ class FeatureResult:
     kid_features: Optional[np.ndarray]  # float32 [n <= kid_samples, d]
     undecodable: int
     seconds: float
+    # float32 [n <= pr_samples, d], the subset of PR_SUBSET_RULE; None if pr_samples == 0
+    pr_features: Optional[np.ndarray] = None
 
 
 def run_features(source: Source, extractor: ExtractorInfo, *,
                  batch_size: int = DEFAULT_BATCH_SIZE, kid_samples: int = DEFAULT_KID_SAMPLES,
                  num_splits: int = NUM_IS_SPLITS, work_dir: Optional[str] = None,
-                 pipeline_args: Optional[Sequence[str]] = None) -> FeatureResult:
-    """Runs the Beam pipeline source -> features -> (FID statistics, IS, KID reservoir).
+                 pipeline_args: Optional[Sequence[str]] = None,
+                 pr_samples: int = 0) -> FeatureResult:
+    """Runs the Beam pipeline source -> features -> (FID statistics, IS, KID reservoir,
+    precision/recall features).
 
-    ``kid_samples`` bounds the feature reservoir kept for KID (0: none). The combined
+    ``kid_samples`` bounds the feature reservoir kept for KID (0: none), ``pr_samples``
+    the deterministic feature subset kept for precision/recall (all features if there
+    are no more, else those of :data:`PR_SUBSET_RULE`; 0: none). The combined
     results reach the driver as files under ``work_dir``, else ``--temp_location`` of
     ``pipeline_args`` (any Beam filesystem path every worker can write, e.g.
     ``gs://bucket/tmp``), else (local runners only) a local temporary directory; a
@@ -130,7 +143,7 @@ def run_features(source: Source, extractor: ExtractorInfo, *,
         extractor.saved_model_dir, batch_size=batch_size))
     try:
         return _run(source, handler, extractor, options, run_dir, kid_samples, num_splits,
-                    start)
+                    start, pr_samples)
     finally:
         beam_fs.delete_tree(run_dir)
         if local_tmp:
@@ -138,8 +151,9 @@ def run_features(source: Source, extractor: ExtractorInfo, *,
 
 
 def _run(source: Source, handler, extractor: ExtractorInfo, options, run_dir: str,
-         kid_samples: int, num_splits: int, start: float) -> FeatureResult:
-    paths = {k: beam_fs.join(run_dir, f"{k}.npz") for k in ("stats", "is", "kid", "shapes")}
+         kid_samples: int, num_splits: int, start: float, pr_samples: int = 0) -> FeatureResult:
+    paths = {k: beam_fs.join(run_dir, f"{k}.npz")
+             for k in ("stats", "is", "kid", "pr", "shapes")}
     with beam.Pipeline(options=options) as p:
         feats = (p | "Read" >> ReadImages(source)
                  | "Features" >> RunInference(handler)
@@ -161,6 +175,11 @@ def _run(source: Source, handler, extractor: ExtractorInfo, options, run_dir: st
             (feats | "PoolForKID" >> beam.MapTuple(lambda key, pool, logits, shape: pool)
              | "Reservoir" >> beam.combiners.Sample.FixedSizeGlobally(kid_samples)
              | "WriteKID" >> beam.Map(fid_results.write_features, paths["kid"]))
+        if pr_samples > 0:
+            (feats | "RankForPR" >> beam.MapTuple(
+                lambda key, pool, logits, shape: (fid_math.subset_key(key), pool))
+             | "SubsetForPR" >> beam.CombineGlobally(fid_math.SmallestKeysCombineFn(pr_samples))
+             | "WritePR" >> beam.Map(fid_results.write_features, paths["pr"]))
         result = p.run()
         result.wait_until_finish()
     undecodable = 0
@@ -184,8 +203,9 @@ def _run(source: Source, handler, extractor: ExtractorInfo, options, run_dir: st
     is_stats = fid_results.read_inception_score(paths["is"], num_splits)
     is_mean, is_std = is_stats.score()
     kid = fid_results.read_features(paths["kid"]) if kid_samples > 0 else None
+    pr = fid_results.read_features(paths["pr"]) if pr_samples > 0 else None
     seconds = time.time() - start
     log.info("%d feature vectors of dimension %d in %.1f s (IS %.3f +- %.3f)", count,
              stats.dim, seconds, is_mean, is_std)
     return FeatureResult(stats, is_mean, is_std, is_stats.confident_rate(),
-                         is_stats.label_coverage(), kid, undecodable, seconds)
+                         is_stats.label_coverage(), kid, undecodable, seconds, pr)

@@ -9,7 +9,8 @@ statistics class on any Beam filesystem, written by the pipeline's last step
   ``sum_plogp``, ``confident`` and, once logits were seen, ``sum_p`` and
   ``label_hist`` [splits, K];
 * image shapes: int64 ``shapes`` [n, 3] (H, W, C);
-* the KID reservoir: float32 ``features`` [n, d] ([0, 0] when empty).
+* feature samples (the KID reservoir, the precision/recall subset): float32
+  ``features`` [n, d] ([0, 0] when empty).
 """
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ def read_shapes(path: str) -> list[tuple[int, ...]]:
 
 
 def write_features(rows: Sequence[np.ndarray], path: str) -> None:
-    """Writes feature vectors [d] (the KID reservoir) stacked to float32 [n, d]."""
+    """Writes feature vectors [d] (the KID reservoir, the precision/recall subset) stacked
+    to float32 [n, d]."""
     _write(path, {"features": (fid_math.stack_features(rows) if len(rows)
                                else np.zeros((0, 0), np.float32))})
 

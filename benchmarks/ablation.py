@@ -9,8 +9,9 @@ default configs/quickstart.cfg), then the same evaluation for every row.
 
 Per run: validation bits/dim (ELBO bound, exact for flows; IW bound with K samples), the
 latent's use (mean KL in nats, active units), and for samples at temperature 0
-(x = f^-1(mu(z)), what L_adv trains) and 1: FID/KID/IS, the confident-sample rate and
-the label coverage, all in the features of the project's MNIST classifier. The table,
+(x = f^-1(mu(z)), what L_adv trains) and 1: FID/KID/IS, precision and recall
+(Kynkaanniemi et al. 2019, k = 3), the confident-sample rate and the label coverage, all
+in the features of the project's MNIST classifier. The table,
 a JSON of every number, the validation-BPD curves (PNG) and temperature-0/1 sample grids
 of each variant's first seed are written next to ``--out``.
 
@@ -29,7 +30,14 @@ import statistics
 import sys
 import time
 
-from pipeline.quickstart import DEFAULT_MNIST, PROJECT_ROOT, last_json, preprocess_mnist, run_stage
+from pipeline.quickstart import (
+    DEFAULT_MNIST,
+    PROJECT_ROOT,
+    last_json,
+    missing_pr_features,
+    preprocess_mnist,
+    run_stage,
+)
 
 ALL_VARIANTS = "vae,vae_f,cq,cqf,gan,flow,flow_wgan,flowgan"
 PAPER_CIFAR10 = {  # Lucas et al. 2019, table "impact of training objectives and NVP decoder"
@@ -58,8 +66,9 @@ def prepare(work: str, mnist_dir: str) -> tuple[str, str, str]:
                                        f"--mnist_dir={mnist_dir}", f"--output={classifier}"])
     from beam_jobs.identity import stale_statistics_reason
 
-    stale = stale_statistics_reason(ref_stats, "mnist_classifier", classifier)
-    if stale:  # missing, or made with another classifier: (re)generate, and the yardstick
+    stale = (stale_statistics_reason(ref_stats, "mnist_classifier", classifier)
+             or missing_pr_features(ref_stats))
+    if stale:  # missing, of another classifier, or no P&R features: (re)generate, and the yardstick
         print(f"reference statistics needed: {stale}")
         real_fid = os.path.join(work, "heldout_real_fid.json")
         if os.path.isfile(real_fid):
@@ -67,7 +76,8 @@ def prepare(work: str, mnist_dir: str) -> tuple[str, str, str]:
         run_stage(0, 0, "reference stats", [
             py, "-m", "beam_jobs.fid", f"--data_dir={data_dir}", "--split=train",
             "--extractor=mnist_classifier", f"--extractor_path={classifier}",
-            f"--output_stats={ref_stats}", "--save_kid_features"], capture=True)
+            f"--output_stats={ref_stats}", "--save_kid_features", "--save_pr_features"],
+            capture=True)
     return data_dir, classifier, ref_stats
 
 
@@ -75,6 +85,10 @@ def heldout_real(work: str, data_dir: str, classifier: str, ref_stats: str) -> d
     """The FID job's numbers for the held-out real digits (validation split) against the
     same reference statistics: the yardstick of every sample row (cached in ``work``)."""
     path = os.path.join(work, "heldout_real_fid.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            if "precision" not in json.load(f):  # written before precision/recall
+                os.remove(path)
     if not os.path.isfile(path):
         out = last_json(run_stage(0, 0, "held-out real digits", [
             sys.executable, "-m", "beam_jobs.fid", f"--data_dir={data_dir}", "--split=validation",
@@ -212,15 +226,18 @@ def table(rows: dict[str, list[dict]], args, real: dict) -> list[str]:
         f"Samples: {args.fid_samples} at temperature 0 (x = f^-1(mu(z)), for the flows f^-1(0)"
         " times noise scaled by 0, i.e. one image) and 1, FID/KID/IS in the features of the "
         "project's MNIST classifier against the training split (not Inception: not comparable "
-        "to published FIDs); conf: share of samples the classifier gives >= 0.9 to one class; "
+        "to published FIDs); P/R: precision and recall (Kynkaanniemi et al. 2019, k = 3 "
+        "nearest neighbours, same features); conf: share of samples the classifier gives >= "
+        "0.9 to one class; "
         "cov: entropy of the predicted-label histogram / ln 10. Mean ± std over seeds where "
         "there are several (n in the seeds column). Last row: the held-out real digits "
         "(validation split) through the same FID job, the yardstick (fewer images than the "
         "samples, and FID is biased upward at small counts).",
         "",
-        "| variant | seeds | BPD (bound) | BPD (IW) | KL nats | AU | FID T=0 | conf T=0 | cov T=0 "
-        "| FID T=1 | KID T=1 | IS T=1 | conf T=1 | cov T=1 | train s | paper CIFAR-10 BPD / FID |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | seeds | BPD (bound) | BPD (IW) | KL nats | AU | FID T=0 | P T=0 | R T=0 "
+        "| conf T=0 | cov T=0 | FID T=1 | KID T=1 | IS T=1 | P T=1 | R T=1 | conf T=1 "
+        "| cov T=1 | train s | paper CIFAR-10 BPD / FID |",
+        "|" + "---|" * 20,
     ]
     for variant, runs in rows.items():
         if not runs:
@@ -231,17 +248,21 @@ def table(rows: dict[str, list[dict]], args, real: dict) -> list[str]:
             f"| {variant}", str(len(runs)),
             fmt(col(runs, "bpd", "bpd"), 3), fmt(col(runs, "bpd", "bpd_iw"), 3),
             fmt(col(runs, "latent", "kl_mean"), 1), fmt(col(runs, "latent", "active_units"), 1),
-            fmt(col(runs, t0, "fid"), 1), fmt(col(runs, t0, "confident_rate"), 2),
+            fmt(col(runs, t0, "fid"), 1), fmt(col(runs, t0, "precision"), 2),
+            fmt(col(runs, t0, "recall"), 2), fmt(col(runs, t0, "confident_rate"), 2),
             fmt(col(runs, t0, "label_coverage"), 2),
             fmt(col(runs, t1, "fid"), 1), fmt(col(runs, t1, "kid_mean"), 3),
-            fmt(col(runs, t1, "is_mean"), 2), fmt(col(runs, t1, "confident_rate"), 2),
+            fmt(col(runs, t1, "is_mean"), 2), fmt(col(runs, t1, "precision"), 2),
+            fmt(col(runs, t1, "recall"), 2), fmt(col(runs, t1, "confident_rate"), 2),
             fmt(col(runs, t1, "label_coverage"), 2),
             fmt([r["train_seconds"] for r in runs], 0), f"{paper[0]} / {paper[1]} |"]))
+    p, r = fmt([real.get("precision")], 2), fmt([real.get("recall")], 2)
     lines.append(" | ".join([
         f"| held-out real digits ({real['num_samples']})", "—", "—", "—", "—", "—",
-        f"{real['fid']:.1f}", f"{real['confident_rate']:.2f}", f"{real['label_coverage']:.2f}",
-        f"{real['fid']:.1f}", f"{real['kid_mean']:.3f}", f"{real['is_mean']:.2f}",
-        f"{real['confident_rate']:.2f}", f"{real['label_coverage']:.2f}", "—", "— |"]))
+        f"{real['fid']:.1f}", p, r, f"{real['confident_rate']:.2f}",
+        f"{real['label_coverage']:.2f}", f"{real['fid']:.1f}", f"{real['kid_mean']:.3f}",
+        f"{real['is_mean']:.2f}", p, r, f"{real['confident_rate']:.2f}",
+        f"{real['label_coverage']:.2f}", "—", "— |"]))
     return lines
 
 

@@ -10,6 +10,7 @@ Each row's flags and the base flagfile are read from the sweep script (``--scrip
 Columns: validation BPD (ELBO, IW K=8), mean KL (nats), active units (Cov_x E_q[z_u] >
 0.01), the mean posterior standard deviation, the signal-to-noise ratio
 mean_u Var_x(E_q[z_u]) / E_x[sigma_u^2] (information per unit is 0.5 ln(1 + SNR)), and FID,
+precision and recall (Kynkaanniemi et al. 2019, k = 3; "—" for evaluations without them),
 confident-sample rate and label coverage at temperatures 0 and 1.
 """
 from __future__ import annotations
@@ -37,6 +38,12 @@ def posterior_scale(model_dir: str, data_dir: str) -> tuple[float, float]:
     return float(sigma.mean()), float((mu.var(axis=0) / (sigma ** 2).mean(axis=0)).mean())
 
 
+def pr(samples: dict) -> str:
+    """'precision | recall' cells of an evaluation's samples ('—' where missing)."""
+    return " | ".join("—" if samples.get(k) is None else f"{samples[k]:.2f}"
+                      for k in ("precision", "recall"))
+
+
 def sweep_rows(script: str) -> tuple[dict[str, str], str]:
     """({row name: its pipeline.train flags}, the base flagfile) as a sweep script defines
     them (rows ``[name]="flags"``, base ``--flagfile=PATH`` or ``BASE=PATH``)."""
@@ -60,8 +67,9 @@ def main() -> int:
     args = parser.parse_args()
     flags_of, base = sweep_rows(args.script)
     lines = [f"| run | flags (on {base}) | BPD | BPD (IW) | KL nats | AU | "
-             "mean sigma_q | SNR | FID T=0 | conf T=0 | cov T=0 | FID T=1 | conf T=1 | cov T=1 |",
-             "|" + "---|" * 14]
+             "mean sigma_q | SNR | FID T=0 | P T=0 | R T=0 | conf T=0 | cov T=0 | FID T=1 | "
+             "P T=1 | R T=1 | conf T=1 | cov T=1 |",
+             "|" + "---|" * 18]
     for d in sorted(args.model_dirs):
         try:
             with open(os.path.join(d, "ev_t0.json")) as f:
@@ -78,8 +86,9 @@ def main() -> int:
             f"{bpd.get('bpd', float('nan')):.3f} | "
             f"{bpd.get('bpd_iw', float('nan')):.3f} | {lat.get('kl_mean', float('nan')):.1f} | "
             f"{lat.get('active_units', '—')} | {sigma:.3f} | {snr:.2f} | {s0['fid']:.1f} | "
-            f"{s0['confident_rate']:.2f} | {s0['label_coverage']:.2f} | {s1['fid']:.1f} | "
-            f"{s1['confident_rate']:.2f} | {s1['label_coverage']:.2f} |")
+            f"{pr(s0)} | {s0['confident_rate']:.2f} | {s0['label_coverage']:.2f} | "
+            f"{s1['fid']:.1f} | {pr(s1)} | {s1['confident_rate']:.2f} | "
+            f"{s1['label_coverage']:.2f} |")
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -1,4 +1,5 @@
-"""Evaluate a trained model: bits/dim on a split, and FID/KID/IS of its samples.
+"""Evaluate a trained model: bits/dim on a split, and FID/KID/IS/precision/recall of its
+samples.
 
     python -m pipeline.evaluate --model_dir=runs/x --data_dir=data/mnist --split=validation \
         [--importance_samples=K] [--fid_samples=N --extractor=mnist_classifier \
@@ -7,8 +8,11 @@
 BPD: exact for ``flow``/``flow_wgan``/``flowgan``; for the VAE variants the ELBO bound and, with
 K > 1, the importance-weighted bound (tighter, still an upper bound on bits/dim). Each
 image is dequantized once with seeded uniform noise; the mean and its standard error over
-the split are reported. FID/KID/IS: the Beam job of :mod:`beam_jobs.fid` draws the
-samples straight from the model directory (the rows of the export's ``sample`` signature).
+the split are reported. FID/KID/IS and precision/recall (Kynkaanniemi et al. 2019, k = 3,
+at most ``--pr_max_samples`` feature vectors per side): the Beam job of
+:mod:`beam_jobs.fid` draws the samples straight from the model directory (the rows of the
+export's ``sample`` signature); precision/recall need reference statistics written with
+``beam_jobs.fid --save_pr_features`` (else they are null and ``pr_note`` says why).
 Binary data (``decoder='bernoulli'``): the held-out images are binarized once,
 b_i = 1[u_i < x_i / 255] with u_i keyed on (the image's index in the split, ``--seed``), a
 fixed seeded binarization independent of the batch size, and the report is -ln P(b) in
@@ -18,7 +22,9 @@ Latent use (VAE variants): the mean KL(q(z|x) || p(z)) on the split and the numb
 active latent units (Burda et al., 2016). Sample quality a reader can interpret without
 Inception (MNIST classifier): the confident-sample rate (top class probability >= 0.9)
 and the label coverage (entropy of the predicted-label histogram / ln 10).
-Results are printed as JSON and logged to the model directory's MLflow run.
+Results are printed as JSON and logged to the model directory's MLflow run (sample
+metrics as ``eval/samples_t<T>/<name>``: ``fid``, ``kid_mean``, ``is_mean``,
+``precision``, ``recall``, ...).
 """
 from __future__ import annotations
 
@@ -218,17 +224,24 @@ def evaluate_latent(model: HybridModel, data_dir: str, split: str = "validation"
 
 def evaluate_samples(model_dir: str, num_samples: int, extractor: str, extractor_path: str,
                      reference_stats: str, temperature: float = 1.0, seed: int = 0,
-                     pipeline_args: list[str] | None = None) -> dict[str, Any]:
-    """FID/KID/IS of ``num_samples`` samples drawn straight from ``model_dir`` (the rows of
-    the export's ``sample`` signature, no export) by the Beam FID job. Reference statistics
-    of another extractor (fingerprint), protocol or image shape, or without a fingerprint,
-    raise ``beam_jobs.fid_math.StatisticsError`` before any sample is drawn."""
+                     pipeline_args: list[str] | None = None,
+                     pr_max_samples: int | None = None) -> dict[str, Any]:
+    """FID/KID/IS and precision/recall of ``num_samples`` samples drawn straight from
+    ``model_dir`` (the rows of the export's ``sample`` signature, no export) by the Beam
+    FID job (:func:`beam_jobs.fid.evaluate`: "fid", "kid_mean", "kid_std", "precision",
+    "recall", "pr_k", "pr_num_samples", "pr_num_reference", "pr_note", "is_mean", ...).
+    Precision/recall use at most ``pr_max_samples`` feature vectors per side (None: the
+    job's default) and the reference file's ``pr_features``; without them they are None.
+    Reference statistics of another extractor (fingerprint), protocol or image shape, or
+    without a fingerprint, raise ``beam_jobs.fid_math.StatisticsError`` before any sample
+    is drawn."""
     from beam_jobs import fid
 
     fid.check_reference_stats(reference_stats, extractor, extractor_path)
+    kwargs = {} if pr_max_samples is None else {"pr_max_samples": pr_max_samples}
     return fid.evaluate_samples(model_dir, num_samples, reference_stats, extractor,
                                 extractor_path, temperature=temperature, seed=seed,
-                                pipeline_args=pipeline_args, source_kind="model_dir")
+                                pipeline_args=pipeline_args, source_kind="model_dir", **kwargs)
 
 
 FLAGS = flags.FLAGS
@@ -245,10 +258,14 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the dequantization noise (for a Bernoulli-decoder "
                          "model: of the fixed binarization of the split), the posterior noise "
                          "and the samples.")
-    flags.DEFINE_integer("fid_samples", 0, "If > 0, FID/KID/IS of this many samples.")
+    flags.DEFINE_integer("fid_samples", 0, "If > 0, FID/KID/IS/precision/recall of this many "
+                         "samples.")
+    flags.DEFINE_integer("pr_max_samples", 10000, "Feature vectors per side for precision/"
+                         "recall (a deterministic subset if more; 0: none).")
     flags.DEFINE_string("extractor", "mnist_classifier", "Feature extractor (beam_jobs.extractors).")
     flags.DEFINE_string("extractor_path", None, "Local path of the extractor.")
-    flags.DEFINE_string("reference_stats", None, ".npz reference statistics (mu, sigma).")
+    flags.DEFINE_string("reference_stats", None, ".npz reference statistics (mu, sigma; "
+                        "pr_features for precision/recall: beam_jobs.fid --save_pr_features).")
     flags.DEFINE_float("temperature", 1.0, "Sampling temperature for FID.")
     flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = the one recorded "
                         "in --model_dir, else MLflow's default).")
@@ -287,7 +304,8 @@ def main(argv):
         try:
             results["samples"] = evaluate_samples(
                 FLAGS.model_dir, FLAGS.fid_samples, FLAGS.extractor, FLAGS.extractor_path,
-                FLAGS.reference_stats, FLAGS.temperature, FLAGS.seed)
+                FLAGS.reference_stats, FLAGS.temperature, FLAGS.seed,
+                pr_max_samples=FLAGS.pr_max_samples)
         except StatisticsError as e:  # a user error: one line, no traceback
             raise SystemExit(f"error: {e}") from None
         results["samples"]["temperature"] = FLAGS.temperature

@@ -3,15 +3,18 @@
 
 1. Beam preprocessing of the MNIST IDX files into TFRecords (90% train / 10% validation);
 2. the project's MNIST classifier (FID/KID/IS features), the reference statistics of
-   the training split (regenerated when they are missing or were made with another
-   classifier, i.e. their recorded fingerprint differs) and the FID of the held-out real
-   digits against them (Beam FID job; the yardstick of the samples' FID);
+   the training split with a KID reservoir and the precision/recall features
+   (regenerated when they are missing, hold no precision/recall features or were made
+   with another classifier, i.e. their recorded fingerprint differs) and the FID,
+   precision and recall of the held-out real digits against them (Beam FID job; the
+   yardstick of the samples');
 3. training of the main model (``cqf``) with ``configs/quickstart.cfg``, then its prior
    refitted to the aggregate posterior (``pipeline.fit_prior``, 50 Gaussians; a deviation
    from the paper, ``--prior_components=0`` keeps N(0, I)); what follows uses the refit;
 4. validation bits/dim (ELBO and importance-weighted bounds), the latent's use (KL,
-   active units) and the samples' quality at temperature 0 and 1 (FID/KID/IS, the
-   confident-sample rate and the label coverage of the MNIST classifier);
+   active units) and the samples' quality at temperature 0 and 1 (FID/KID/IS, precision
+   and recall (Kynkaanniemi et al. 2019, k = 3), the confident-sample rate and the label
+   coverage of the MNIST classifier);
 5. SavedModel export (TF Serving layout, registered in MLflow);
 6. scoring of held-out digits and a sample grid through the exported SavedModel.
 
@@ -62,6 +65,26 @@ def preprocess_mnist(data_dir: str, mnist_dir: str, index: int = 0, total: int =
     return True
 
 
+def missing_pr_features(stats_path: str) -> str:
+    """Why the reference statistics cannot serve precision/recall ('' if they can): a
+    file written before ``--save_pr_features`` holds no ``pr_features``."""
+    import numpy as np
+
+    try:
+        with np.load(stats_path, allow_pickle=False) as data:
+            return "" if "pr_features" in data.files else (
+                f"{stats_path} holds no precision/recall features")
+    except (OSError, ValueError) as e:
+        return f"{stats_path} is unreadable: {e}"
+
+
+def pr_text(result: dict) -> str:
+    """'precision P, recall R' of a FID job result, or why they are missing."""
+    if result.get("precision") is None:
+        return "precision/recall n/a"
+    return f"precision {result['precision']:.2f}, recall {result['recall']:.2f}"
+
+
 def last_json(text: str) -> dict:
     """The last JSON object printed by a command (they print a JSON summary last)."""
     start = text.rfind("\n{")
@@ -107,18 +130,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n=== [2/{total}] classifier exists: {classifier}")
     from beam_jobs.identity import stale_statistics_reason
 
-    stale = stale_statistics_reason(ref_stats, "mnist_classifier", classifier)
-    if stale:  # missing, or made with another classifier (fingerprint): (re)generate
+    stale = (stale_statistics_reason(ref_stats, "mnist_classifier", classifier)
+             or missing_pr_features(ref_stats))
+    if stale:  # missing, made with another classifier (fingerprint) or without P&R features
         print(f"\n    reference statistics needed: {stale}")
         if os.path.isfile(real_fid_file):  # the yardstick was against the old statistics
             os.remove(real_fid_file)
         run_stage(3, total, "reference statistics of the training split (Beam FID job)", [
             py, "-m", "beam_jobs.fid", f"--data_dir={data_dir}", "--split=train",
             "--extractor=mnist_classifier", f"--extractor_path={classifier}",
-            f"--output_stats={ref_stats}", "--save_kid_features"], capture=True)
+            f"--output_stats={ref_stats}", "--save_kid_features", "--save_pr_features"],
+            capture=True)
     else:
         print(f"\n=== [3/{total}] reference statistics exist and match the classifier: "
               f"{ref_stats}")
+    if os.path.isfile(real_fid_file):
+        with open(real_fid_file) as f:
+            if "precision" not in json.load(f):  # written before precision/recall
+                os.remove(real_fid_file)
     if not os.path.isfile(real_fid_file):
         real = last_json(run_stage(3, total, "FID of the held-out real digits (the yardstick)", [
             py, "-m", "beam_jobs.fid", f"--data_dir={data_dir}", "--split=validation",
@@ -179,14 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     if latent:
         print(f"  latent            KL {latent['kl_mean']:.1f} nats, {latent['active_units']} of "
               f"{latent['latent_dim']} units active")
-    print(f"  held-out digits   FID {real_fid['fid']:.2f}, confident "
+    print(f"  held-out digits   FID {real_fid['fid']:.2f}, {pr_text(real_fid)}, confident "
           f"{real_fid['confident_rate']:.2f}, label coverage {real_fid['label_coverage']:.2f}  "
           f"({real_fid['num_samples']} real validation digits, same reference statistics)")
     for t, samples in ((0, evaluation.get("samples", {})), (1, samples_t1)):
         if samples:
             print(f"  samples T={t}       FID {samples['fid']:.2f} "
                   f"({samples['fid'] / real_fid['fid']:.1f}x the held-out digits'), KID "
-                  f"{samples['kid_mean']:.4f}, IS {samples['is_mean']:.2f}, confident "
+                  f"{samples['kid_mean']:.4f}, IS {samples['is_mean']:.2f}, "
+                  f"{pr_text(samples)}, confident "
                   f"{samples['confident_rate']:.2f}, label coverage "
                   f"{samples['label_coverage']:.2f}  ({samples['num_samples']} samples, MNIST "
                   "classifier)")

@@ -110,19 +110,21 @@ def test_cli_prints_json_and_logs_to_the_models_run(vae_dir, digits16, tracking_
 @pytest.mark.slow
 def test_fid_of_model_samples_through_beam(vae_dir, digits16, tmp_path):
     """End to end with a small (untrained) MNIST-classifier extractor: FID is finite and
-    positive, KID/IS are reported, the sample count is exact."""
+    positive, KID/IS and precision/recall are reported, the sample count is exact."""
     from beam_jobs import extractors, fid
 
     classifier, features_model = extractors.build_mnist_classifier(seed=0)
     extractor_dir = extractors.export_mnist_classifier(features_model, str(tmp_path / "clf"))
     ref = fid.compute_statistics(fid.TFRecordSource(digits16, "train"), "mnist_classifier",
-                                 extractor_dir, kid_samples=100)
+                                 extractor_dir, kid_samples=100, pr_samples=1000)
     ref_path = str(tmp_path / "ref.npz")
     ref.save(ref_path)
     out = evaluate.evaluate_samples(vae_dir, 37, "mnist_classifier", extractor_dir, ref_path)
     assert out["num_samples"] == 37
     assert np.isfinite(out["fid"]) and out["fid"] > 0
     assert out["is_mean"] >= 1.0
+    assert 0.0 <= out["precision"] <= 1.0 and 0.0 <= out["recall"] <= 1.0
+    assert out["pr_num_samples"] == 37 and out["pr_num_reference"] == len(ref.pr_features)
 
 
 def test_latent_use_matches_brute_force(vae_dir, digits16):

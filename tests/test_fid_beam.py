@@ -137,6 +137,12 @@ def test_evaluate_samples_end_to_end(tmp_path, generator_dir, extractor_dir, mni
         ipd.add(i % 10, s_logits[i])
     assert out["is_mean"] == pytest.approx(ipd.score()[0], rel=1e-5)
     assert out["kid_mean"] is not None and np.isfinite(out["kid_std"])
+    # Precision/recall against the features of --reference_data_dir (every image: fewer
+    # than the cap on both sides).
+    pr = fid_math.precision_recall(r_pool, s_pool, k=3)
+    assert (out["precision"], out["recall"]) == (pr.precision, pr.recall)
+    assert (out["pr_k"], out["pr_num_samples"], out["pr_num_reference"]) == (3, 37, NUM_REAL)
+    assert "all 37 evaluated images and all 240 reference images" in out["pr_note"]
 
 
 def test_image_folder_counts_and_skips_bad_files(tmp_path, extractor_dir):
@@ -285,3 +291,6 @@ def test_full_cli_run(tmp_path, generator_dir, extractor_dir, mnist_records):
     assert out["num_samples"] == 21 and out["fid"] > 0 and out["kid_mean"] is not None
     assert out["extractor"] == "mnist_classifier" and "28x28" in out["resize_protocol"]
     assert FeatureStatistics.load(str(tmp_path / "samples.npz")).count == 21
+    # The reference file holds no precision/recall features: null, and the note says why.
+    assert out["precision"] is None and out["recall"] is None
+    assert "hold no precision/recall features" in out["pr_note"]

@@ -2,7 +2,8 @@
 so they run on any Beam runner)."""
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import hashlib
+from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -67,6 +68,60 @@ class InceptionScoreCombineFn(beam.CombineFn):
 
     def extract_output(self, acc: InceptionScoreStatistics) -> InceptionScoreStatistics:
         return acc
+
+
+def subset_key(key: Any) -> tuple[int, str]:
+    """The rank of a record key in :class:`SmallestKeysCombineFn`'s subset: (a 64-bit
+    BLAKE2b hash of ``str(key)``, ``str(key)``): the same on every runner, worker and run,
+    and spread uniformly over the keys (sample indices, record keys, file paths)."""
+    text = str(key)
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big"), text
+
+
+class SmallestKeysCombineFn(beam.CombineFn):
+    """Combines ``(rank, value)`` pairs into the values of the ``max_size`` smallest ranks
+    (e.g. :func:`subset_key` of a record key), in rank order: a deterministic subset,
+    whatever the runner's bundling and order (a reservoir sample is not).
+
+    Ranks are compared, values never (they may be numpy arrays). An accumulator holds at
+    most ``2 * max_size`` pairs (pruned to ``max_size`` when it reaches that).
+    """
+
+    def __init__(self, max_size: int):
+        if max_size < 1:
+            raise ValueError(f"max_size={max_size}: expected >= 1")
+        self.max_size = max_size
+
+    def _prune(self, acc: list) -> list:
+        if len(acc) > self.max_size:
+            acc.sort(key=lambda pair: pair[0])
+            del acc[self.max_size:]
+        return acc
+
+    def create_accumulator(self) -> list:
+        return []
+
+    def add_input(self, acc: list, element: tuple[Any, Any]) -> list:
+        acc.append(tuple(element))
+        if len(acc) >= 2 * self.max_size:
+            self._prune(acc)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[list]) -> list:
+        out: list = []
+        for a in accs:
+            out.extend(a)
+            if len(out) >= 2 * self.max_size:
+                self._prune(out)
+        return self._prune(out)
+
+    def compact(self, acc: list) -> list:
+        return self._prune(acc)
+
+    def extract_output(self, acc: list) -> list:
+        acc = sorted(acc, key=lambda pair: pair[0])[:self.max_size]
+        return [value for _, value in acc]
 
 
 def stack_features(rows: Sequence[np.ndarray]) -> np.ndarray:

@@ -25,7 +25,9 @@ class FeatureStatistics:
     (content hash of the extractor, :mod:`beam_jobs.identity`), ``resize_protocol``,
     ``image_shape`` (``"HxWxC"`` of the images fed to the extractor, or
     ``"mixed:..."``), ``count`` (sample count), ``format_version``; and optionally
-    ``kid_features`` (a float32 [n, d] sample of the features, for KID against this set).
+    ``kid_features`` (a float32 [n, d] sample of the features, for KID against this set)
+    and ``pr_features`` (a float32 [n, d] deterministic subset of the features, for
+    precision and recall against this set).
     ``source`` is the path the statistics were loaded from (not saved).
 
     Comparisons (:func:`fid_from_statistics`) refuse statistics whose identities differ
@@ -43,6 +45,7 @@ class FeatureStatistics:
     extractor_fingerprint: str = ""
     image_shape: str = ""
     source: str = ""
+    pr_features: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -74,6 +77,8 @@ class FeatureStatistics:
                   "format_version": np.int64(STATS_FORMAT_VERSION)}
         if self.kid_features is not None:
             arrays["kid_features"] = np.asarray(self.kid_features, np.float32)
+        if self.pr_features is not None:
+            arrays["pr_features"] = np.asarray(self.pr_features, np.float32)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -113,8 +118,15 @@ class FeatureStatistics:
                 kid_features=(np.asarray(data["kid_features"])
                               if "kid_features" in data.files else None),
                 extractor_fingerprint=text("extractor_fingerprint"),
-                image_shape=text("image_shape"), source=str(path))
+                image_shape=text("image_shape"), source=str(path),
+                pr_features=(np.asarray(data["pr_features"])
+                             if "pr_features" in data.files else None))
         if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
             raise StatisticsError(f"{path!r}: mu {mu.shape} and sigma {sigma.shape} do not fit "
                                   "(expected [d] and [d, d])")
+        pr = out.pr_features
+        if pr is not None and (pr.ndim != 2 or pr.shape[1] != mu.shape[0]
+                               or not np.issubdtype(pr.dtype, np.floating)):
+            raise StatisticsError(f"{path!r}: pr_features {pr.shape} {pr.dtype} do not fit mu "
+                                  f"{mu.shape} (expected float [n, {mu.shape[0]}])")
         return out
