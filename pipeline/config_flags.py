@@ -3,7 +3,8 @@
 One flag per field, named like it, with the field's default and ``metadata["help"]`` as
 its help. The flag type follows the field's annotation: bool -> DEFINE_boolean, int ->
 DEFINE_integer, float -> DEFINE_float, str -> DEFINE_enum if ``metadata["choices"]`` is
-given, else DEFINE_string; tuple -> DEFINE_list (read back as a tuple). A field without a
+given, else DEFINE_string; tuple -> DEFINE_list (read back as a tuple); ``T | None`` -> the
+flag of T whose default may be None ("not given": the code decides). A field without a
 default is a required flag.
 
 The flags belong to the module that calls :func:`define_flags` (this module disclaims
@@ -12,6 +13,7 @@ them, absl's ``disclaim_key_flags``), so ``python -m pipeline.train --help`` lis
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any, Iterable
 
@@ -36,6 +38,15 @@ def _flag_fields(cls: type, exclude: Iterable[str]) -> list[tuple[dataclasses.Fi
     return [(f, hints[f.name]) for f in dataclasses.fields(cls) if f.name not in skip]
 
 
+def _optional_of(kind) -> type | None:
+    """T for an annotation ``T | None`` (``Optional[T]``), else None."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(kind)) == 2:
+            return args[0]
+    return None
+
+
 def define_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS,
                  exclude: Iterable[str] = ()) -> None:
     """Defines one flag per field of dataclass ``cls`` (except ``exclude``) in
@@ -53,6 +64,8 @@ def define_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS,
             flags.DEFINE_enum(field.name, default, list(field.metadata["choices"]), text, **kw)
         elif kind is tuple:
             flags.DEFINE_list(field.name, None if default is None else list(default), text, **kw)
+        elif _optional_of(kind) in _DEFINE:  # `T | None`: the flag's default may be None
+            _DEFINE[_optional_of(kind)](field.name, default, text, **kw)
         elif kind in _DEFINE:
             _DEFINE[kind](field.name, default, text, **kw)
         else:

@@ -76,6 +76,9 @@ class TrainConfig:
                 "--validation_examples images every this many steps."})
     validation_examples: int = dataclasses.field(default=500, metadata={
         "help": "Validation images for --validation_every."})
+    validation_split: str = dataclasses.field(default="validation", metadata={
+        "help": "Held-out split of --data_dir the --validation_every curve is computed on "
+                "(e.g. 'test' for a data set with train/test splits)."})
     keep_checkpoints: int = dataclasses.field(default=3, metadata={
         "help": "Checkpoints kept on disk."})
     strategy: str = dataclasses.field(default="auto", metadata={
@@ -94,8 +97,10 @@ class TrainConfig:
     run_name: str = dataclasses.field(default="", metadata={"help": "MLflow run name."})
     show_progress: bool = dataclasses.field(default=True, metadata={
         "help": "Show a progress bar."})
-    jit_compile: bool = dataclasses.field(default=True, metadata={
-        "help": "XLA-compile the training step."})
+    jit_compile: bool | None = dataclasses.field(default=None, metadata={
+        "help": "XLA-compile the training step (default: by device type, as measured: off on "
+                "CPU, where oneDNN's kernels beat XLA's, on for GPUs; "
+                "pipeline.train_step.DEFAULT_JIT_BY_DEVICE)."})
 
     def __post_init__(self):
         for name in ("train_steps", "batch_size", "checkpoint_every", "log_every",

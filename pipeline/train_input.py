@@ -75,16 +75,17 @@ def make_train_dataset(info: data_lib.DatasetInfo, cfg: TrainConfig, start_step:
 
 class ValidationBound:
     """The ELBO bound in bits/dim (exact for flows) of the first ``num_examples`` images
-    of the validation split, with dequantization and posterior noise fixed by ``seed``,
+    of a held-out ``split``, with dequantization and posterior noise fixed by ``seed``,
     so successive calls during training are comparable (the curves of a run)."""
 
     def __init__(self, model: HybridModel, info: data_lib.DatasetInfo, num_examples: int,
-                 seed: int, batch_size: int = 100):
+                 seed: int, batch_size: int = 100, split: str = "validation"):
         self.model = model
-        count = min(num_examples, info.split_counts.get("validation", 0))
+        count = min(num_examples, info.split_counts.get(split, 0))
         if count == 0:
-            raise ValueError(f"--validation_every needs a 'validation' split in {info.data_dir!r}")
-        ds = data_lib.make_image_dataset(info, "validation", batch_size, shuffle=False,
+            raise ValueError(f"--validation_every needs a {split!r} split in {info.data_dir!r} "
+                             f"(it has {sorted(info.split_counts)}; see --validation_split)")
+        ds = data_lib.make_image_dataset(info, split, batch_size, shuffle=False,
                                          repeat=False, drop_remainder=False)
         self.batches = list(ds.unbatch().take(count).batch(batch_size))
         self.num_examples, self.seed = count, seed

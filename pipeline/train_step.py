@@ -19,6 +19,31 @@ from tfp_models.hybrid import HybridModel
 log = logging.getLogger(__name__)
 
 
+# Whether XLA compiles the training step when --jit_compile is not given, by the type of
+# the strategy's devices. CPU: off. Measured on the 2-core AMD Zen 4 development machine
+# (benchmarks/bench_train_step.py, minimal step, interleaved, medians): oneDNN without XLA
+# was 1.12x faster for the quickstart step at batch 32, 1.22x at batch 64 and 1.30x for
+# the CIFAR-10 CPU step with 3x3 couplings; XLA's CPU convolutions are slower than
+# oneDNN's and it inserts transposes (35 % of op time). GPU: on, Keras' own default for
+# fit() there (not measured here: no GPU on the development machine).
+DEFAULT_JIT_BY_DEVICE = {"CPU": False, "GPU": True}
+
+
+def default_jit_compile(strategy: tf.distribute.Strategy) -> bool:
+    """:data:`DEFAULT_JIT_BY_DEVICE` for the type of the strategy's worker devices (GPU if
+    any device is a GPU; unknown types: no XLA). The default strategy, which names no
+    devices, places ops on the first GPU if one is visible."""
+    try:
+        devices = list(strategy.extended.worker_devices)
+    except (RuntimeError, NotImplementedError, AttributeError):  # the default strategy
+        devices = []
+    if not devices:
+        devices = ["/device:GPU:0" if tf.config.list_logical_devices("GPU") else "/device:CPU:0"]
+    kinds = {tf.DeviceSpec.from_string(d).device_type or "CPU" for d in devices}
+    kind = "GPU" if "GPU" in kinds else ("CPU" if kinds <= {"CPU"} else sorted(kinds)[0])
+    return DEFAULT_JIT_BY_DEVICE.get(kind, False)
+
+
 class StepFunctions:
     """The compiled distributed training step of one model.
 
@@ -32,12 +57,13 @@ class StepFunctions:
                  flow_opt: keras.optimizers.Optimizer | None = None):
         self.model, self.strategy, self.cfg = model, strategy, cfg
         self.g_opt, self.d_opt, self.flow_opt = g_opt, d_opt, flow_opt
-        # XLA-compile the per-replica step (as Keras' own fit does): ~2x faster on CPU.
         # One replica only: XLA cannot reach a mirrored variable's copy on another device
         # from inside the compiled cluster (seen with 2 logical CPUs).
-        jit = cfg.jit_compile and strategy.num_replicas_in_sync == 1
-        if cfg.jit_compile and not jit:
+        wanted = default_jit_compile(strategy) if cfg.jit_compile is None else cfg.jit_compile
+        jit = wanted and strategy.num_replicas_in_sync == 1
+        if wanted and not jit:
             log.info("jit_compile is off with %d replicas", strategy.num_replicas_in_sync)
+        self.jit_compile = jit
         self.replica_fn = tf.function(self._replica_step, jit_compile=jit)
         self.step_fn = tf.function(self._distributed_step)
 

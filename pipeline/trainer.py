@@ -223,7 +223,8 @@ class TrainTask:
         iterator = iter(dataset)
         validation = None
         if cfg.validation_every and model.spec.has_likelihood:
-            validation = ValidationBound(model, self.info, cfg.validation_examples, cfg.seed)
+            validation = ValidationBound(model, self.info, cfg.validation_examples, cfg.seed,
+                                         split=cfg.validation_split)
         stop = StopAgreement(state.strategy, guard)
         try:
             while step < cfg.train_steps and stop.signum() is None:  # a step boundary

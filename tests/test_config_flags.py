@@ -55,7 +55,7 @@ def test_every_field_has_a_flag_with_its_default_help_and_type():
             assert isinstance(flag.parser, flags.EnumParser), field.name
             assert flag.parser.enum_values == list(field.metadata["choices"])
         else:
-            assert type(flag.parser) is PARSERS[kind], field.name
+            assert type(flag.parser) is PARSERS[config_flags._optional_of(kind) or kind], field.name
 
 
 def test_data_dir_and_model_dir_are_required():
@@ -89,7 +89,8 @@ def test_every_flag_value_round_trips_into_the_dataclasses():
                kl_warmup_steps=5, flow_warmup_steps=6, random_flip=True,
                resize_with_crop_or_pad=12, log_every=2, sample_every=7, num_grid_samples=9,
                sample_temperature=0.5, data_init_batch=17, validation_every=4,
-               validation_examples=33, keep_checkpoints=1, strategy="mirrored",
+               validation_examples=33, validation_split="test", keep_checkpoints=1,
+               strategy="mirrored",
                devices=("/cpu:0", "/cpu:1"), cluster_start_timeout_s=30,
                mlflow_tracking_uri="sqlite:///x.db",
                experiment="e", run_name="r", show_progress=False, jit_compile=False)
@@ -144,6 +145,13 @@ def test_helpfull_lists_every_flag_with_its_help_under_pipeline_train():
     section = result.stdout.split("pipeline/train.py:", 1)[1].split("\n\n", 1)[0]
     flat = re.sub(r"\s+", "", section)  # help text is re-wrapped
     for field, kind in _fields(HybridConfig) + _fields(TrainConfig):
-        name = f"--[no]{field.name}:" if kind is bool else f"--{field.name}:"
+        boolean = bool in (kind, config_flags._optional_of(kind))
+        name = f"--[no]{field.name}:" if boolean else f"--{field.name}:"
         assert name in section, name
         assert re.sub(r"\s+", "", field.metadata["help"]) in flat, field.name
+
+
+def test_optional_bool_flag_defaults_to_none_and_parses_both_ways():
+    assert _train_flags(REQUIRED)["jit_compile"].value is None  # not given: by device type
+    assert _train_flags(REQUIRED + ["--jit_compile"])["jit_compile"].value is True
+    assert _train_flags(REQUIRED + ["--nojit_compile"])["jit_compile"].value is False
