@@ -23,6 +23,7 @@ table is regenerated from the stored results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -40,6 +41,24 @@ from pipeline.quickstart import (
 )
 
 ALL_VARIANTS = "vae,vae_f,cq,cqf,gan,flow,flow_wgan,flowgan"
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """What every row of an ablation is judged on: the data set and its held-out split
+    (``max_examples``: a fixed prefix of it, None = all), the FID extractor and the
+    reference statistics of the training split."""
+
+    data_dir: str
+    extractor: str
+    extractor_path: str
+    ref_stats: str
+    eval_split: str = "validation"
+    max_examples: int | None = None
+
+    def extractor_flags(self) -> list[str]:
+        return [f"--extractor={self.extractor}", f"--extractor_path={self.extractor_path}",
+                f"--reference_stats={self.ref_stats}"]
 PAPER_CIFAR10 = {  # Lucas et al. 2019, table "impact of training objectives and NVP decoder"
     "vae": ("4.4", "171"), "vae_f": ("3.5", "112"), "cq": ("4.4", "58.6"),
     "cqf": ("3.9", "28.0"), "gan": ("—", "31.4"), "flow": ("3.5 (Real NVP)", "—"),
@@ -54,8 +73,9 @@ TEMPERATURES = (0.0, 1.0)
 BPD_AXIS_TOP = 8.5  # bits/dim; a uniform model scores 8
 
 
-def prepare(work: str, mnist_dir: str) -> tuple[str, str, str]:
-    """(data_dir, classifier_dir, reference_stats) made like the quickstart does."""
+def prepare(work: str, mnist_dir: str) -> Protocol:
+    """The MNIST protocol (data set, classifier, reference statistics) made like the
+    quickstart does."""
     py = sys.executable
     data_dir = os.path.join(work, "data", "mnist28")
     classifier = os.path.join(work, "mnist_classifier")
@@ -78,22 +98,21 @@ def prepare(work: str, mnist_dir: str) -> tuple[str, str, str]:
             "--extractor=mnist_classifier", f"--extractor_path={classifier}",
             f"--output_stats={ref_stats}", "--save_kid_features", "--save_pr_features"],
             capture=True)
-    return data_dir, classifier, ref_stats
+    return Protocol(data_dir, "mnist_classifier", classifier, ref_stats)
 
 
-def heldout_real(work: str, data_dir: str, classifier: str, ref_stats: str) -> dict:
-    """The FID job's numbers for the held-out real digits (validation split) against the
-    same reference statistics: the yardstick of every sample row (cached in ``work``)."""
+def heldout_real(work: str, protocol: Protocol, what: str = "held-out real digits") -> dict:
+    """The FID job's numbers for the held-out real images (the protocol's split) against
+    the same reference statistics: the yardstick of every sample row (cached in ``work``)."""
     path = os.path.join(work, "heldout_real_fid.json")
     if os.path.isfile(path):
         with open(path) as f:
             if "precision" not in json.load(f):  # written before precision/recall
                 os.remove(path)
     if not os.path.isfile(path):
-        out = last_json(run_stage(0, 0, "held-out real digits", [
-            sys.executable, "-m", "beam_jobs.fid", f"--data_dir={data_dir}", "--split=validation",
-            "--extractor=mnist_classifier", f"--extractor_path={classifier}",
-            f"--reference_stats={ref_stats}"], capture=True))
+        out = last_json(run_stage(0, 0, what, [
+            sys.executable, "-m", "beam_jobs.fid", f"--data_dir={protocol.data_dir}",
+            f"--split={protocol.eval_split}", *protocol.extractor_flags()], capture=True))
         with open(path, "w") as f:
             json.dump(out, f)
     with open(path) as f:
@@ -109,9 +128,11 @@ def fmt(values: list, digits: int) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def run_one(variant: str, seed: int, args, data_dir: str, classifier: str, ref_stats: str,
-            index: int, total: int) -> dict:
-    """Trains and evaluates one (variant, seed); returns its stored result row."""
+def run_one(variant: str, seed: int, args, protocol: Protocol, index: int, total: int,
+            variant_flags: dict[str, str] | None = None, experiment: str = "ablation") -> dict:
+    """Trains and evaluates one (variant, seed) (``variant_flags``: extra training flags by
+    variant, default :data:`VARIANT_FLAGS`); returns its stored result row."""
+    variant_flags = VARIANT_FLAGS if variant_flags is None else variant_flags
     py = sys.executable
     model_dir = os.path.join(args.runs_dir, f"{variant}_seed{seed}")
     result_file = os.path.join(model_dir, "ablation_result.json")
@@ -120,27 +141,30 @@ def run_one(variant: str, seed: int, args, data_dir: str, classifier: str, ref_s
             return json.load(f)
     start = time.time()
     run_stage(index, total, f"train {variant} seed {seed}", [
-        py, "-m", "pipeline.train", f"--flagfile={args.flagfile}", f"--data_dir={data_dir}",
+        py, "-m", "pipeline.train", f"--flagfile={args.flagfile}",
+        f"--data_dir={protocol.data_dir}",
         f"--model_dir={model_dir}", f"--variant={variant}", f"--seed={seed}",
         f"--train_steps={args.train_steps}", f"--validation_every={args.validation_every}",
-        f"--run_name=ablation-{args.tag}-{variant}-{seed}", f"--experiment=ablation-{args.tag}",
+        f"--run_name={experiment}-{args.tag}-{variant}-{seed}",
+        f"--experiment={experiment}-{args.tag}",
         f"--mlflow_tracking_uri={args.mlflow_tracking_uri}", "--show_progress=false",
-        *shlex.split(VARIANT_FLAGS.get(variant, "")), *shlex.split(args.extra_flags)],
+        *shlex.split(variant_flags.get(variant, "")), *shlex.split(args.extra_flags)],
         capture=True)
     train_seconds = time.time() - start
     row = {"variant": variant, "seed": seed, "train_seconds": round(train_seconds, 1),
-           "extra_flags": " ".join(filter(None, [VARIANT_FLAGS.get(variant, ""),
+           "extra_flags": " ".join(filter(None, [variant_flags.get(variant, ""),
                                                   args.extra_flags])),
-           "train_steps": args.train_steps}
+           "train_steps": args.train_steps, "load_average_end": os.getloadavg()[0]}
     for t in TEMPERATURES:
         cmd = [py, "-m", "pipeline.evaluate", f"--model_dir={model_dir}",
                f"--fid_samples={args.fid_samples}", f"--temperature={t}",
-               "--extractor=mnist_classifier", f"--extractor_path={classifier}",
-               f"--reference_stats={ref_stats}", f"--seed={seed}",
+               *protocol.extractor_flags(), f"--seed={seed}",
                f"--mlflow_tracking_uri={args.mlflow_tracking_uri}"]
         if t == TEMPERATURES[0]:  # BPD and latent once
-            cmd += [f"--data_dir={data_dir}", "--split=validation",
+            cmd += [f"--data_dir={protocol.data_dir}", f"--split={protocol.eval_split}",
                     f"--importance_samples={args.importance_samples}"]
+            if protocol.max_examples:
+                cmd.append(f"--max_examples={protocol.max_examples}")
         evaluation = last_json(run_stage(index, total, f"evaluate {variant} seed {seed} T={t:g}",
                                          cmd, capture=True))
         row.setdefault("bpd", evaluation.get("bpd", {}))
@@ -294,16 +318,14 @@ def main() -> int:
     more = [int(s) for s in args.more_seeds.split(",") if s]
     more_variants = set(args.more_seeds_variants.split(","))
     jobs = [(v, s) for v in variants for s in seeds + (more if v in more_variants else [])]
-    data_dir, classifier, ref_stats = prepare(os.path.abspath(args.work_dir), args.mnist_dir)
+    protocol = prepare(os.path.abspath(args.work_dir), args.mnist_dir)
     rows: dict[str, list[dict]] = {v: [] for v in variants}
     for i, (variant, seed) in enumerate(jobs, 1):
-        rows[variant].append(run_one(variant, seed, args, data_dir, classifier, ref_stats,
-                                     i, len(jobs)))
+        rows[variant].append(run_one(variant, seed, args, protocol, i, len(jobs)))
 
     stem = os.path.splitext(args.out)[0]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    lines = table(rows, args, heldout_real(os.path.abspath(args.work_dir), data_dir,
-                                           classifier, ref_stats))
+    lines = table(rows, args, heldout_real(os.path.abspath(args.work_dir), protocol))
     curves = validation_curves(rows, args, stem + "_validation_bpd.png")
     if curves:
         lines += ["", f"Validation-BPD curves: `{os.path.relpath(curves, os.path.dirname(args.out))}`"]
