@@ -38,6 +38,7 @@ from absl import flags  # noqa: E402
 from beam_jobs.preprocess import run_preprocess  # noqa: E402
 from pipeline import config_flags  # noqa: E402
 from pipeline import data as data_lib  # noqa: E402
+from pipeline.train_step import default_jit_compile  # noqa: E402
 from pipeline.trainer import TrainTask, make_train_dataset, model_config_for_data  # noqa: E402
 from tfp_models import flows  # noqa: E402
 from tfp_models.hybrid import HybridModel  # noqa: E402
@@ -74,7 +75,10 @@ def minimal_step_fn(model: HybridModel, cfg, g_opt, d_opt):
                                   model.generator_variables))
         return loss
 
-    return tf.function(step, jit_compile=cfg.jit_compile)
+    jit = cfg.jit_compile
+    if jit is None:  # the trainer's default for this device type
+        jit = default_jit_compile(tf.distribute.get_strategy())
+    return tf.function(step, jit_compile=jit)
 
 
 def main() -> None:
@@ -160,7 +164,7 @@ def main() -> None:
     idle = max(loads) < 0.25 * cpus
     report = "\n".join([
         f"{model_config.variant} ({os.path.basename(args.flagfile)}), batch {cfg.batch_size}, "
-        f"jit_compile={cfg.jit_compile}, {args.repeats} interleaved pairs of "
+        f"jit_compile={cfg.jit_compile} (None: by device type), {args.repeats} interleaved pairs of "
         f"{args.block_steps}-step blocks (a first pair left out as warm-up)",
         f"  trainer  {ta * 1e3:8.1f} ms/step  {1 / ta:6.2f} steps/s (median of {len(trainer_times)})",
         f"  minimal  {tb * 1e3:8.1f} ms/step  {1 / tb:6.2f} steps/s (median of {len(minimal_times)})",

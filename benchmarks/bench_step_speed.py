@@ -1,0 +1,190 @@
+"""Benchmark: FLOPs, time and utilisation of one training step, XLA vs oneDNN (no XLA).
+
+    python benchmarks/bench_step_speed.py [--configs quickstart,cifar10_cpu,cifar10_cpu_k3] \
+        [--block_steps 10] [--repeats 5] [--out benchmarks/results/bench_step_speed.txt]
+
+For each configuration the minimal step of ``benchmarks/bench_train_step.py`` (the
+trainer's losses and updates, nothing else) is built twice on the same model: A compiled
+with XLA (``jit_compile=True``, the default before 2026-12-06), B without (oneDNN's
+kernels; today's CPU default, ``pipeline.train_step.DEFAULT_JIT_BY_DEVICE``). Both run on
+the same pre-made batches (the input pipeline is not timed), in interleaved blocks of
+``--block_steps`` steps; medians of the per-step times and of the per-pair ratios are
+printed.
+
+FLOPs per step: TF's registered op statistics over the traced step's graph
+(``tf.compat.v1.profiler``, float operations; ops without statistics count 0). Peaks are
+measured in the same run: a 2048^2 matmul and a 64->64-channel 3x3 convolution at batch 64
+on 32x32 (oneDNN), in float32 and in bfloat16. Utilisation = GFLOP/s of the step / peak.
+
+Configurations: ``quickstart`` (configs/quickstart.cfg on MNIST), ``cifar10_cpu``
+(configs/cifar10_cpu.cfg), ``cifar10_cpu_k3`` (the same with 3x3 couplings over two scales:
+the CIFAR step the training-speed issue measured). The 1-minute load average at the start
+and end is printed: compare ratios only from an idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
+from bench_train_step import minimal_step_fn  # noqa: E402
+
+from beam_jobs.preprocess import run_preprocess  # noqa: E402
+from pipeline import config_flags  # noqa: E402
+from pipeline import data as data_lib  # noqa: E402
+from pipeline.trainer import make_train_dataset, model_config_for_data  # noqa: E402
+from tfp_models import flows  # noqa: E402
+from tfp_models.hybrid import HybridModel  # noqa: E402
+
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+CONFIGS = {
+    "quickstart": ("quickstart.cfg", "mnist", []),
+    "cifar10_cpu": ("cifar10_cpu.cfg", "cifar", []),
+    "cifar10_cpu_k3": ("cifar10_cpu.cfg", "cifar", ["--flow_kernel_size=3", "--flow_scales=2"]),
+}
+
+
+def make_data(kind: str, tmp: str) -> str:
+    """A small real data set of the configuration's kind (MNIST digits, CIFAR-10 images)."""
+    out = os.path.join(tmp, kind)
+    if kind == "mnist":
+        run_preprocess("mnist_idx", os.path.join(SHARED, "mnist_test"), out, 28, grayscale=True)
+    else:
+        run_preprocess("image_zip", os.path.join(SHARED, "cifar10_test_jpg",
+                                                 "cifar10_test_jpg.zip"), out, 32)
+    return out
+
+
+def graph_flops(concrete) -> float:
+    """Float operations of a concrete function's graph (TF's registered op statistics)."""
+    opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    opts["output"] = "none"
+    prof = tf.compat.v1.profiler.profile(concrete.graph, options=opts)
+    return float(prof.total_float_ops)
+
+
+def _time(fn, reps: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - start) / reps
+
+
+def peaks() -> dict[str, float]:
+    """GFLOP/s of a 2048^2 matmul and a 64->64 3x3 conv (batch 64, 32x32), fp32 and bf16."""
+    out = {}
+    for dtype in (tf.float32, tf.bfloat16):
+        a = tf.cast(tf.random.normal((2048, 2048)), dtype)
+        mm = tf.function(lambda: tf.matmul(a, a))
+        out[f"matmul {dtype.name}"] = 2 * 2048 ** 3 / _time(lambda: mm().numpy(), 5) / 1e9
+        x = tf.cast(tf.random.normal((64, 32, 32, 64)), dtype)
+        k = tf.cast(tf.random.normal((3, 3, 64, 64)), dtype)
+        conv = tf.function(lambda: tf.nn.conv2d(x, k, 1, "SAME"))
+        flops = 2 * 64 * 32 * 32 * 9 * 64 * 64
+        out[f"conv {dtype.name}"] = flops / _time(lambda: conv().numpy(), 5) / 1e9
+    return out
+
+
+def build(name: str, data_dir: str, tmp: str, n_batches: int):
+    """(model config, minimal step without XLA, with XLA, pre-made batches)."""
+    cfg_file, _, extra = CONFIGS[name]
+    fv = flags.FlagValues()
+    config_flags.define_train_flags(fv)
+    fv(["bench", f"--flagfile={os.path.join(ROOT, 'configs', cfg_file)}",
+        f"--data_dir={data_dir}", f"--model_dir={os.path.join(tmp, name)}", *extra])
+    model_values, cfg = config_flags.train_configs_from_flags(fv)
+    info = data_lib.read_dataset_info(data_dir)
+    model_config = model_config_for_data(model_values, cfg, info)
+    keras.utils.set_random_seed(cfg.seed)
+    model = HybridModel(model_config)
+    batches = []
+    for batch in make_train_dataset(info, cfg, 0, model.noise_shapes()).take(n_batches):
+        batches.append(batch)
+    model.data_init(flows.dequantize_images(batches[0]["images"], batches[0]["dequant"]),
+                    batches[0].get("prior"))
+    steps = {}
+    for jit in (False, True):
+        g_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.adam_beta1)
+        d_opt = keras.optimizers.Adam(cfg.disc_learning_rate, beta_1=cfg.disc_adam_beta1,
+                                      beta_2=cfg.disc_adam_beta2)
+        run_cfg = dataclasses.replace(cfg, jit_compile=jit)
+        steps[jit] = minimal_step_fn(model, run_cfg, g_opt, d_opt)
+    return model_config, cfg, steps, batches
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--block_steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", default="")
+    args = p.parse_args()
+    names = [c for c in args.configs.split(",") if c]
+    unknown = sorted(set(names) - set(CONFIGS))
+    if unknown:
+        raise SystemExit(f"--configs: unknown {unknown}; expected some of {sorted(CONFIGS)}")
+    tmp = tempfile.mkdtemp(prefix="bench_step_speed_")
+    loads = [os.getloadavg()[0]]
+    peak = peaks()
+    lines = ["peaks (GFLOP/s, median of 5): " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items())]
+    data = {}
+    for name in names:
+        kind = CONFIGS[name][1]
+        data.setdefault(kind, make_data(kind, tmp))
+        model_config, cfg, steps, batches = build(name, data[kind], tmp, 8)
+        flops = graph_flops(steps[False].get_concrete_function(batches[0]))
+        for step in steps.values():  # compile both before timing
+            for b in batches[:2]:
+                float(step(b))
+        times: dict[bool, list[float]] = {False: [], True: []}
+        ratios = []
+        for _ in range(args.repeats):
+            block = {}
+            for jit in (True, False):
+                stamps = [time.perf_counter()]
+                for i in range(args.block_steps):
+                    float(steps[jit](batches[i % len(batches)]))
+                    stamps.append(time.perf_counter())
+                block[jit] = [b - a for a, b in zip(stamps, stamps[1:])]
+                times[jit].extend(block[jit])
+            ratios.append(statistics.median(block[True]) / statistics.median(block[False]))
+        loads.append(os.getloadavg()[0])
+        xla, onednn = statistics.median(times[True]), statistics.median(times[False])
+        gflops = flops / 1e9
+        lines += [
+            f"{name} ({CONFIGS[name][0]} {' '.join(CONFIGS[name][2])}; {model_config.variant}, "
+            f"batch {cfg.batch_size}): {gflops:.1f} GFLOP per step",
+            f"  XLA     {xla * 1e3:8.1f} ms/step  {gflops / xla:6.1f} GFLOP/s",
+            f"  no XLA  {onednn * 1e3:8.1f} ms/step  {gflops / onednn:6.1f} GFLOP/s  = "
+            f"{100 * gflops / onednn / peak['matmul float32']:.0f} % of the fp32 matmul peak, "
+            f"{100 * gflops / onednn / peak['conv float32']:.0f} % of the fp32 conv peak, "
+            f"{100 * gflops / onednn / peak['conv bfloat16']:.0f} % of the bf16 conv peak",
+            f"  XLA / no XLA: {xla / onednn:.3f}x (medians); median of per-pair ratios "
+            f"{statistics.median(ratios):.3f}x over {args.repeats} interleaved pairs of "
+            f"{args.block_steps}-step blocks"]
+        print("\n".join(lines[-4:]), flush=True)
+    cpus = os.cpu_count() or 1
+    lines.append(f"1-minute load average {min(loads):.2f}-{max(loads):.2f} on {cpus} CPUs: "
+                 f"machine {'idle' if max(loads) < 0.25 * cpus else 'NOT idle'}")
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(report + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
