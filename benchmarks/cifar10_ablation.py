@@ -4,7 +4,7 @@ and architecture (``configs/cifar10_cpu.cfg``), judged on the 10,000 test images
 
     python benchmarks/cifar10_ablation.py [--variants vae,vae_f,cq,cqf,gan,flow,flowgan] \
         [--seeds 0] [--more_seeds 1,2 --more_seeds_variants vae_f,cqf,flow] \
-        [--train_steps 3000] [--fid_samples 5000] [--eval_examples 2000] \
+        [--train_steps 1500] [--fid_samples 5000] [--eval_examples 2000] \
         [--tag main] [--out benchmarks/results/cifar10_ablation.md]
 
 Stages (each the project's real CLI in a subprocess, each skipped when its output exists,
@@ -163,7 +163,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="0", help="seeds of every variant")
     parser.add_argument("--more_seeds", default="", help="further seeds of --more_seeds_variants")
     parser.add_argument("--more_seeds_variants", default="vae_f,cqf,flow")
-    parser.add_argument("--train_steps", type=int, default=3000)
+    parser.add_argument("--train_steps", type=int, default=1500)
     parser.add_argument("--validation_every", type=int, default=250)
     parser.add_argument("--fid_samples", type=int, default=5000)
     parser.add_argument("--eval_examples", type=int, default=2000,
