@@ -84,21 +84,30 @@ def prepare(work: str, mnist_dir: str) -> Protocol:
     if not os.path.isdir(classifier):
         run_stage(0, 0, "classifier", [py, "-m", "pipeline.train_mnist_classifier",
                                        f"--mnist_dir={mnist_dir}", f"--output={classifier}"])
+    ensure_reference_stats(work, data_dir, "mnist_classifier", classifier, ref_stats)
+    return Protocol(data_dir, "mnist_classifier", classifier, ref_stats)
+
+
+def ensure_reference_stats(work: str, data_dir: str, extractor: str, extractor_path: str,
+                           ref_stats: str) -> None:
+    """Reference statistics of the training split (with KID and precision/recall features)
+    in ``ref_stats``, (re)made when missing, of another extractor or without P&R features;
+    the cached yardstick row in ``work`` goes with them."""
     from beam_jobs.identity import stale_statistics_reason
 
-    stale = (stale_statistics_reason(ref_stats, "mnist_classifier", classifier)
+    stale = (stale_statistics_reason(ref_stats, extractor, extractor_path)
              or missing_pr_features(ref_stats))
-    if stale:  # missing, of another classifier, or no P&R features: (re)generate, and the yardstick
-        print(f"reference statistics needed: {stale}")
-        real_fid = os.path.join(work, "heldout_real_fid.json")
-        if os.path.isfile(real_fid):
-            os.remove(real_fid)
-        run_stage(0, 0, "reference stats", [
-            py, "-m", "beam_jobs.fid", f"--data_dir={data_dir}", "--split=train",
-            "--extractor=mnist_classifier", f"--extractor_path={classifier}",
-            f"--output_stats={ref_stats}", "--save_kid_features", "--save_pr_features"],
-            capture=True)
-    return Protocol(data_dir, "mnist_classifier", classifier, ref_stats)
+    if not stale:
+        return
+    print(f"reference statistics needed: {stale}")
+    real_fid = os.path.join(work, "heldout_real_fid.json")
+    if os.path.isfile(real_fid):
+        os.remove(real_fid)
+    run_stage(0, 0, "reference statistics of the training split", [
+        sys.executable, "-m", "beam_jobs.fid", f"--data_dir={data_dir}", "--split=train",
+        f"--extractor={extractor}", f"--extractor_path={extractor_path}",
+        f"--output_stats={ref_stats}", "--save_kid_features", "--save_pr_features"],
+        capture=True)
 
 
 def heldout_real(work: str, protocol: Protocol, what: str = "held-out real digits") -> dict:
@@ -126,6 +135,67 @@ def fmt(values: list, digits: int) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def cells(runs: list[dict], columns: list[tuple[str, str, int]]) -> list[str]:
+    """One table cell per (result key, field, digits) column: :func:`fmt` over the runs."""
+    return [fmt([r.get(key, {}).get(field) for r in runs], digits) for key, field, digits in columns]
+
+
+LIKELIHOOD_COLUMNS = [("bpd", "bpd", 3), ("bpd", "bpd_iw", 3), ("latent", "kl_mean", 1),
+                      ("latent", "active_units", 1)]
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, train_steps: int,
+                      validation_every: int, fid_samples: int, flagfile: str) -> None:
+    """The flags every ablation script shares: which runs, their budget and evaluation."""
+    parser.add_argument("--variants", default=ALL_VARIANTS)
+    parser.add_argument("--seeds", default="0", help="seeds of every variant")
+    parser.add_argument("--more_seeds", default="", help="further seeds of --more_seeds_variants")
+    parser.add_argument("--train_steps", type=int, default=train_steps)
+    parser.add_argument("--validation_every", type=int, default=validation_every)
+    parser.add_argument("--fid_samples", type=int, default=fid_samples)
+    parser.add_argument("--importance_samples", type=int, default=8)
+    parser.add_argument("--flagfile", default=flagfile)
+    parser.add_argument("--extra_flags", default="", help="more pipeline.train flags, e.g. "
+                        "'--free_bits=1.0' (applied to every run and named in the table)")
+    parser.add_argument("--tag", default="main", help="names the runs directory and MLflow experiment")
+    parser.add_argument("--runs_dir", default=None)
+    parser.add_argument("--mlflow_tracking_uri",
+                        default=f"sqlite:///{os.path.join(PROJECT_ROOT, 'mlflow.db')}")
+    parser.add_argument("--no_grids", action="store_true", help="skip the sample grid PNGs")
+
+
+def jobs_of(args) -> list[tuple[str, int]]:
+    """(variant, seed) of every run: --seeds for each variant, --more_seeds for
+    --more_seeds_variants."""
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    more = [int(s) for s in args.more_seeds.split(",") if s]
+    more_variants = set(args.more_seeds_variants.split(","))
+    return [(v, s) for v in args.variants.split(",") if v
+            for s in seeds + (more if v in more_variants else [])]
+
+
+def write_outputs(rows: dict[str, list[dict]], args, lines: list[str], curve_note: str,
+                  extra_json: dict | None = None) -> None:
+    """The validation-BPD curves and sample grids next to ``args.out``, then the table
+    (``lines`` plus their names) and a JSON of every row; prints the table."""
+    stem = os.path.splitext(args.out)[0]
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    curves = validation_curves(rows, args, stem + "_validation_bpd.png")
+    if curves:
+        lines += ["", f"Validation-BPD curves{curve_note}: "
+                  f"`{os.path.relpath(curves, os.path.dirname(args.out))}`"]
+    if not args.no_grids:
+        grids = sample_grids(rows, args, stem)
+        lines += ["", "Sample grids (64 samples, seed 0, first seed's model): " +
+                  ", ".join(f"`{os.path.basename(g)}`" for g in grids)]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(stem + ".json", "w") as f:
+        json.dump({**(extra_json or {}), "rows": rows} if extra_json else rows, f, indent=2)
+    print("\n".join(lines))
+    print(f"\nwritten to {args.out}")
 
 
 def run_one(variant: str, seed: int, args, protocol: Protocol, index: int, total: int,
@@ -232,9 +302,6 @@ def sample_grids(rows: dict[str, list[dict]], args, prefix: str) -> list[str]:
 
 
 def table(rows: dict[str, list[dict]], args, real: dict) -> list[str]:
-    def col(runs, key, sub):
-        return [r.get(key, {}).get(sub) for r in runs]
-
     lines = [
         f"# Ablation on MNIST 28x28 (CPU scale): {args.train_steps} steps of batch 32 per run",
         "",
@@ -263,22 +330,18 @@ def table(rows: dict[str, list[dict]], args, real: dict) -> list[str]:
         "| cov T=1 | train s | paper CIFAR-10 BPD / FID |",
         "|" + "---|" * 20,
     ]
+    t0, t1 = "samples_t0", "samples_t1"
+    columns = LIKELIHOOD_COLUMNS + [
+        (t0, "fid", 1), (t0, "precision", 2), (t0, "recall", 2), (t0, "confident_rate", 2),
+        (t0, "label_coverage", 2), (t1, "fid", 1), (t1, "kid_mean", 3), (t1, "is_mean", 2),
+        (t1, "precision", 2), (t1, "recall", 2), (t1, "confident_rate", 2),
+        (t1, "label_coverage", 2)]
     for variant, runs in rows.items():
         if not runs:
             continue
         paper = PAPER_CIFAR10.get(variant, ("—", "—"))
-        t0, t1 = "samples_t0", "samples_t1"
         lines.append(" | ".join([
-            f"| {variant}", str(len(runs)),
-            fmt(col(runs, "bpd", "bpd"), 3), fmt(col(runs, "bpd", "bpd_iw"), 3),
-            fmt(col(runs, "latent", "kl_mean"), 1), fmt(col(runs, "latent", "active_units"), 1),
-            fmt(col(runs, t0, "fid"), 1), fmt(col(runs, t0, "precision"), 2),
-            fmt(col(runs, t0, "recall"), 2), fmt(col(runs, t0, "confident_rate"), 2),
-            fmt(col(runs, t0, "label_coverage"), 2),
-            fmt(col(runs, t1, "fid"), 1), fmt(col(runs, t1, "kid_mean"), 3),
-            fmt(col(runs, t1, "is_mean"), 2), fmt(col(runs, t1, "precision"), 2),
-            fmt(col(runs, t1, "recall"), 2), fmt(col(runs, t1, "confident_rate"), 2),
-            fmt(col(runs, t1, "label_coverage"), 2),
+            f"| {variant}", str(len(runs)), *cells(runs, columns),
             fmt([r["train_seconds"] for r in runs], 0), f"{paper[0]} / {paper[1]} |"]))
     p, r = fmt([real.get("precision")], 2), fmt([real.get("recall")], 2)
     lines.append(" | ".join([
@@ -292,53 +355,21 @@ def table(rows: dict[str, list[dict]], args, real: dict) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", default=ALL_VARIANTS)
-    parser.add_argument("--seeds", default="0", help="seeds of every variant")
-    parser.add_argument("--more_seeds", default="", help="further seeds of --more_seeds_variants")
+    add_run_arguments(parser, train_steps=800, validation_every=100, fid_samples=2000,
+                      flagfile=os.path.join(PROJECT_ROOT, "configs", "quickstart.cfg"))
     parser.add_argument("--more_seeds_variants", default="vae_f,cqf")
-    parser.add_argument("--train_steps", type=int, default=800)
-    parser.add_argument("--validation_every", type=int, default=100)
-    parser.add_argument("--fid_samples", type=int, default=2000)
-    parser.add_argument("--importance_samples", type=int, default=8)
-    parser.add_argument("--flagfile", default=os.path.join(PROJECT_ROOT, "configs", "quickstart.cfg"))
-    parser.add_argument("--extra_flags", default="", help="more pipeline.train flags, e.g. "
-                        "'--free_bits=1.0' (applied to every run and named in the table)")
-    parser.add_argument("--tag", default="main", help="names the runs directory and MLflow experiment")
     parser.add_argument("--work_dir", default=os.path.join(PROJECT_ROOT, "work", "quickstart"))
-    parser.add_argument("--runs_dir", default=None, help="default: work/ablation/<tag>")
     parser.add_argument("--mnist_dir", default=DEFAULT_MNIST)
-    parser.add_argument("--mlflow_tracking_uri",
-                        default=f"sqlite:///{os.path.join(PROJECT_ROOT, 'mlflow.db')}")
-    parser.add_argument("--no_grids", action="store_true", help="skip the sample grid PNGs")
     parser.add_argument("--out", default=os.path.join(PROJECT_ROOT, "benchmarks", "results", "ablation.md"))
     args = parser.parse_args()
     args.runs_dir = args.runs_dir or os.path.join(PROJECT_ROOT, "work", "ablation", args.tag)
-    variants = [v for v in args.variants.split(",") if v]
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    more = [int(s) for s in args.more_seeds.split(",") if s]
-    more_variants = set(args.more_seeds_variants.split(","))
-    jobs = [(v, s) for v in variants for s in seeds + (more if v in more_variants else [])]
+    jobs = jobs_of(args)
     protocol = prepare(os.path.abspath(args.work_dir), args.mnist_dir)
-    rows: dict[str, list[dict]] = {v: [] for v in variants}
+    rows: dict[str, list[dict]] = {v: [] for v, _ in jobs}
     for i, (variant, seed) in enumerate(jobs, 1):
         rows[variant].append(run_one(variant, seed, args, protocol, i, len(jobs)))
-
-    stem = os.path.splitext(args.out)[0]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
     lines = table(rows, args, heldout_real(os.path.abspath(args.work_dir), protocol))
-    curves = validation_curves(rows, args, stem + "_validation_bpd.png")
-    if curves:
-        lines += ["", f"Validation-BPD curves: `{os.path.relpath(curves, os.path.dirname(args.out))}`"]
-    if not args.no_grids:
-        grids = sample_grids(rows, args, stem)
-        lines += ["", "Sample grids (64 samples, seed 0, first seed's model): " +
-                  ", ".join(f"`{os.path.basename(g)}`" for g in grids)]
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(stem + ".json", "w") as f:
-        json.dump(rows, f, indent=2)
-    print("\n".join(lines))
-    print(f"\nwritten to {args.out}")
+    write_outputs(rows, args, lines, "")
     return 0
 
 

@@ -34,16 +34,20 @@ import os
 import sys
 
 from ablation import (
+    LIKELIHOOD_COLUMNS,
     PAPER_CIFAR10,
     Protocol,
+    add_run_arguments,
+    cells,
+    ensure_reference_stats,
     fmt,
     heldout_real,
+    jobs_of,
     run_one,
-    sample_grids,
-    validation_curves,
+    write_outputs,
 )
 
-from pipeline.quickstart import PROJECT_ROOT, missing_pr_features, run_stage
+from pipeline.quickstart import PROJECT_ROOT, run_stage
 
 SHARED = os.path.join(os.path.dirname(PROJECT_ROOT), "shared", "data")
 TRAIN_ZIP = os.path.join(SHARED, "cifar10_train_jpg", "cifar10_train_jpg.zip")
@@ -71,28 +75,12 @@ def prepare(work: str, data_dir: str, eval_examples: int) -> tuple[Protocol, dic
     with open(os.path.join(classifier, "train_report.json")) as f:
         report = json.load(f)
     ref_stats = os.path.join(work, "reference_train_stats.npz")
-    from beam_jobs.identity import stale_statistics_reason
-
-    stale = (stale_statistics_reason(ref_stats, "classifier", classifier)
-             or missing_pr_features(ref_stats))
-    if stale:
-        print(f"reference statistics needed: {stale}")
-        real = os.path.join(work, "heldout_real_fid.json")
-        if os.path.isfile(real):
-            os.remove(real)
-        run_stage(3, 3, "reference statistics of the training split", [
-            py, "-m", "beam_jobs.fid", f"--data_dir={data_dir}", "--split=train",
-            "--extractor=classifier", f"--extractor_path={classifier}",
-            f"--output_stats={ref_stats}", "--save_kid_features", "--save_pr_features"],
-            capture=True)
+    ensure_reference_stats(work, data_dir, "classifier", classifier, ref_stats)
     return Protocol(data_dir, "classifier", classifier, ref_stats, eval_split="test",
                     max_examples=eval_examples), report
 
 
 def table(rows: dict[str, list[dict]], args, real: dict, report: dict) -> list[str]:
-    def col(runs, key, sub):
-        return [r.get(key, {}).get(sub) for r in runs]
-
     flags = "".join(f"; {v}: `{f}`" for v, f in VARIANT_FLAGS.items() if rows.get(v))
     lines = [
         f"# CIFAR-10 ablation at CPU scale: {args.train_steps} steps of batch 32 per run",
@@ -120,20 +108,16 @@ def table(rows: dict[str, list[dict]], args, real: dict, report: dict) -> list[s
         "| FID T=1 | KID T=1 | IS T=1 | P T=1 | R T=1 | train s | load | paper BPD / FID |",
         "|" + "---|" * 17,
     ]
+    t0, t1 = "samples_t0", "samples_t1"
+    columns = LIKELIHOOD_COLUMNS + [
+        (t0, "fid", 1), (t0, "precision", 2), (t0, "recall", 2), (t1, "fid", 1),
+        (t1, "kid_mean", 3), (t1, "is_mean", 2), (t1, "precision", 2), (t1, "recall", 2)]
     for variant, runs in rows.items():
         if not runs:
             continue
         paper = PAPER_CIFAR10.get(variant, ("—", "—"))
-        t0, t1 = "samples_t0", "samples_t1"
         lines.append(" | ".join([
-            f"| {variant}", str(len(runs)),
-            fmt(col(runs, "bpd", "bpd"), 3), fmt(col(runs, "bpd", "bpd_iw"), 3),
-            fmt(col(runs, "latent", "kl_mean"), 1), fmt(col(runs, "latent", "active_units"), 1),
-            fmt(col(runs, t0, "fid"), 1), fmt(col(runs, t0, "precision"), 2),
-            fmt(col(runs, t0, "recall"), 2),
-            fmt(col(runs, t1, "fid"), 1), fmt(col(runs, t1, "kid_mean"), 3),
-            fmt(col(runs, t1, "is_mean"), 2), fmt(col(runs, t1, "precision"), 2),
-            fmt(col(runs, t1, "recall"), 2),
+            f"| {variant}", str(len(runs)), *cells(runs, columns),
             fmt([r["train_seconds"] for r in runs], 0),
             fmt([r.get("load_average_end") for r in runs], 1), f"{paper[0]} / {paper[1]} |"]))
     p, r = fmt([real.get("precision")], 2), fmt([real.get("recall")], 2)
@@ -159,64 +143,33 @@ def export_row(variant: str, seed: int, args) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", default=ALL_VARIANTS)
-    parser.add_argument("--seeds", default="0", help="seeds of every variant")
-    parser.add_argument("--more_seeds", default="", help="further seeds of --more_seeds_variants")
+    add_run_arguments(parser, train_steps=1500, validation_every=250, fid_samples=5000,
+                      flagfile=os.path.join(PROJECT_ROOT, "configs", "cifar10_cpu.cfg"))
+    parser.set_defaults(variants=ALL_VARIANTS)
     parser.add_argument("--more_seeds_variants", default="vae_f,cqf,flow")
-    parser.add_argument("--train_steps", type=int, default=1500)
-    parser.add_argument("--validation_every", type=int, default=250)
-    parser.add_argument("--fid_samples", type=int, default=5000)
     parser.add_argument("--eval_examples", type=int, default=2000,
                         help="BPD on this many test images (a fixed prefix of the split)")
-    parser.add_argument("--importance_samples", type=int, default=8)
-    parser.add_argument("--flagfile", default=os.path.join(PROJECT_ROOT, "configs", "cifar10_cpu.cfg"))
-    parser.add_argument("--extra_flags", default="", help="more pipeline.train flags for "
-                        "every run (named in the table)")
-    parser.add_argument("--tag", default="main", help="names the runs directory and MLflow experiment")
     parser.add_argument("--work_dir", default=os.path.join(PROJECT_ROOT, "work", "cifar10"),
                         help="data set, classifier and reference statistics")
     parser.add_argument("--data_dir", default=None, help="default: <work_dir>/data")
-    parser.add_argument("--runs_dir", default=None, help="default: work/cifar10_ablation/<tag>")
-    parser.add_argument("--mlflow_tracking_uri",
-                        default=f"sqlite:///{os.path.join(PROJECT_ROOT, 'mlflow.db')}")
-    parser.add_argument("--no_grids", action="store_true", help="skip the sample grid PNGs")
     parser.add_argument("--no_export", action="store_true", help="skip the SavedModel exports")
     parser.add_argument("--out", default=os.path.join(PROJECT_ROOT, "benchmarks", "results",
                                                       "cifar10_ablation.md"))
     args = parser.parse_args()
     work = os.path.abspath(args.work_dir)
     args.runs_dir = args.runs_dir or os.path.join(PROJECT_ROOT, "work", "cifar10_ablation", args.tag)
-    variants = [v for v in args.variants.split(",") if v]
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    more = [int(s) for s in args.more_seeds.split(",") if s]
-    more_variants = set(args.more_seeds_variants.split(","))
-    jobs = [(v, s) for v in variants for s in seeds + (more if v in more_variants else [])]
+    jobs = jobs_of(args)
     protocol, report = prepare(work, args.data_dir or os.path.join(work, "data"),
                                args.eval_examples)
-    rows: dict[str, list[dict]] = {v: [] for v in variants}
+    rows: dict[str, list[dict]] = {v: [] for v, _ in jobs}
     for i, (variant, seed) in enumerate(jobs, 1):
         rows[variant].append(run_one(variant, seed, args, protocol, i, len(jobs),
                                      VARIANT_FLAGS, experiment="cifar10"))
         if not args.no_export:
             export_row(variant, seed, args)
-
-    stem = os.path.splitext(args.out)[0]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
     lines = table(rows, args, heldout_real(work, protocol, "real test images"), report)
-    curves = validation_curves(rows, args, stem + "_validation_bpd.png")
-    if curves:
-        lines += ["", "Validation-BPD curves (ELBO of the first 500 test images): "
-                  f"`{os.path.relpath(curves, os.path.dirname(args.out))}`"]
-    if not args.no_grids:
-        grids = sample_grids(rows, args, stem)
-        lines += ["", "Sample grids (64 samples, seed 0, first seed's model): " +
-                  ", ".join(f"`{os.path.basename(g)}`" for g in grids)]
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(stem + ".json", "w") as f:
-        json.dump({"classifier": report, "rows": rows}, f, indent=2)
-    print("\n".join(lines))
-    print(f"\nwritten to {args.out}")
+    write_outputs(rows, args, lines, " (ELBO of the first 500 test images)",
+                  {"classifier": report})
     return 0
 
 
