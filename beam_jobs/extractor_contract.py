@@ -19,7 +19,7 @@ import tensorflow as tf
 FEATURES_SIGNATURE = "features"
 SAMPLE_SIGNATURE = "sample"
 EXTRACTOR_JSON = "extractor.json"
-EXTRACTORS = ("mnist_classifier", "inception_v3", "saved_model")
+EXTRACTORS = ("mnist_classifier", "classifier", "inception_v3", "saved_model")
 
 
 @dataclasses.dataclass(frozen=True)

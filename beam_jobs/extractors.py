@@ -15,6 +15,10 @@ Extractors (``--extractor``):
 
 * ``mnist_classifier``: a small convnet trained on MNIST by
   ``python -m pipeline.train_mnist_classifier``; ``--extractor_path`` is its SavedModel.
+* ``classifier``: a classifier trained on the training split of any labelled data set by
+  ``python -m pipeline.train_classifier`` (e.g. a fast ResNet on CIFAR-10); its features
+  make FID/KID/IS comparable only between statistics of the same extractor (fingerprint),
+  never with Inception-based numbers.
 * ``inception_v3``: ``--extractor_path`` is a local file the user supplies, either the
   TF 2015-12-05 frozen graph ``classify_image_graph_def.pb`` (TTUR / original FID) or a
   Keras ``InceptionV3`` weights ``.h5`` (with the classification top). A SavedModel
@@ -39,7 +43,10 @@ from beam_jobs.extractor_builders import (
     MNIST_PROTOCOL,
     build_inception_saved_model,
     build_mnist_classifier,
+    build_small_convnet,
+    classifier_protocol,
     default_cache_dir,
+    export_classifier,
     export_mnist_classifier,
     inception_saved_model,
 )
@@ -73,8 +80,11 @@ def resolve_extractor(name: str, path: str, cache_dir: Optional[str] = None) -> 
         fingerprint = identity.source_file_fingerprint(path, digest)
     else:
         if not os.path.isdir(path):
-            hint = (" (train one with `python -m pipeline.train_mnist_classifier "
-                    "--mnist_dir=... --output=DIR`)" if name == "mnist_classifier" else "")
+            hint = {"mnist_classifier": " (train one with `python -m "
+                                        "pipeline.train_mnist_classifier --mnist_dir=... "
+                                        "--output=DIR`)",
+                    "classifier": " (train one with `python -m pipeline.train_classifier "
+                                  "--data_dir=... --output=DIR`)"}.get(name, "")
             raise FileNotFoundError(f"extractor SavedModel directory {path!r} does not "
                                     f"exist{hint}")
         directory = path
@@ -100,7 +110,8 @@ __all__ = [
     "EXTRACTORS", "EXTRACTOR_JSON", "FEATURES_SIGNATURE", "SAMPLE_SIGNATURE", "ExtractorInfo",
     "check_signature", "signature_inputs", "resolve_extractor",
     "MNIST_PROTOCOL", "INCEPTION_PB_PROTOCOL", "INCEPTION_KERAS_PROTOCOL",
-    "build_mnist_classifier", "export_mnist_classifier", "build_inception_saved_model",
+    "build_mnist_classifier", "export_mnist_classifier", "build_small_convnet",
+    "classifier_protocol", "export_classifier", "build_inception_saved_model",
     "default_cache_dir",
     "SavedModelSignatureHandler", "ModelDirSamplerHandler", "features_inference_fn",
     "sample_inference_fn", "features_model_handler", "sampler_model_handler",

@@ -8,7 +8,7 @@ give different features. The fingerprint is a SHA-256 of the extractor's content
 * ``inception_v3``: ``"<kind>-sha256:<hex>"`` of the user's source file, kind ``pb``
   (TTUR / original FID frozen graph) or ``keras_h5`` (Keras weights): the cached
   SavedModel built from it is derived data, so rebuilding the cache keeps the identity;
-* a SavedModel directory (``mnist_classifier``, ``saved_model``):
+* a SavedModel directory (``mnist_classifier``, ``classifier``, ``saved_model``):
   ``"savedmodel-sha256:<hex>"`` over ``saved_model.pb``, ``variables/*`` and
   ``assets/*`` (relative path and bytes of each file, in sorted order). ``extractor.json``
   (metadata) and ``fingerprint.pb`` (TF's own, may hold a random UUID) are not hashed.

@@ -5,7 +5,9 @@
 
 Trains on the first 9,000 images of the given IDX files, reports accuracy on the last
 1,000 (held out), and exports an extractor SavedModel (signature ``features``, see
-:mod:`beam_jobs.extractors`) that accepts uint8 [B, H, W, 1 or 3] images.
+:mod:`beam_jobs.extractors`) that accepts uint8 [B, H, W, 1 or 3] images. It is one use of
+the generic trainer ``python -m pipeline.train_classifier`` (its ``small`` architecture),
+which reads any preprocessed labelled data set; this command reads the IDX files directly.
 """
 from __future__ import annotations
 
@@ -30,44 +32,32 @@ def train_classifier(mnist_dir: str, output: str, epochs: int = 4, batch_size: i
                      min_accuracy: float | None = None) -> dict:
     """Trains, evaluates on the held-out 1,000 images and exports to ``output``.
 
+    The training and evaluation are :func:`pipeline.train_classifier.fit_classifier` with
+    ``arch="small"`` (the generic trainer's small convnet and recipe), the export is
+    :func:`beam_jobs.extractors.export_mnist_classifier` (extractor ``mnist_classifier``).
     Returns {"accuracy": held-out accuracy in [0, 1], "train_images", "heldout_images",
     "epochs", "seconds", "output"}. ``max_steps`` caps the optimizer steps (for tests);
     ``min_accuracy`` raises RuntimeError (after exporting) when the accuracy is lower.
     """
-    import keras
-    import tensorflow as tf
+    from pipeline import train_classifier as generic
 
     images, labels = mnist_idx.load_mnist(mnist_dir)
     if len(images) <= NUM_TRAIN:
         raise ValueError(f"{mnist_dir!r} holds {len(images)} images; need more than "
                          f"{NUM_TRAIN} (train on the first {NUM_TRAIN}, hold out the rest)")
-    x = (images.astype(np.float32) / 255.0)[..., None]
-    y = labels.astype(np.int64)
+    x, y = images[..., None], labels.astype(np.int64)
     x_train, y_train, x_test, y_test = x[:NUM_TRAIN], y[:NUM_TRAIN], x[NUM_TRAIN:], y[NUM_TRAIN:]
-
-    classifier, features_model = extractors.build_mnist_classifier(seed=seed)
-    classifier.compile(optimizer=keras.optimizers.Adam(1e-3),
-                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                       metrics=["accuracy"])
-    ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
-          .shuffle(NUM_TRAIN, seed=seed).batch(batch_size).prefetch(2))
-    steps_per_epoch = None
-    if max_steps is not None:
-        steps_per_epoch = max(1, min(max_steps, -(-NUM_TRAIN // batch_size)))
-        ds = ds.repeat()
-        epochs = max(1, -(-max_steps // steps_per_epoch))
     start = time.time()
-    log.info("training the MNIST classifier on %d images for %d epoch(s)", NUM_TRAIN, epochs)
-    classifier.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch, shuffle=False,  # ds is
-                   verbose=2 if sys.stderr.isatty() else 0)  # shuffled by tf.data already
-    logits = classifier.predict(x_test, batch_size=500, verbose=0)
-    accuracy = float(np.mean(np.argmax(logits, axis=-1) == y_test))
+    fit = generic.fit_classifier(x_train, y_train, x_test, y_test, 10, arch="small",
+                                 epochs=epochs, batch_size=batch_size, seed=seed,
+                                 max_steps=max_steps, name="mnist_classifier")
+    accuracy = fit.accuracy
     seconds = time.time() - start
     log.info("held-out accuracy %.4f on %d images (%.1f s)", accuracy, len(y_test), seconds)
-    extractors.export_mnist_classifier(features_model, output, heldout_accuracy=accuracy,
+    extractors.export_mnist_classifier(fit.features_model, output, heldout_accuracy=accuracy,
                                        train_images=NUM_TRAIN, heldout_images=int(len(y_test)))
     result = {"accuracy": accuracy, "train_images": NUM_TRAIN,
-              "heldout_images": int(len(y_test)), "epochs": epochs,
+              "heldout_images": int(len(y_test)), "epochs": int(round(fit.epochs)),
               "seconds": round(seconds, 2), "output": output}
     if min_accuracy is not None and accuracy < min_accuracy:
         raise RuntimeError(f"held-out accuracy {accuracy:.4f} is below --min_accuracy="
