@@ -2,8 +2,9 @@
 counter and checkpoint manager, built or restored by :func:`build_state`.
 
 Multi-worker roles (``--strategy=multi_worker``, TensorFlow's rules for
-MultiWorkerMirroredStrategy): every worker builds the same state, restores the chief's
-latest checkpoint from ``model_dir`` and calls every checkpoint save (saving is part of
+MultiWorkerMirroredStrategy): every worker builds the same state, restores the newest of
+the chief's checkpoints in ``model_dir`` that loads (:func:`restore_checkpoint`: a missing
+or damaged newer one is skipped) and calls every checkpoint save (saving is part of
 the synchronous program all workers run), but only the chief
 (``strategy.extended.should_checkpoint``: task 'chief', or worker 0 without one) writes to
 ``model_dir``. Other workers' checkpoint managers write to a private temporary directory
@@ -163,11 +164,49 @@ def check_compatible(model_dir: str, config: HybridConfig) -> None:
             f"(saved vs requested: {differ}); use a new --model_dir to train another model")
 
 
+def restore_checkpoint(checkpoint: tf.train.Checkpoint, model_dir: str, task: str = "local",
+                       is_chief: bool = True) -> str | None:
+    """Restores the newest checkpoint of ``model_dir`` that loads into ``checkpoint``
+    (:func:`artifacts.model_io.restore_newest`) and returns its path (None: nothing to
+    resume, the run starts at step 0). A newer checkpoint whose files are missing,
+    truncated or corrupt is skipped, never the reason to start over: one warning line names
+    the checkpoint resumed from and those skipped, and the chief rewrites the checkpoint
+    state file to list the resumed one as the latest, so no later save or resume mistakes
+    the skipped ones for progress (their files are replaced when training reaches their
+    steps; valid older checkpoints are kept). Raises
+    :class:`~artifacts.model_io.CheckpointUnreadable` if checkpoint files exist but none
+    loads: nothing is overwritten then."""
+    step_var = checkpoint.step
+
+    def load(path: str) -> None:
+        checkpoint.restore(path).assert_existing_objects_matched()
+
+    restored = model_io.restore_newest(model_dir, load)
+    if restored.path is None:
+        if restored.skipped:
+            log.warning("%s: the checkpoint(s) listed in %s are missing (%s) and no other "
+                        "checkpoint is there: starting at step 0", task, model_dir,
+                        restored.describe_skipped())
+        if is_chief:
+            model_io.forget_unloadable(model_dir, restored)
+        return None
+    if restored.skipped:
+        log.warning("%s resumed from %s at step %d, the newest checkpoint that loads; skipped "
+                    "the newer %s", task, restored.path, int(step_var.numpy()),
+                    restored.describe_skipped())
+    else:
+        log.info("%s resumed from %s at step %d", task, restored.path, int(step_var.numpy()))
+    if is_chief:
+        model_io.forget_unloadable(model_dir, restored)
+    return restored.path
+
+
 def build_state(model_config: HybridConfig, cfg: TrainConfig,
                 info: data_lib.DatasetInfo) -> TrainState:
     """Checks the run against the model directory and the data set, then builds the
     strategy, the model (seeded by ``cfg.seed``), its optimizers and the checkpoint
-    manager and restores the latest checkpoint of ``cfg.model_dir``; a new run gets the
+    manager and restores the newest checkpoint of ``cfg.model_dir`` that loads
+    (:func:`restore_checkpoint`); a new run gets the
     data-dependent init from one batch. The chief writes the model directory's
     model_config.json; in a multi-worker job every worker restores the chief's checkpoint
     from ``cfg.model_dir`` and non-chiefs save to a temporary directory (module docstring).
@@ -193,10 +232,7 @@ def build_state(model_config: HybridConfig, cfg: TrainConfig,
         optimizers["discriminator_optimizer"] = d_opt
     checkpoint = model_io.make_checkpoint(model, step_var, **optimizers)
     is_chief, task = worker_role(strategy)
-    latest = tf.train.latest_checkpoint(cfg.model_dir)  # every worker resumes from the chief's
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        log.info("%s resumed from %s at step %d", task, latest, int(step_var.numpy()))
+    restore_checkpoint(checkpoint, cfg.model_dir, task, is_chief)  # every worker: the chief's
     write_dir = (cfg.model_dir if is_chief else
                  tempfile.mkdtemp(prefix=f"ade-{task.replace(':', '')}-checkpoints-"))
     manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=cfg.keep_checkpoints)
