@@ -57,6 +57,7 @@ must exist on the driver and on every worker.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -66,7 +67,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from artifacts.cli import setup_logging
-from beam_jobs import extractors, fid_math
+from beam_jobs import extractors, fid_math, fid_results
 from beam_jobs.beam_options import pipeline_options
 from beam_jobs.fid_math import FeatureStatistics
 from beam_jobs.fid_pipeline import (
@@ -97,7 +98,7 @@ __all__ = [
     "ImageSource", "Source", "ReadImages", "FeatureResult", "DistinctShapesCombineFn",
     "run_features", "pipeline_options", "compute_statistics", "compare_stats",
     "check_reference_stats", "evaluate", "evaluate_samples", "precision_recall_report",
-    "main", "cli", "DEFAULT_BATCH_SIZE", "DEFAULT_KID_SAMPLES", "DEFAULT_PR_SAMPLES",
+    "main", "cli", "OutputNotWritten", "DEFAULT_BATCH_SIZE", "DEFAULT_KID_SAMPLES", "DEFAULT_PR_SAMPLES",
     "NUM_IS_SPLITS",
 ]
 
@@ -221,6 +222,13 @@ def evaluate(source: Source, extractor: str, extractor_path: str, *,
     :class:`fid_math.StatisticsError`: the extractor's identity is checked before the
     pipeline runs, the image shape after it (``output_stats`` is written first). Returns
     the JSON-able dict of the CLI.
+
+    ``output_stats`` is written atomically (whole, under a temporary name in its directory,
+    then renamed: :func:`beam_jobs.fid_results.write_atomically`), so a file already there
+    is either replaced whole or left as it was. If it cannot be written (a full disk, a
+    read-only or impossible path) everything else is still computed and
+    :class:`OutputNotWritten` is raised at the end, its ``results`` the dict this function
+    would have returned.
     """
     if pr_max_samples < 0 or isinstance(pr_k, bool) or not isinstance(pr_k, int) or pr_k < 1:
         raise ValueError(f"pr_max_samples={pr_max_samples}, pr_k={pr_k!r}: expected "
@@ -238,13 +246,19 @@ def evaluate(source: Source, extractor: str, extractor_path: str, *,
     res = run_features(source, info, batch_size=batch_size, kid_samples=kid_samples,
                        pipeline_args=pipeline_args, pr_samples=pr_samples)
     stats = res.statistics
+    not_written = None
     if output_stats:
         if save_kid_features:
             stats.kid_features = res.kid_features
         if save_pr_features:
             stats.pr_features = res.pr_features
-        stats.save(output_stats)
-        log.info("wrote statistics of %d images to %s", stats.count, output_stats)
+        try:
+            fid_results.write_atomically(output_stats, stats.save)
+            log.info("wrote statistics of %d images to %s", stats.count, output_stats)
+        except OSError as err:  # a full disk, a read-only or missing path: keep the results
+            not_written = (f"--output_stats={output_stats!r} was not written "
+                           f"({_os_error_text(err)}); any file already there is unchanged, "
+                           "and the results were computed and are reported")
     out: dict[str, Any] = {"fid": None, "kid_mean": None, "kid_std": None,
                            "precision": None, "recall": None,
                            "is_mean": res.is_mean, "is_std": res.is_std,
@@ -287,7 +301,40 @@ def evaluate(source: Source, extractor: str, extractor_path: str, *,
         max_samples=pr_max_samples, unavailable=pr_missing))
     out["undecodable"] = res.undecodable
     out["seconds"] = round(res.seconds, 2)
+    if not_written:
+        raise OutputNotWritten(not_written, out)
     return out
+
+
+class OutputNotWritten(OSError):
+    """An output file of the job (``output_stats``) could not be written; ``results``
+    holds everything the job computed (the CLI prints it, then one ``error:`` line)."""
+
+    def __init__(self, message: str, results: dict):
+        super().__init__(message)
+        self.results = results
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _os_error_text(err: OSError) -> str:
+    """An OSError (or Beam's wrapping BeamIOError) on one line: 'No space left on device:
+    /path' rather than the wrapper's dict of exceptions."""
+    inner = err
+    details = getattr(err, "exception_details", None)
+    if isinstance(details, dict) and details:
+        inner = next(iter(details.values()))
+        while isinstance(getattr(inner, "args", None), tuple) and inner.args and isinstance(
+                inner.args[0], OSError):
+            inner = inner.args[0]
+    if isinstance(inner, OSError) and inner.strerror:
+        where = f": {inner.filename}" if inner.filename else ""
+        if inner.errno in (errno.EEXIST, errno.ENOTDIR):  # from creating the parent folders
+            return f"a part of the path is a file, not a directory{where}"
+        return f"{inner.strerror}{where}"
+    lines = [ln.strip() for ln in str(inner).splitlines() if ln.strip()]
+    return lines[0] if lines else type(inner).__name__
 
 
 def evaluate_samples(saved_model_dir: str, num_samples: int, reference_stats_path: str,
@@ -376,6 +423,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
     try:
         return _run(args, pipeline_args)
+    except OutputNotWritten as e:  # the results are not lost: printed, then the error
+        print(json.dumps(e.results))
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (fid_math.StatisticsError, FileNotFoundError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,23 +11,55 @@ statistics class on any Beam filesystem, written by the pipeline's last step
 * image shapes: int64 ``shapes`` [n, 3] (H, W, C);
 * feature samples (the KID reservoir, the precision/recall subset): float32
   ``features`` [n, d] ([0, 0] when empty).
+
+Every file is written whole under a temporary name next to its final one and then renamed
+(:func:`write_atomically`), so a reader never sees a partial file and a failed write (a
+full disk) leaves whatever was at the final name untouched.
 """
 from __future__ import annotations
 
 import io
-from typing import Sequence
+import uuid
+from typing import Callable, Sequence
 
 import numpy as np
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import fid_math
 
 
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """Calls ``write(tmp)`` to write the whole file at a temporary name in ``path``'s
+    directory (``.<name>.tmp-<random>``), then renames it to ``path``: on a local or
+    mounted file system an atomic ``rename`` that replaces any old file in one step; on
+    object stores Beam's rename (copy, then delete; the object appears whole). If writing
+    or renaming fails, the temporary file is removed and the error propagates: an old file
+    at ``path`` is left as it was."""
+    parent, name = FileSystems.split(path)
+    tmp = FileSystems.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:12]}") if parent else (
+        f".{name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        write(tmp)
+        FileSystems.rename([tmp], [path])
+    except BaseException:
+        try:
+            if FileSystems.exists(tmp):
+                FileSystems.delete([tmp])
+        except (BeamIOError, OSError):
+            pass
+        raise
+
+
 def _write(path: str, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    with FileSystems.create(path) as f:
-        f.write(buf.getvalue())
+
+    def write(target: str) -> None:
+        with FileSystems.create(target) as f:
+            f.write(buf.getvalue())
+
+    write_atomically(path, write)
 
 
 def _read(path: str) -> dict[str, np.ndarray]:

@@ -5,6 +5,7 @@ Every test uses the real components (checkpoints written by the trainer, real pr
 a real MLflow SQLite store, the real Beam job) and fails on the code before the fix."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -254,3 +255,115 @@ def test_racing_takeovers_of_a_stale_lock_give_one_holder(tmp_path, racers, tria
             except subprocess.TimeoutExpired:
                 p.kill()
     print(f"{trials} races of {racers} processes in {time.time() - started:.1f} s")
+
+
+# --------------------------------------------------------------------------------------
+# beam_jobs.fid outputs: written whole or not at all; the results are never lost.
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fid_inputs(tmp_path_factory, mnist_dir) -> tuple[str, str]:
+    """(an untrained MNIST-architecture extractor, a folder of 40 real MNIST digits)."""
+    from PIL import Image
+
+    from beam_jobs import extractors
+    from beam_jobs.mnist_idx import load_mnist
+
+    root = tmp_path_factory.mktemp("fid")
+    _, features_model = extractors.build_mnist_classifier(feature_dim=32, seed=1)
+    extractor = extractors.export_mnist_classifier(features_model, str(root / "extractor"))
+    images, _ = load_mnist(str(mnist_dir))
+    folder = root / "digits"
+    folder.mkdir()
+    for i in range(40):
+        Image.fromarray(images[i]).save(folder / f"{i:02d}.png")
+    return extractor, str(folder)
+
+
+def _fid_main(capsys, fid_inputs, *extra: str) -> tuple[int, dict | None, list[str]]:
+    """``beam_jobs.fid.main`` in process on the 40 digits: (exit code, the printed results
+    or None, the ``error:`` lines of stderr)."""
+    from beam_jobs import fid
+
+    extractor, folder = fid_inputs
+    capsys.readouterr()
+    code = fid.main([f"--image_folder={folder}", "--extractor=mnist_classifier",
+                     f"--extractor_path={extractor}", "--kid_samples=20", *extra])
+    out, err = capsys.readouterr()
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    assert "Traceback" not in err, err
+    return (code, json.loads(lines[-1]) if lines else None,
+            [ln for ln in err.splitlines() if ln.startswith("error: ")])
+
+
+def test_unwritable_output_stats_is_one_error_and_the_results_are_printed(
+        capsys, fid_inputs, tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    target = tmp_path / "a_file" / "stats.npz"
+    code, results, errors = _fid_main(capsys, fid_inputs, f"--output_stats={target}")
+    assert code == 2
+    assert len(errors) == 1 and str(target) in errors[0] and "not written" in errors[0], errors
+    assert results is not None and results["num_samples"] == 40, results
+    assert results["is_mean"] > 0 and results["feature_dim"] == 32
+    assert not list(tmp_path.glob("**/.stats.npz.tmp-*"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs (a disk that fills up), unmounted afterwards; skipped where this
+    process may not mount file systems."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                                 capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        pytest.skip(f"cannot mount a small tmpfs to fill up: {err}")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root or CAP_SYS_ADMIN): "
+                    f"{mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+
+
+def _fill(disk) -> None:
+    """Fills ``disk`` up with the file 'filler'."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 512)
+    except OSError as err:
+        assert err.errno == errno.ENOSPC, err
+    finally:
+        os.close(fd)
+
+
+def test_full_disk_keeps_the_old_statistics_and_prints_the_results(capsys, fid_inputs, small_disk):
+    """--output_stats over a good statistics file on a disk that fills up during the write:
+    the old file is left whole and readable (before: truncated, BadZipFile), no temporary
+    file is left, one error line, and the computed results are printed."""
+    from beam_jobs.fid_math import FeatureStatistics
+
+    target = small_disk / "ref.npz"
+    old = FeatureStatistics.from_features(np.random.default_rng(0).normal(size=(50, 2)),
+                                          extractor="mnist_classifier")
+    old.save(str(target))
+    before = target.read_bytes()
+    _fill(small_disk)
+    code, results, errors = _fid_main(capsys, fid_inputs, f"--output_stats={target}",
+                                      "--save_kid_features")
+    assert code == 2
+    assert len(errors) == 1 and "No space left on device" in errors[0], errors
+    assert results is not None and results["num_samples"] == 40, results
+    assert target.read_bytes() == before
+    assert FeatureStatistics.load(str(target)).count == 50
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "ref.npz"]
+    # with room again, the same run replaces the file whole
+    (small_disk / "filler").unlink()
+    code, again, errors = _fid_main(capsys, fid_inputs, f"--output_stats={target}",
+                                    "--save_kid_features")
+    assert code == 0 and not errors
+    assert FeatureStatistics.load(str(target)).count == 40
+    assert again["is_mean"] == pytest.approx(results["is_mean"])
+    assert sorted(p.name for p in small_disk.iterdir()) == ["ref.npz"]
