@@ -387,6 +387,7 @@ print(run_id)
 """
 
 
+@pytest.mark.slow
 def test_trainers_starting_together_on_a_new_sqlite_store_both_track(tmp_path):
     """Two pairs of processes, each pair released at the same instant onto its own new
     sqlite file (what two `pipeline.train` runs do at start: configure, then tracked_run).
