@@ -198,6 +198,24 @@ def write_outputs(rows: dict[str, list[dict]], args, lines: list[str], curve_not
     print(f"\nwritten to {args.out}")
 
 
+def tracked_train_seconds(model_dir: str, tracking_uri: str) -> float | None:
+    """Wall time of a run's training as MLflow recorded it: from the run's start to its
+    last ``train/`` metric (so a run that was stopped and resumed later, or whose last
+    command only finalized it, still reports its training time); None without a run."""
+    from mlflow.tracking import MlflowClient
+
+    from artifacts import tracking
+
+    run_id = tracking.run_id_of(model_dir)
+    if not run_id:
+        return None
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.get_run(run_id)
+    last = max((m.timestamp for m in client.get_metric_history(run_id, "train/loss")),
+               default=None)
+    return None if last is None else (last - run.info.start_time) / 1000.0
+
+
 def run_one(variant: str, seed: int, args, protocol: Protocol, index: int, total: int,
             variant_flags: dict[str, str] | None = None, experiment: str = "ablation") -> dict:
     """Trains and evaluates one (variant, seed) (``variant_flags``: extra training flags by
@@ -220,8 +238,11 @@ def run_one(variant: str, seed: int, args, protocol: Protocol, index: int, total
         f"--mlflow_tracking_uri={args.mlflow_tracking_uri}", "--show_progress=false",
         *shlex.split(variant_flags.get(variant, "")), *shlex.split(args.extra_flags)],
         capture=True)
-    train_seconds = time.time() - start
-    row = {"variant": variant, "seed": seed, "train_seconds": round(train_seconds, 1),
+    command_seconds = time.time() - start
+    row = {"variant": variant, "seed": seed,
+           "train_seconds": round(tracked_train_seconds(model_dir, args.mlflow_tracking_uri)
+                                  or command_seconds, 1),
+           "command_seconds": round(command_seconds, 1),
            "extra_flags": " ".join(filter(None, [variant_flags.get(variant, ""),
                                                   args.extra_flags])),
            "train_steps": args.train_steps, "load_average_end": os.getloadavg()[0]}

@@ -100,8 +100,10 @@ def table(rows: dict[str, list[dict]], args, real: dict, report: dict) -> list[s
         "paper's quality, R = its coverage) in the features of the project's CIFAR-10 "
         f"classifier (test accuracy {report.get('accuracy', float('nan')):.3f}; not "
         "Inception: comparable between these rows only). Mean ± std over seeds where there "
-        "are several (n in the seeds column). train s: wall time of the training command "
-        "(load: the 1-minute load average at its end, 2 cores). Last row: the real test "
+        "are several (n in the seeds column). train s: training wall time as MLflow recorded "
+        "it (run start to the last logged step) on the 2-core machine; load: the 1-minute "
+        "load average when the row was evaluated (other jobs shared the cores while these "
+        "rows trained: the times are not the config's speed alone). Last row: the real test "
         "images through the same FID job.",
         "",
         "| variant | seeds | BPD (bound) | BPD (IW) | KL nats | AU | FID T=0 | P T=0 | R T=0 "
