@@ -102,7 +102,7 @@ def table(rows: dict[str, list[dict]], args, real: dict, report: dict) -> list[s
         "Inception: comparable between these rows only). Mean ± std over seeds where there "
         "are several (n in the seeds column). train s: training wall time as MLflow recorded "
         "it (run start to the last logged step) on the 2-core machine; load: the 1-minute "
-        "load average when the row was evaluated (other jobs shared the cores while these "
+        "load average when its training command returned (other jobs shared the cores while these "
         "rows trained: the times are not the config's speed alone). Last row: the real test "
         "images through the same FID job.",
         "",
