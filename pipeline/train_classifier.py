@@ -11,9 +11,10 @@ eval split and exports it as an extractor SavedModel (signature ``features``: ui
 images in, ``pool`` features for FID/KID and ``logits`` for IS out; see
 :mod:`beam_jobs.extractors`, ``--extractor=classifier``). The SavedModel's content
 fingerprint (:mod:`beam_jobs.identity`) names the extractor in every statistics file made
-with it. ``<output>/train_report.json`` records the accuracy, counts, epochs, times, load
-averages and the data set (path and SHA-256 of its ``dataset.json``); the same JSON is
-printed on stdout.
+with it. ``<output>/train_report.json`` records the accuracy, counts, epochs, times
+(``seconds`` after the imports, ``process_seconds`` since the process started, CPU seconds,
+seconds per epoch), load averages and the data set (path and SHA-256 of its
+``dataset.json``); the same JSON is printed on stdout.
 
 Architectures (``--arch``; ``auto``: ``small`` for 1-channel images, else ``airbench``):
 
@@ -23,16 +24,19 @@ Architectures (``--arch``; ``auto``: ``small`` for 1-channel images, else ``airb
 * ``airbench``: the fast CIFAR-10 convnet of Page (2018, "How to train your ResNet") as
   refined in airbench94 (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds on a single GPU"):
   a frozen 2x2 patch-whitening convolution computed from the training images, three
-  conv-pool-BN-GELU / conv-BN-GELU groups of widths (w, 4w, 4w) whose convolutions start
+  conv-pool-BN-GELU / conv-BN-GELU groups of widths (w, 4w, 4w; w = 32 by default, half of
+  airbench94's, for a third of its CPU time per image) whose convolutions start
   as identities (implicit residuals), BatchNorm without scale, global max pooling (the
   ``4w``-d ``pool`` features), a linear layer scaled by 1/9 (the logits); Nesterov SGD
   with decoupled weight decay and 64x learning rate for BatchNorm biases, label smoothing
   0.2, a triangular learning-rate schedule, lookahead averaging (EMA every 5 steps from
   30 % of training), random flips and +-2 px reflect-padded translations. Trained in
-  float32: ``mixed_bfloat16`` was measured 18x slower on this machine's CPU (its VM
-  exposes AVX2 only; oneDNN emulates bfloat16), and XLA (``jit_compile``) 2x slower.
+  float32 without XLA: on this machine's CPU (the VM exposes AVX2 only, no AVX-512/BF16)
+  a step of batch 512 at width 32 took 74 s with ``mixed_bfloat16`` (bfloat16 emulated),
+  7.8 s with ``jit_compile`` and 4.0 s without either (measured with other jobs running).
 
-``--time_budget_minutes`` bounds the wall time of the whole command: the learning-rate
+``--time_budget_minutes`` bounds the wall time of the whole command (from the process
+start, imports included, where Linux ``/proc`` tells it): the learning-rate
 schedule and the averaging run on *progress* = max(step / planned steps, elapsed / time
 left for training), so a run that is slower than planned (a loaded machine) compresses its
 schedule and stops in time instead of being cut mid-schedule. The time left for training
@@ -67,7 +71,9 @@ ARCHS = ("auto", "small", "airbench")
 REPORT_JSON = "train_report.json"
 #: Per-architecture defaults of epochs and batch size.
 DEFAULTS = {"small": {"epochs": 4.0, "batch_size": 32},
-            "airbench": {"epochs": 10.0, "batch_size": 512}}
+            "airbench": {"epochs": 5.0, "batch_size": 512}}
+#: airbench base width: 32 (airbench94 uses 64, about 3x the CPU time per image here).
+DEFAULT_WIDTH = 32
 #: airbench94's optimisation settings (lr and weight decay per 1,024 examples, decoupled
 #: from momentum as in its hyperparameters).
 AIRBENCH = dict(lr=11.5, momentum=0.85, weight_decay=0.0153, bias_scaler=64.0,
@@ -271,6 +277,20 @@ def _triangle(progress: float) -> float:
 
 def _load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
+
+
+def process_start_time() -> Optional[float]:
+    """When this process started (a ``time.time()`` value, from Linux ``/proc``), so the
+    wall time and the time budget include the Python and TensorFlow imports; None where
+    ``/proc`` is unavailable."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _cpu_seconds() -> float:
@@ -482,8 +502,8 @@ def evaluate_accuracy(features_model, images: np.ndarray, labels: np.ndarray,
 def fit_classifier(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray,
                    y_eval: np.ndarray, num_classes: int, *, arch: str = "auto",
                    epochs: Optional[float] = None, batch_size: Optional[int] = None,
-                   width: int = 64, seed: int = 0, max_steps: Optional[int] = None,
-                   budget_end: Optional[float] = None, name: str = "classifier") -> FitResult:
+                   width: int = DEFAULT_WIDTH, seed: int = 0,
+                   max_steps: Optional[int] = None, budget_end: Optional[float] = None, name: str = "classifier") -> FitResult:
     """Trains ``arch`` on uint8 images [N, H, W, C] with int labels, then measures the
     top-1 accuracy on the eval images. ``budget_end`` (a ``time.time()`` value) is when the
     whole command must be done: training stops early enough to leave time for evaluation
@@ -535,8 +555,8 @@ def fit_classifier(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray,
 def train_classifier(data_dir: str, output: str, *, train_split: str = "train",
                      eval_split: str = "test", arch: str = "auto",
                      epochs: Optional[float] = None, batch_size: Optional[int] = None,
-                     width: int = 64, seed: int = 0, max_steps: Optional[int] = None,
-                     time_budget_minutes: Optional[float] = None,
+                     width: int = DEFAULT_WIDTH, seed: int = 0,
+                     max_steps: Optional[int] = None, time_budget_minutes: Optional[float] = None,
                      min_accuracy: Optional[float] = None) -> dict:
     """Trains on ``train_split`` of a preprocessed data set, evaluates on ``eval_split``,
     exports the extractor SavedModel to ``output`` and writes ``<output>/train_report.json``.
@@ -544,10 +564,12 @@ def train_classifier(data_dir: str, output: str, *, train_split: str = "train",
     from beam_jobs import extractor_builders, identity
 
     started, cpu_start = time.time(), _cpu_seconds()
+    process_started = process_start_time() or started
     load_start = _load()
     if time_budget_minutes is not None and time_budget_minutes <= 0:
         raise ValueError(f"--time_budget_minutes={time_budget_minutes}: expected > 0")
-    budget_end = None if time_budget_minutes is None else started + 60.0 * time_budget_minutes
+    budget_end = (None if time_budget_minutes is None
+                  else process_started + 60.0 * time_budget_minutes)
     info = dataset_format.read_dataset_info(data_dir)
     info.check_split(train_split)
     info.check_split(eval_split)
@@ -582,7 +604,9 @@ def train_classifier(data_dir: str, output: str, *, train_split: str = "train",
         "batch_size": result.batch_size, "seed": seed, "stop_reason": result.stop_reason,
         "time_budget_minutes": time_budget_minutes,
         "seconds": round(time.time() - started, 2),
+        "process_seconds": round(time.time() - process_started, 2),
         "cpu_seconds": round(_cpu_seconds() - cpu_start, 1),
+        "process_cpu_seconds": round(_cpu_seconds(), 1),
         "seconds_by_stage": {"read": round(load_seconds, 2), "train": result.train_seconds,
                              "eval": result.eval_seconds, "export": round(export_seconds, 2)},
         "epoch_seconds": result.epoch_seconds,
@@ -615,11 +639,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--arch", default="auto", choices=ARCHS,
                         help="auto: small for 1-channel images, else airbench")
     parser.add_argument("--epochs", type=float, default=None,
-                        help="default: small 4, airbench 10")
+                        help="default: small 4, airbench 5")
     parser.add_argument("--batch_size", type=int, default=None,
                         help="default: small 32, airbench 512")
-    parser.add_argument("--width", type=int, default=64,
-                        help="airbench base width w: groups of w, 4w, 4w filters")
+    parser.add_argument("--width", type=int, default=DEFAULT_WIDTH,
+                        help="airbench base width w: groups of w, 4w, 4w filters (airbench94: 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time_budget_minutes", type=float, default=None,
                         help="finish the whole command within this wall time (the schedule "
