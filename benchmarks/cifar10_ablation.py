@@ -56,6 +56,8 @@ ALL_VARIANTS = "vae,vae_f,cq,cqf,gan,flow,flowgan"
 # The Real NVP baselines have no latent: they keep 3x3 coupling nets (a full Real NVP)
 # where the latent variants have the config's local flow.
 VARIANT_FLAGS = {"flow": "--flow_kernel_size=3", "flowgan": "--flow_kernel_size=3"}
+# The FID extractor of the 2026-12-06 table: airbench width 64 within a 20-minute budget.
+CLASSIFIER_WIDTH, CLASSIFIER_MINUTES = 64, 20
 
 
 def prepare(work: str, data_dir: str, eval_examples: int) -> tuple[Protocol, dict]:
@@ -71,7 +73,8 @@ def prepare(work: str, data_dir: str, eval_examples: int) -> tuple[Protocol, dic
     if not os.path.isfile(os.path.join(classifier, "train_report.json")):
         run_stage(2, 3, "FID extractor: a classifier on the training split", [
             py, "-m", "pipeline.train_classifier", f"--data_dir={data_dir}",
-            f"--output={classifier}", "--train_split=train", "--eval_split=test"])
+            f"--output={classifier}", "--train_split=train", "--eval_split=test",
+            f"--width={CLASSIFIER_WIDTH}", f"--time_budget_minutes={CLASSIFIER_MINUTES}"])
     with open(os.path.join(classifier, "train_report.json")) as f:
         report = json.load(f)
     ref_stats = os.path.join(work, "reference_train_stats.npz")
