@@ -589,8 +589,13 @@ def train_classifier(data_dir: str, output: str, *, train_split: str = "train",
                             max_steps=max_steps, budget_end=budget_end)
     data_sha = dataset_json_sha256(info.data_dir)
     t = time.time()
+    features = {"small": "penultimate ReLU layer",
+                "airbench": "global max pool of the last convolution group"}[result.arch]
+    protocol = extractor_builders.classifier_protocol(
+        "classifier", info.image_shape, int(result.features_model.outputs[0].shape[-1]),
+        num_classes, features)
     extractor_builders.export_classifier(
-        result.features_model, output, "classifier", arch=arch,
+        result.features_model, output, "classifier", protocol, arch=arch,
         eval_accuracy=result.accuracy, train_split=train_split, eval_split=eval_split,
         train_images=int(len(x_train)), eval_images=int(len(x_eval)),
         data_dir=info.data_dir, dataset_json_sha256=data_sha, label_names=info.label_names)
