@@ -142,7 +142,8 @@ def main() -> int:
     data = {}
     for name in names:
         kind = CONFIGS[name][1]
-        data.setdefault(kind, make_data(kind, tmp))
+        if kind not in data:
+            data[kind] = make_data(kind, tmp)
         model_config, cfg, steps, batches = build(name, data[kind], tmp, 8)
         flops = graph_flops(steps[False].get_concrete_function(batches[0]))
         for step in steps.values():  # compile both before timing
