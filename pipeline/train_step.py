@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 # (benchmarks/bench_train_step.py, minimal step, interleaved, medians): oneDNN without XLA
 # was 1.12x faster for the quickstart step at batch 32, 1.22x at batch 64 and 1.30x for
 # the CIFAR-10 CPU step with 3x3 couplings; XLA's CPU convolutions are slower than
-# oneDNN's and it inserts transposes (35 % of op time). GPU: on, Keras' own default for
+# oneDNN's and it inserts transposes (35 % of op time). benchmarks/bench_step_speed.py on a
+# loaded machine (2026-12-06): 1.40x (quickstart) and 1.10x (cifar10_cpu.cfg) for no XLA,
+# but 0.95x for the 3x3 CIFAR step: re-measure idle. GPU: on, Keras' own default for
 # fit() there (not measured here: no GPU on the development machine).
 DEFAULT_JIT_BY_DEVICE = {"CPU": False, "GPU": True}
 
