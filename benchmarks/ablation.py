@@ -193,7 +193,7 @@ def write_outputs(rows: dict[str, list[dict]], args, lines: list[str], curve_not
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(stem + ".json", "w") as f:
-        json.dump({**(extra_json or {}), "rows": rows} if extra_json else rows, f, indent=2)
+        json.dump(rows if extra_json is None else {**extra_json, "rows": rows}, f, indent=2)
     print("\n".join(lines))
     print(f"\nwritten to {args.out}")
 

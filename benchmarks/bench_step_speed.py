@@ -39,6 +39,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 from bench_train_step import minimal_step_fn  # noqa: E402
+from paper_scale_flops import profiler_total  # noqa: E402
 
 from beam_jobs.preprocess import run_preprocess  # noqa: E402
 from pipeline import config_flags  # noqa: E402
@@ -64,14 +65,6 @@ def make_data(kind: str, tmp: str) -> str:
         run_preprocess("image_zip", os.path.join(SHARED, "cifar10_test_jpg",
                                                  "cifar10_test_jpg.zip"), out, 32)
     return out
-
-
-def graph_flops(concrete) -> float:
-    """Float operations of a concrete function's graph (TF's registered op statistics)."""
-    opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    opts["output"] = "none"
-    prof = tf.compat.v1.profiler.profile(concrete.graph, options=opts)
-    return float(prof.total_float_ops)
 
 
 def _time(fn, reps: int) -> float:
@@ -145,7 +138,7 @@ def main() -> int:
         if kind not in data:
             data[kind] = make_data(kind, tmp)
         model_config, cfg, steps, batches = build(name, data[kind], tmp, 8)
-        flops = graph_flops(steps[False].get_concrete_function(batches[0]))
+        flops = profiler_total(steps[False].get_concrete_function(batches[0]).graph)
         for step in steps.values():  # compile both before timing
             for b in batches[:2]:
                 float(step(b))
