@@ -8,6 +8,7 @@ generator updates, one per global batch of ``batch_size`` images.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 LR_SCHEDULES = ("constant", "cosine")
@@ -92,6 +93,10 @@ class TrainConfig:
     mlflow_tracking_uri: str = dataclasses.field(default="", metadata={
         "help": "MLflow tracking URI ('' = the one recorded in --model_dir by an earlier run, "
                 "else MLflow's default)."})
+    strict_tracking: bool = dataclasses.field(default=False, metadata={
+        "help": "Stop with one error line, before any work, if the MLflow store cannot be "
+                "used at the start (default: one warning, and training goes on without "
+                "tracking, its metrics kept in --model_dir/mlflow_unsent.jsonl)."})
     experiment: str = dataclasses.field(default="adaptive-density", metadata={
         "help": "MLflow experiment name."})
     run_name: str = dataclasses.field(default="", metadata={"help": "MLflow run name."})
@@ -107,6 +112,13 @@ class TrainConfig:
                      "sample_every", "disc_steps", "data_init_batch", "keep_checkpoints"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"--{name}={getattr(self, name)}: expected a positive integer")
+        for name in ("learning_rate", "flow_learning_rate", "disc_learning_rate", "adam_beta1",
+                     "disc_adam_beta1", "disc_adam_beta2", "sample_temperature"):
+            if not math.isfinite(float(getattr(self, name))):
+                raise ValueError(f"--{name}={getattr(self, name)}: expected a finite number")
+        for name in ("learning_rate", "disc_learning_rate"):
+            if float(getattr(self, name)) < 0:
+                raise ValueError(f"--{name}={getattr(self, name)}: expected >= 0")
         if self.flow_learning_rate < 0:
             raise ValueError(f"--flow_learning_rate={self.flow_learning_rate}: expected >= 0 "
                              "(0 = --learning_rate)")

@@ -93,11 +93,6 @@ def _cause_line(err: BaseException) -> str:
     return (causes or lines or [type(err).__name__])[0][:300]
 
 
-def _no_tracking(*args: Any, **kwargs: Any) -> None:
-    """What a multi-worker non-chief does instead of an MLflow call: nothing."""
-    return None
-
-
 def _check_finite(values: dict[str, float], step: int, last_checkpoint: str | None) -> None:
     """Raises :class:`TrainingDiverged` if a metric of step ``step`` is NaN or Inf."""
     for name, value in values.items():
@@ -160,7 +155,7 @@ class TrainTask:
         self.grid_dir = os.path.join(cfg.model_dir, "samples")
         from artifacts import tracking  # mlflow import is slow; keep it off tfp_models' path
         self.tracking = tracking
-        self.track = tracking.call_with_retries  # tracking failures in the loop are warnings
+        self.tracker = tracking.NO_TRACKING  # the chief's RunTracker while the run is on
 
     def build_state(self) -> TrainState:
         """Strategy, model, optimizers, checkpoint manager; restored or data-initialized."""
@@ -169,6 +164,11 @@ class TrainTask:
     def run(self) -> dict[str, Any]:
         """Trains to ``cfg.train_steps``; returns the summary of :meth:`finalize`."""
         cfg, tracking = self.cfg, self.tracking
+        chief = cfg.strategy != "multi_worker" or model_lock.is_chief()
+        store_error = None
+        if chief:  # before any work: a broken store is one warning (or, strict, one error)
+            tracking.configure(cfg.mlflow_tracking_uri or None, cfg.model_dir)
+            store_error = tracking.check_store(cfg.experiment, strict=cfg.strict_tracking)
         state = self.build_state()
         try:
             steps = StepFunctions(state.model, state.strategy, cfg, state.g_opt, state.d_opt,
@@ -176,18 +176,17 @@ class TrainTask:
             dataset = state.strategy.experimental_distribute_dataset(
                 self._split_by_rows(make_train_dataset(self.info, cfg, state.start_step,
                                                        state.noise_shapes)))
-            if state.is_chief:
-                tracking.configure(cfg.mlflow_tracking_uri or None, cfg.model_dir)
-                run = tracking.tracked_run(cfg.model_dir, cfg.experiment, cfg.run_name or None,
-                                           tags={"variant": self.model_config.variant})
+            if state.is_chief:  # calls are sent in the background, never fatal
+                run = tracking.background_run(cfg.model_dir, cfg.experiment,
+                                              cfg.run_name or None,
+                                              tags={"variant": self.model_config.variant},
+                                              store_error=store_error)
             else:  # one MLflow run per job: the chief's
-                self.track = _no_tracking
-                run = contextlib.nullcontext(None)
-            with run as run_id, SignalGuard() as guard:
-                if state.is_chief:
-                    tracking.log_params_once(run_id, {**dataclasses.asdict(self.model_config),
-                                                      **dataclasses.asdict(cfg),
-                                                      **(self.params_to_log or {})})
+                run = contextlib.nullcontext(tracking.NO_TRACKING)
+            with run as tracker, SignalGuard() as guard:
+                self.tracker, run_id = tracker, tracker.run_id
+                tracker.log_params({**dataclasses.asdict(self.model_config),
+                                    **dataclasses.asdict(cfg), **(self.params_to_log or {})})
                 step, values = self.run_loop(state, steps, dataset, guard)
                 return self.finalize(state, run_id, step, values)
         finally:
@@ -263,17 +262,17 @@ class TrainTask:
                     validation: ValidationBound | None) -> str | None:
         """The schedules after step ``step``: metrics, validation bits/dim, checkpoint,
         sample grid. Returns the checkpoint written, if any."""
-        cfg, tracking, track = self.cfg, self.tracking, self.track
+        cfg, tracker = self.cfg, self.tracker
         last = step == cfg.train_steps
         if step % cfg.log_every == 0 or last:
-            track(tracking.mlflow.log_metrics, {f"train/{k}": v for k, v in values.items()}, step)
+            tracker.log_metrics({f"train/{k}": v for k, v in values.items()}, step)
         if validation is not None and (step % cfg.validation_every == 0 or last):
             bpd = validation.bits_per_dim()
             if state.model.binary:  # -ln P(b) of the binarized digits: nats, not 8-bit bpd
                 nll = -metrics.bits_per_dim_to_nats(bpd, self.model_config.image_shape)
-                track(tracking.mlflow.log_metric, "validation/nll_nats", nll, step)
+                tracker.log_metrics({"validation/nll_nats": nll}, step)
             else:
-                track(tracking.mlflow.log_metric, "validation/bpd", bpd, step)
+                tracker.log_metrics({"validation/bpd": bpd}, step)
         saved = None
         if step % cfg.checkpoint_every == 0 or last:  # on every worker (see train_state)
             saved = save_checkpoint(state, step)
@@ -290,7 +289,7 @@ class TrainTask:
         if not state.is_chief:
             return None
         path = images_lib.save_grid(images, os.path.join(self.grid_dir, f"step_{step:07d}.png"))
-        self.track(self.tracking.mlflow.log_artifact, path, artifact_path="samples")
+        self.tracker.log_artifact(path, artifact_path="samples")
         return path
 
     def finalize(self, state: TrainState, run_id: str, step: int,
@@ -299,7 +298,7 @@ class TrainTask:
         Returns the summary: start_step, mlflow_run_id, step, metrics, checkpoint, grid,
         model_dir, task (on a multi-worker non-chief: no run id, no grid, the chief's
         checkpoint path)."""
-        cfg, tracking, track = self.cfg, self.tracking, self.track
+        cfg, tracker = self.cfg, self.tracker
         ckpt = state.manager.latest_checkpoint
         if ckpt and not state.is_chief:
             ckpt = os.path.join(cfg.model_dir, os.path.basename(ckpt))
@@ -309,10 +308,10 @@ class TrainTask:
             "model_dir": os.path.abspath(cfg.model_dir), "task": state.task}
         if not state.is_chief:
             return summary
-        track(tracking.mlflow.log_artifact, os.path.join(cfg.model_dir, model_io.CONFIG_FILE))
+        tracker.log_artifact(os.path.join(cfg.model_dir, model_io.CONFIG_FILE))
         if ckpt:
             for name in os.listdir(cfg.model_dir):
                 if name.startswith(os.path.basename(ckpt) + ".") or name == "checkpoint":
-                    track(tracking.mlflow.log_artifact, os.path.join(cfg.model_dir, name),
-                          artifact_path="checkpoint")
+                    tracker.log_artifact(os.path.join(cfg.model_dir, name),
+                                         artifact_path="checkpoint")
         return summary
