@@ -3,8 +3,11 @@ PipelineOptions.
 
 Without ``--runner`` (or with ``--runner=FnApiRunner``) a job runs locally on Beam's
 ``FnApiRunner``: Beam 2.77's DirectRunner first tries to download the Prism runner, which
-fails offline. Any other runner (Dataflow, Flink, Spark, DirectRunner) gets the options as
-the user gave them.
+fails offline. ``--runner=DaskRunner`` selects :class:`beam_jobs.dask_runner.DaskRunner`
+(Beam's Dask runner completed for these jobs) on the ``dask.distributed`` cluster of
+``--dask_client_address``, else on a local cluster of ``--dask_num_workers`` processes.
+Any other runner (Dataflow, Flink, Spark, DirectRunner) gets the options as the user gave
+them.
 """
 from __future__ import annotations
 
@@ -21,6 +24,9 @@ IN_MEMORY_MAX_RECORDS = 2_000  # below: one thread, no worker start-up at all
 THREADS_MAX_RECORDS = 100_000
 LOCAL_RUNNER = "FnApiRunner"
 _LOCAL_RUNNERS = ("fnapirunner", "fnapi")
+DASK_RUNNER = "beam_jobs.dask_runner.DaskRunner"
+_DASK_RUNNERS = ("dask", "daskrunner", DASK_RUNNER.lower(),
+                 "apache_beam.runners.dask.dask_runner.daskrunner")
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,25 @@ def is_local(options: PipelineOptions) -> bool:
     return runner is None or runner.lower() in _LOCAL_RUNNERS
 
 
+def is_dask(options: PipelineOptions) -> bool:
+    """Whether ``options`` select the Dask runner (by any of its names)."""
+    runner = options.view_as(StandardOptions).runner
+    return isinstance(runner, str) and runner.lower() in _DASK_RUNNERS
+
+
+def workers_share_driver_files(options: PipelineOptions) -> bool:
+    """Whether every worker sees the driver's local files: the local runner, and the Dask
+    runner on the local cluster it starts (no scheduler address or file given)."""
+    if is_local(options):
+        return True
+    if not is_dask(options):
+        return False
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+
+    dask = options.view_as(DaskOptions)
+    return not (dask.address or dask.scheduler_file)
+
+
 def pipeline_options(pipeline_args: Optional[Sequence[str]], size_hint: int = 0, *,
                      running_mode: str = "in_memory") -> PipelineOptions:
     """Beam options for a job over ~``size_hint`` records (the number is only logged).
@@ -53,10 +78,16 @@ def pipeline_options(pipeline_args: Optional[Sequence[str]], size_hint: int = 0,
     in_memory, else the CPU count, unless given. The FID job keeps the default
     ``in_memory``: with its KID reservoir (``Sample.FixedSizeGlobally``)
     ``multi_threading`` grew past 20 GB on 5,000 MNIST images here, in_memory stayed
-    under 1 GB. Other runners: the arguments as given.
+    under 1 GB. ``--runner=DaskRunner``: :data:`DASK_RUNNER`. Other runners: the arguments
+    as given.
     """
     args = list(pipeline_args or [])
     options = PipelineOptions(args)
+    if is_dask(options):
+        options.view_as(StandardOptions).runner = DASK_RUNNER
+        log.info("Beam options for ~%d records: %s (runner %s)", size_hint, " ".join(args),
+                 DASK_RUNNER)
+        return options
     if not is_local(options):
         log.info("Beam options for ~%d records: %s", size_hint, " ".join(args))
         return options  # Dataflow / Flink / Spark / DirectRunner: as the user asked
