@@ -93,6 +93,10 @@ class TrainConfig:
     mlflow_tracking_uri: str = dataclasses.field(default="", metadata={
         "help": "MLflow tracking URI ('' = the one recorded in --model_dir by an earlier run, "
                 "else MLflow's default)."})
+    verify_data: bool = dataclasses.field(default=False, metadata={
+        "help": "Before training, check every shard's sha256 and every record's CRC against "
+                "--data_dir's dataset.json (reads the whole data set; without it only the "
+                "shards' record counts, frames and image shape are checked)."})
     strict_tracking: bool = dataclasses.field(default=False, metadata={
         "help": "Stop with one error line, before any work, if the MLflow store cannot be "
                 "used at the start (default: one warning, and training goes on without "

@@ -128,16 +128,17 @@ def train(model_config: HybridConfig | Mapping[str, Any], cfg: TrainConfig,
     process's role comes from ``TF_CONFIG``; a non-chief neither locks nor writes
     ``model_dir`` and returns a summary without run id or grid.
     """
-    info = data_lib.read_dataset_info(cfg.data_dir)
+    info = data_lib.read_checked_dataset_info(cfg.data_dir, full=cfg.verify_data)
     if "train" not in info.split_counts:
         raise ValueError(f"data set {cfg.data_dir!r} has no 'train' split "
                          f"(splits: {sorted(info.split_counts)})")
     task = TrainTask(model_config_for_data(model_config, cfg, info), cfg, info, params_to_log,
                      on_step)
-    if cfg.strategy == "multi_worker" and not model_lock.is_chief():
-        return task.run()  # multi-worker non-chiefs do not own the directory
-    with model_lock.ModelDirLock(cfg.model_dir):
-        return task.run()
+    with data_lib.damaged_data_errors(info):  # a corrupt record: one line naming its shard
+        if cfg.strategy == "multi_worker" and not model_lock.is_chief():
+            return task.run()  # multi-worker non-chiefs do not own the directory
+        with model_lock.ModelDirLock(cfg.model_dir):
+            return task.run()
 
 
 class TrainTask:
