@@ -62,6 +62,27 @@ class CheckpointUnreadable(ValueError):
     """Checkpoints exist in a model directory but none of them loads."""
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint holds another model's variables (another variant or other settings than
+    the model directory's model_config.json): a user error, one line."""
+
+
+def _mismatch(model_dir: str, path: str, err: AssertionError) -> CheckpointMismatch:
+    """The one-line error for checkpoint ``path`` not matching ``model_dir``'s model
+    (TensorFlow's AssertionError lists every unmatched variable: kilobytes)."""
+    try:
+        config, _ = load_model_config(model_dir)
+        model = f"the {config.variant!r} model of its {CONFIG_FILE} (image_shape " \
+                f"{list(config.image_shape)})"
+    except Exception:  # noqa: BLE001 -- no readable config: name the directory's model only
+        model = "the model of its " + CONFIG_FILE
+    return CheckpointMismatch(
+        f"checkpoint {os.path.basename(path)} in {model_dir!r} does not fit {model}: its "
+        f"variables are another model's (another variant or other settings; "
+        f"{len(str(err))} characters of TensorFlow's list not shown); use the model "
+        f"directory it was trained in, or its {CONFIG_FILE}")
+
+
 @dataclasses.dataclass
 class Restored:
     """What :func:`restore_newest` did: ``path`` (the checkpoint restored, None if there
@@ -129,8 +150,8 @@ def restore_newest(model_dir: str, load: Callable[[str], Any]) -> Restored:
     without trying; one whose ``load`` raises (a truncated or corrupt file: DataLossError,
     IndexError, OpError, ...) is skipped with its error. ``load`` must restore everything
     it restores again on the next candidate, so a failed partial restore leaves nothing
-    behind. An AssertionError (a checkpoint of another model) is not damage and
-    propagates. Returns the restored path (None when no candidate exists or every
+    behind. An AssertionError (a checkpoint of another model) is not damage: it is raised
+    as :class:`CheckpointMismatch`, one line. Returns the restored path (None when no candidate exists or every
     candidate's files are missing) and what was skipped; raises
     :class:`CheckpointUnreadable` when checkpoint files exist but none loads."""
     skipped: list[tuple[str, str]] = []
@@ -142,8 +163,8 @@ def restore_newest(model_dir: str, load: Callable[[str], Any]) -> Restored:
         tried = True
         try:
             load(path)
-        except AssertionError:
-            raise
+        except AssertionError as err:  # another model's checkpoint: not damage, no fallback
+            raise _mismatch(model_dir, path, err) from None
         except Exception as err:  # noqa: BLE001 -- any damage to the files: try the next one
             skipped.append((path, f"{type(err).__name__}: {_first_line(err)}"))
             continue
@@ -221,7 +242,10 @@ def load_trained_model(model_dir: str, checkpoint_path: str | None = None
         checkpoint.read(path).expect_partial().assert_existing_objects_matched()
 
     if checkpoint_path:
-        load(checkpoint_path)
+        try:
+            load(checkpoint_path)
+        except AssertionError as err:
+            raise _mismatch(model_dir, checkpoint_path, err) from None
         return model, int(step.numpy())
     restored = restore_newest(model_dir, load)
     if restored.path is None:

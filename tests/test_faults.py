@@ -169,6 +169,41 @@ def test_lost_state_file_still_resumes_from_the_checkpoint_files(trained4, tmp_p
     assert model_io.load_trained_model(model_dir)[1] == 4
 
 
+def _other_variant_dir(trained: str, tmp_path) -> str:
+    """A model directory whose model_config.json says 'flow' but whose checkpoints are the
+    tiny vae's (e.g. ckpt files copied in from another run)."""
+    model_dir = _copy(trained, tmp_path)
+    path = os.path.join(model_dir, model_io.CONFIG_FILE)
+    payload = json.load(open(path))
+    payload["model"]["variant"] = "flow"
+    json.dump(payload, open(path, "w"))
+    return model_dir
+
+
+def test_a_checkpoint_of_another_variant_is_one_error_in_evaluate_and_export(
+        trained4, tmp_path, capsys):
+    """Before: an AssertionError traceback carrying 12-17 KB of variable names (load for
+    evaluation, export)."""
+    from artifacts import cli
+    from serving import export
+
+    model_dir = _other_variant_dir(trained4, tmp_path)
+    with pytest.raises(model_io.CheckpointMismatch) as info:
+        model_io.load_trained_model(model_dir)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 600, message
+    assert "ckpt-4" in message and "'flow' model" in message, message
+    for prog, run in (
+            ("python -m pipeline.evaluate", lambda: model_io.load_trained_model(model_dir)),
+            ("python -m serving.export", lambda: export.export_model(
+                model_dir, str(tmp_path / "export"), "m", log_to_mlflow=False))):
+        with pytest.raises(SystemExit):
+            cli.user_errors(prog)(run)()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"{prog}: error: checkpoint ckpt-4"), err
+    assert not os.path.exists(tmp_path / "export" / "m" / "1")
+
+
 # --------------------------------------------------------------------------------------
 # The model-directory lock: processes racing to take over a stale lock; exactly one wins.
 # --------------------------------------------------------------------------------------
