@@ -38,6 +38,7 @@ import uuid
 from typing import Any, Iterator, Optional, Sequence
 
 from apache_beam import DoFn, ParDo, pvalue
+from apache_beam.internal import pickler
 from apache_beam.metrics.execution import MetricsContainer, MetricUpdates
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
@@ -88,7 +89,7 @@ class _ParDoSpec:
 
     run_id: str
     label: str
-    do_fn: DoFn
+    do_fn: bytes  # Beam-pickled: each worker thread sets up its own copy, never this one
     args: list
     kwargs: dict
     window_fn: Any
@@ -130,14 +131,17 @@ def _cached_do_fn(spec: _ParDoSpec) -> tuple[DoFn, bool]:
         stale = [k for k in _DOFNS if k[0] != spec.run_id]
         old = [_DOFNS.pop(k) for k in stale]
         cached = _DOFNS.get(key)
-        if cached is None:
-            _DOFNS[key] = spec.do_fn
     for fn in old:
         try:
             fn.teardown()
         except Exception:  # a teardown failure must not fail another run's bundle
             log.warning("teardown of a previous run's DoFn failed", exc_info=True)
-    return (spec.do_fn, True) if cached is None else (cached, False)
+    if cached is not None:
+        return cached, False
+    fn = pickler.loads(spec.do_fn)
+    with _DOFNS_LOCK:
+        _DOFNS[key] = fn
+    return fn, True
 
 
 def _drop_do_fn(spec: _ParDoSpec) -> None:
@@ -270,7 +274,8 @@ class _BagVisitor(PipelineVisitor):
         main_input = next(iter(node.main_inputs.values()))
         sides = list(node.side_inputs)
         spec = _ParDoSpec(
-            run_id=self.run_id, label=node.full_label, do_fn=transform.fn, args=list(args),
+            run_id=self.run_id, label=node.full_label, do_fn=pickler.dumps(transform.fn),
+            args=list(args),
             kwargs=dict(kwargs), window_fn=main_input.windowing.windowfn,
             side_views=[(type(si), si._view_options(), si._window_mapping_fn) for si in sides])
         side_values = [dask.delayed(_as_list, pure=True)(self.bags[si.pvalue]) for si in sides]
