@@ -27,6 +27,7 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import fid_math
+from beam_jobs.fid_math import npz_limits
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
@@ -64,7 +65,8 @@ def _write(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 def _read(path: str) -> dict[str, np.ndarray]:
     with FileSystems.open(path) as f:
-        data = np.load(io.BytesIO(f.read()), allow_pickle=False)
+        raw = f.read()
+    with npz_limits.load_npz(raw, path) as data:  # headers checked before any allocation
         return {k: data[k] for k in data.files}
 
 

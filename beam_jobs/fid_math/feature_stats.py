@@ -9,6 +9,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.fid_math.comparability import StatisticsError
+from beam_jobs.fid_math.npz_limits import check_gaussian, load_npz
 from beam_jobs.fid_math.sufficient import SufficientStatistics
 
 #: Version of the statistics ``.npz`` layout; 2 added the extractor fingerprint and the
@@ -87,19 +88,18 @@ class FeatureStatistics:
     @classmethod
     def load(cls, path: str) -> "FeatureStatistics":
         """Reads a ``.npz`` with at least ``mu`` [d] and ``sigma`` [d, d] (TTUR format) from
-        a local path or a URL of any Beam filesystem.
+        a local path or a URL of any Beam filesystem. Array headers are checked before
+        anything is allocated and ``sigma`` must be a finite, symmetric, positive
+        semi-definite covariance (:mod:`beam_jobs.fid_math.npz_limits`).
 
         Missing metadata reads as "" (unknown); whether such statistics may be compared
         is decided by :func:`check_comparable`, not here.
         """
         if not FileSystems.exists(path):
             raise FileNotFoundError(f"statistics file {path!r} does not exist")
-        try:
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                data = np.load(io.BytesIO(f.read()), allow_pickle=False)
-        except Exception as e:  # noqa: BLE001 - numpy raises several types for a bad file
-            raise StatisticsError(f"{path!r} is not a readable .npz statistics file: {e}") from e
-        with data:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            raw = f.read()
+        with load_npz(raw, str(path)) as data:  # headers checked before any allocation
             missing = {"mu", "sigma"} - set(data.files)
             if missing:
                 raise StatisticsError(f"{path!r} lacks key(s) {sorted(missing)}; expected an "
@@ -124,6 +124,7 @@ class FeatureStatistics:
         if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
             raise StatisticsError(f"{path!r}: mu {mu.shape} and sigma {sigma.shape} do not fit "
                                   "(expected [d] and [d, d])")
+        check_gaussian(mu, sigma, str(path))
         pr = out.pr_features
         if pr is not None and (pr.ndim != 2 or pr.shape[1] != mu.shape[0]
                                or not np.issubdtype(pr.dtype, np.floating)):
