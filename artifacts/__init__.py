@@ -5,8 +5,13 @@
 * :mod:`artifacts.model_io`: model directories (model_config.json + checkpoints);
 * :mod:`artifacts.tracking`: the MLflow run a model directory belongs to;
 * :mod:`artifacts.images`: sample grids as PNG;
-* :mod:`artifacts.cli`: what every command line shares (one-line user errors, logging).
+* :mod:`artifacts.cli`: what every command line shares (one-line user errors, logging);
+* :mod:`artifacts.quiet_start`: no TensorFlow/CUDA/Beam start-up noise on stderr, installed
+  here and in the ``__init__`` of every package with a command line.
 
 Imports run downward: ``tfp_models`` <- ``artifacts`` <- ``beam_jobs``, ``pipeline`` <-
 ``serving`` <- ``benchmarks``. Nothing here imports ``beam_jobs``, ``pipeline`` or ``serving``.
 """
+from artifacts.quiet_start import install as _install_quiet_start
+
+_install_quiet_start()

@@ -5,7 +5,8 @@ and a non-zero exit (:func:`user_errors`), and one logging setup (:func:`setup_l
 "the input is wrong" (missing files or directories, bad values, mismatched model
 settings, a model directory in use) into ``<prog>: error: <message>`` and exit code 2,
 without a traceback. Any other exception is a bug and keeps its traceback. Set
-``AD_TRACEBACK=1`` in the environment to see the traceback of user errors too.
+``AD_TRACEBACK=1`` in the environment to see the traceback of user errors too (and, as
+``--verbosity=1``, the start-up lines :mod:`artifacts.quiet_start` hides).
 """
 from __future__ import annotations
 
@@ -50,8 +51,9 @@ def user_errors(prog: str, extra: tuple[type[BaseException], ...] = ()
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Libraries whose INFO lines are bookkeeping, not news (e.g. TensorFlow's one line per
-# checkpoint shard and per renamed SavedModel input); their warnings and errors still show.
-QUIET_LOGGERS = ("tensorflow", "absl", "h5py", "matplotlib", "PIL")
+# checkpoint shard and per renamed SavedModel input, Beam's runner choice and state
+# cache); their warnings and errors still show.
+QUIET_LOGGERS = ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "apache_beam")
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -370,6 +370,7 @@ def _parser() -> argparse.ArgumentParser:
                "distributed runner). Paths may be local or on any Beam filesystem (gs://...);\n"
                "SavedModel paths must exist on the driver and every worker.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbosity", type=int, default=0, help="1: TF/Beam start-up noise")
     src = p.add_argument_group("source (exactly one)")
     src.add_argument("--data_dir", help="preprocessed TFRecords directory (with --split)")
     src.add_argument("--split", default="train")

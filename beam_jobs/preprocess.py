@@ -389,6 +389,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                     "--temp_location: where the job's work directory goes, default a hidden "
                     "sibling of --output_dir; see README 'Beam jobs on Dataflow, Flink and "
                     "Spark').")
+    p.add_argument("-v", "--verbosity", type=int, default=0, help="1: TF/Beam start-up noise")
     p.add_argument("--source", required=True, choices=SOURCE_KINDS,
                    help="raw input kind (lsun_lmdb and imagenet64_npz: local or mounted paths; "
                         "the others: any Beam filesystem path)")

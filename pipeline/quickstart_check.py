@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", required=True,
                         help="PNG path of the sample grids; _t<T> is added before .png")
     parser.add_argument("--temperatures", default="0,1", help="comma-separated temperatures")
+    parser.add_argument("-v", "--verbosity", type=int, default=0, help="1: TF/Beam start-up noise")
     args = parser.parse_args(argv)
     loaded = tf.saved_model.load(args.saved_model)
     out: dict = {}

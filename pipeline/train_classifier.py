@@ -654,6 +654,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="finish the whole command within this wall time (the schedule "
                              "is compressed when training runs slower than planned)")
     parser.add_argument("--max_steps", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbosity", type=int, default=0, help="1: TF/Beam start-up noise")
     parser.add_argument("--min_accuracy", type=float, default=None,
                         help="fail (exit 1, after exporting) below this eval accuracy")
     args = parser.parse_args(argv)

@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-v", "--verbosity", type=int, default=0, help="1: TF/Beam start-up noise")
     parser.add_argument("--min_accuracy", type=float, default=0.97,
                         help="fail (exit 1) below this held-out accuracy")
     args = parser.parse_args(argv)

@@ -281,6 +281,7 @@ def load_images(paths: Sequence[str], channels: int | None = None) -> list[np.nd
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbosity", type=int, default=0, help="1: TF/Beam start-up noise")
     p.add_argument("--target", choices=("rest", "grpc", "mlflow", "local"), default="rest")
     p.add_argument("--address", default="localhost:8501",
                    help="host:port (TF Serving REST 8501, gRPC 8500), the MLflow server URL, "
