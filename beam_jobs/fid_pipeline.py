@@ -1,13 +1,14 @@
 """The FID feature pipeline: a source's images -> extractor features (RunInference) ->
-FID sufficient statistics, Inception Score statistics, a KID reservoir, a deterministic
-subset of features for precision/recall and the images' distinct shapes, as one Beam
-pipeline (:func:`run_features`).
+FID sufficient statistics, Inception Score statistics, deterministic subsets of features
+for KID and for precision/recall and the images' distinct shapes, as one Beam pipeline
+(:func:`run_features`).
 
 FID statistics are float64 sufficient statistics merged by a CombineFn (O(d^2) memory
-whatever N is), IS per-split softmax statistics, KID a bounded reservoir of features,
-precision/recall the features of the (at most ``pr_samples``) records whose keys hash
-smallest (:func:`~beam_jobs.fid_math.subset_key`: the same subset on every runner).
-The results reach the driver as files (:mod:`beam_jobs.fid_results`).
+whatever N is), IS per-split softmax statistics, KID and precision/recall the features of
+the (at most ``kid_samples`` / ``pr_samples``) records whose keys hash smallest
+(:func:`~beam_jobs.fid_math.subset_key`), in that order: the same subset and order on
+every runner (a reservoir sample differs from run to run and runner to runner, and so
+would KID). The results reach the driver as files (:mod:`beam_jobs.fid_results`).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from beam_jobs import beam_fs, fid_math, fid_results, identity
-from beam_jobs.beam_options import is_local, pipeline_options
+from beam_jobs.beam_options import pipeline_options, workers_share_driver_files
 from beam_jobs.extractor_contract import ExtractorInfo
 from beam_jobs.fid_math import FeatureStatistics
 from beam_jobs.fid_sources import DEFAULT_BATCH_SIZE, ReadImages, Source
@@ -117,13 +118,13 @@ def run_features(source: Source, extractor: ExtractorInfo, *,
     """Runs the Beam pipeline source -> features -> (FID statistics, IS, KID reservoir,
     precision/recall features).
 
-    ``kid_samples`` bounds the feature reservoir kept for KID (0: none), ``pr_samples``
-    the deterministic feature subset kept for precision/recall (all features if there
-    are no more, else those of :data:`PR_SUBSET_RULE`; 0: none). The combined
-    results reach the driver as files under ``work_dir``, else ``--temp_location`` of
-    ``pipeline_args`` (any Beam filesystem path every worker can write, e.g.
-    ``gs://bucket/tmp``), else (local runners only) a local temporary directory; a
-    non-local runner without either is refused. The run's files are deleted afterwards.
+    ``kid_samples`` bounds the features kept for KID (0: none), ``pr_samples`` those kept
+    for precision/recall (0: none); each side keeps all features if there are no more,
+    else those of :data:`PR_SUBSET_RULE`. The combined results reach the driver as files
+    under ``work_dir``, else ``--temp_location`` of ``pipeline_args`` (any Beam
+    filesystem path every worker can write, e.g. ``gs://bucket/tmp``), else (local
+    runners and the Dask runner's own local cluster only) a local temporary directory; a
+    distributed runner without either is refused. The run's files are deleted afterwards.
     """
     start = time.time()
     size = source.size_hint()
@@ -131,7 +132,7 @@ def run_features(source: Source, extractor: ExtractorInfo, *,
     work = work_dir or options.view_as(GoogleCloudOptions).temp_location
     local_tmp = None
     if not work:
-        if not is_local(options):
+        if not workers_share_driver_files(options):
             raise ValueError("beam_jobs.fid on a distributed runner needs --temp_location "
                              "(a directory all workers can write, e.g. gs://bucket/tmp) for "
                              "its combined results")
@@ -150,38 +151,45 @@ def run_features(source: Source, extractor: ExtractorInfo, *,
             beam_fs.delete_tree(local_tmp)
 
 
+def _build(p: beam.Pipeline, read: beam.PTransform, handler, paths: dict[str, str],
+           kid_samples: int, num_splits: int, pr_samples: int) -> None:
+    """Adds the feature pipeline to ``p``: its five results go to the files of ``paths``."""
+    feats = (p | "Read" >> read
+             | "Features" >> RunInference(handler)
+             | "Unpack" >> beam.MapTuple(
+                 lambda key, r: (key, r.inference["pool"], r.inference["logits"],
+                                 np.shape(r.example)))
+             | "Progress" >> beam.ParDo(_Progress()))
+    (feats | "Shape" >> beam.MapTuple(lambda key, pool, logits, shape: shape)
+     | "DistinctShapes" >> beam.CombineGlobally(DistinctShapesCombineFn())
+     | "WriteShapes" >> beam.Map(fid_results.write_shapes, paths["shapes"]))
+    (feats | "Pool" >> beam.MapTuple(lambda key, pool, logits, shape: pool)
+     | "MeanCov" >> beam.CombineGlobally(fid_math.MeanCovCombineFn())
+     | "WriteStats" >> beam.Map(fid_results.write_sufficient, paths["stats"]))
+    (feats | "SplitLogits" >> beam.MapTuple(
+        lambda key, pool, logits, shape, s=num_splits: (_split_index(key, s), logits))
+     | "IS" >> beam.CombineGlobally(fid_math.InceptionScoreCombineFn(num_splits))
+     | "WriteIS" >> beam.Map(fid_results.write_inception_score, paths["is"]))
+    if kid_samples > 0:
+        (feats | "RankForKID" >> beam.MapTuple(
+            lambda key, pool, logits, shape: (fid_math.subset_key(key), pool))
+         | "SubsetForKID" >> beam.CombineGlobally(fid_math.SmallestKeysCombineFn(kid_samples))
+         | "WriteKID" >> beam.Map(fid_results.write_features, paths["kid"]))
+    if pr_samples > 0:
+        (feats | "RankForPR" >> beam.MapTuple(
+            lambda key, pool, logits, shape: (fid_math.subset_key(key), pool))
+         | "SubsetForPR" >> beam.CombineGlobally(fid_math.SmallestKeysCombineFn(pr_samples))
+         | "WritePR" >> beam.Map(fid_results.write_features, paths["pr"]))
+
+
 def _run(source: Source, handler, extractor: ExtractorInfo, options, run_dir: str,
          kid_samples: int, num_splits: int, start: float, pr_samples: int = 0) -> FeatureResult:
     paths = {k: beam_fs.join(run_dir, f"{k}.npz")
              for k in ("stats", "is", "kid", "pr", "shapes")}
-    with beam.Pipeline(options=options) as p:
-        feats = (p | "Read" >> ReadImages(source)
-                 | "Features" >> RunInference(handler)
-                 | "Unpack" >> beam.MapTuple(
-                     lambda key, r: (key, r.inference["pool"], r.inference["logits"],
-                                     np.shape(r.example)))
-                 | "Progress" >> beam.ParDo(_Progress()))
-        (feats | "Shape" >> beam.MapTuple(lambda key, pool, logits, shape: shape)
-         | "DistinctShapes" >> beam.CombineGlobally(DistinctShapesCombineFn())
-         | "WriteShapes" >> beam.Map(fid_results.write_shapes, paths["shapes"]))
-        (feats | "Pool" >> beam.MapTuple(lambda key, pool, logits, shape: pool)
-         | "MeanCov" >> beam.CombineGlobally(fid_math.MeanCovCombineFn())
-         | "WriteStats" >> beam.Map(fid_results.write_sufficient, paths["stats"]))
-        (feats | "SplitLogits" >> beam.MapTuple(
-            lambda key, pool, logits, shape, s=num_splits: (_split_index(key, s), logits))
-         | "IS" >> beam.CombineGlobally(fid_math.InceptionScoreCombineFn(num_splits))
-         | "WriteIS" >> beam.Map(fid_results.write_inception_score, paths["is"]))
-        if kid_samples > 0:
-            (feats | "PoolForKID" >> beam.MapTuple(lambda key, pool, logits, shape: pool)
-             | "Reservoir" >> beam.combiners.Sample.FixedSizeGlobally(kid_samples)
-             | "WriteKID" >> beam.Map(fid_results.write_features, paths["kid"]))
-        if pr_samples > 0:
-            (feats | "RankForPR" >> beam.MapTuple(
-                lambda key, pool, logits, shape: (fid_math.subset_key(key), pool))
-             | "SubsetForPR" >> beam.CombineGlobally(fid_math.SmallestKeysCombineFn(pr_samples))
-             | "WritePR" >> beam.Map(fid_results.write_features, paths["pr"]))
-        result = p.run()
-        result.wait_until_finish()
+    p = beam.Pipeline(options=options)  # no `with`: its exit would run the pipeline again
+    _build(p, ReadImages(source), handler, paths, kid_samples, num_splits, pr_samples)
+    result = p.run()
+    result.wait_until_finish()
     undecodable = 0
     for c in result.metrics().query(
             beam.metrics.MetricsFilter().with_name("undecodable_records"))["counters"]:
