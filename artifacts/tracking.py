@@ -324,7 +324,17 @@ def attached_run(model_dir: str) -> Iterator[str | None]:
 def log_results(model_dir: str, results: dict[str, Any], prefix: str) -> str | None:
     """Logs the numeric entries of an evaluation's ``results`` as MLflow metrics
     ``<prefix>/<name>`` on the run of ``model_dir``, and the whole dict as the JSON
-    artifact ``evaluation/<prefix>.json``; returns the run id (None if the model has none)."""
+    artifact ``evaluation/<prefix>.json``; returns the run id (None if the model has none,
+    or if the store fails: then one warning, and the caller's results stand)."""
+    try:
+        return _log_results(model_dir, results, prefix)
+    except Exception as err:  # noqa: BLE001 -- tracking is never fatal to the evaluation
+        log.warning("MLflow store %s failed, %s results not logged (%s)",
+                    mlflow.get_tracking_uri(), prefix, _first_line(err))
+        return None
+
+
+def _log_results(model_dir: str, results: dict[str, Any], prefix: str) -> str | None:
     with attached_run(model_dir) as run_id:
         if run_id is None:
             log.warning("no MLflow run recorded in %s; results not logged", model_dir)

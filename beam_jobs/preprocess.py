@@ -63,12 +63,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import hashlib
+import json
 import logging
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from typing import Any, Mapping, Sequence
 
@@ -136,6 +142,85 @@ def _work_dir(output_dir: str, temp_location: str | None) -> str:
         return beam_fs.join(beam_fs.absolute(temp_location), f"preprocess-{tag}")
     parent, base = beam_fs.split(output_dir)
     return beam_fs.join(parent, f".{base}.work-{tag}")
+
+
+OWNER_FILE = "owner.json"  # in a work directory: the host and pid of the job using it
+STALE_WORK_AGE_S = 24 * 3600  # a work directory without owner file is stale after a day
+
+
+def _write_owner(work: str) -> None:
+    beam_fs.write_json({"host": socket.gethostname(), "pid": os.getpid()},
+                       beam_fs.join(work, OWNER_FILE))
+
+
+def _owner_gone(work: str) -> bool:
+    """Whether the local work directory ``work`` belongs to no running job: its owner
+    process (on this host) is dead, or it has no owner file and is over a day old."""
+    try:
+        with open(os.path.join(work, OWNER_FILE)) as f:
+            owner = json.load(f)
+    except (OSError, ValueError):
+        return time.time() - os.path.getmtime(work) > STALE_WORK_AGE_S
+    if owner.get("host") != socket.gethostname():
+        return False  # another machine's job: not ours to judge
+    try:
+        os.kill(int(owner.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def remove_stale_work_dirs(output_dir: str) -> list[str]:
+    """Deletes the work directories (``.<output>.work-*`` siblings) that killed jobs left
+    behind (:func:`_owner_gone`); one log line each; returns them. Local output only."""
+    if not beam_fs.is_local(output_dir):
+        return []
+    parent, base = os.path.split(output_dir.rstrip(os.sep))
+    prefix = f".{base}.work-"
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    for name in sorted(names):
+        work = os.path.join(parent, name)
+        if name.startswith(prefix) and os.path.isdir(work) and _owner_gone(work):
+            shutil.rmtree(work, ignore_errors=True)
+            log.info("removed %s, the work directory of a preprocess job that is gone", work)
+            removed.append(work)
+    return removed
+
+
+def dangling_links(plan: SourcePlan) -> list[tuple[str, str]]:
+    """(key, reason) of the image files of a local ``image_folder`` input that are symbolic
+    links to missing files (the folder listing omits them; they are bad records)."""
+    if plan.kind != "image_folder":
+        return []
+    out = []
+    for root in plan.inputs or [plan.input_path]:
+        if not beam_fs.is_local(root):
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                full = os.path.join(dirpath, name)
+                rel = os.path.relpath(full, root).replace(os.sep, "/")
+                if dataset_format.is_image_file(rel) and os.path.islink(full) \
+                        and not os.path.exists(full):
+                    out.append((rel, f"symbolic link to a missing file ({os.readlink(full)})"))
+    return sorted(out)
+
+
+def _add_bad_records(info: dict, extra: list[tuple[str, str]]) -> None:
+    """Adds (key, reason) pairs found by the driver to dataset.json's bad records."""
+    if not extra:
+        return
+    bad = info["bad_records"] + [{"key": k, "reason": r} for k, r in extra]
+    info["bad_records"] = sorted(bad, key=lambda b: b["key"])
+    info["num_bad_records"] = len(info["bad_records"])
+    info["source"]["dangling_symlinks"] = len(extra)
 
 
 def _commit(work: str, output_dir: str, existing: dict[str, int], shard_entries: list[dict],
@@ -257,7 +342,9 @@ def run_preprocess(source: str, input_path: str | Sequence[str] | None, output_d
                          "of bytes")
     output_dir = beam_fs.absolute(output_dir)
     existing = _check_output_dir(output_dir, overwrite)
+    remove_stale_work_dirs(output_dir)
     plan = plan_source(source, input_path, source_options)
+    dangling = dangling_links(plan)
     image_shape = (image_size, image_size, transform.channels)
 
     splits = assign_splits(plan.keys, split_by, validation_fraction or 0.0)
@@ -272,6 +359,7 @@ def run_preprocess(source: str, input_path: str | Sequence[str] | None, output_d
     try:
         for d in (_PLAN_DIR, _PARTS_DIR, _SHARDS_DIR):
             beam_fs.make_dirs(beam_fs.join(work, d))
+        _write_owner(work)
         units = plan_parts(plan, splits, shards, beam_fs.join(work, _PLAN_DIR))
         log.info("preprocess %s %r: %d records in %d work units -> %s (%s, mode %s, work dir "
                  "%s), shards %s", source, plan.input_path, len(plan.keys), len(units),
@@ -280,6 +368,7 @@ def run_preprocess(source: str, input_path: str | Sequence[str] | None, output_d
         plan.info["max_member_bytes"] = int(max_member_bytes)  # -> dataset.json["source"]
         info, entries = _finalize(plan, transform, split_by, validation_fraction, shards,
                                   work, image_shape)
+        _add_bad_records(info, dangling)
         _commit(work, output_dir, existing, entries, info)
     finally:
         beam_fs.delete_tree(work)
@@ -462,9 +551,88 @@ def _source_options(args: argparse.Namespace) -> dict | None:
             "image_key": args.tfds_image_key, "label_key": args.tfds_label_key}
 
 
+PROG = "python -m beam_jobs.preprocess"
+# What a full, read-only or failing disk raises, and how Beam's wrappers spell it.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO, errno.EACCES, errno.EPERM)
+_DISK_TEXTS = ("No space left on device", "Read-only file system", "Disk quota exceeded",
+               "Input/output error")
+
+
+def filesystem_error(err: BaseException) -> str | None:
+    """The one-line reason if ``err`` (or an exception it was raised from, or its text when
+    a Beam runner re-raised it as another type) is a full, read-only or failing disk."""
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _DISK_ERRNOS:
+            where = f" ({cur.filename})" if cur.filename else ""
+            return f"{os.strerror(cur.errno)}{where}"
+        cur = cur.__cause__ or cur.__context__
+    text = str(err)
+    for marker in _DISK_TEXTS:
+        if marker in text:
+            return marker
+    return None
+
+
+def verify_main(argv: Sequence[str]) -> int:
+    """``--verify --output_dir=DIR``: checks an existing data set against its dataset.json
+    (every shard's sha256 and record CRCs, counts, image shape); one line either way."""
+    p = argparse.ArgumentParser(prog=f"{PROG} --verify",
+                                description="Check a data set against its dataset.json.")
+    p.add_argument("--verify", action="store_true", required=True)
+    p.add_argument("--output_dir", required=True, help="the data set directory to check")
+    args = p.parse_args(argv)
+    try:
+        info = dataset_format.read_dataset_info(args.output_dir)
+        done = dataset_format.verify_data_set(info, full=True)
+    except (OSError, ValueError) as e:
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    print(f"verified {args.output_dir}: {done['shards']} shards, {done['records']} records, "
+          f"{done['bytes']} bytes match dataset.json (sha256, record CRCs, counts, image shape)")
+    return 0
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+class _Interrupt:
+    """SIGINT as a flag that survives Beam re-raising the KeyboardInterrupt as another
+    exception (``RuntimeError: KeyboardInterrupt [while running ...]``)."""
+    received = False
+
+    @classmethod
+    def handler(cls, signum, frame) -> None:
+        cls.received = True
+        raise KeyboardInterrupt
+
+
+class _DropDiskErrorTracebacks(logging.Filter):
+    """Drops the log records (with their tracebacks) in which Beam reports a full or
+    read-only disk, or anything after Ctrl-C: :func:`main` says it in one line at the end."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        if _Interrupt.received and record.levelno >= logging.WARNING:
+            return False
+        return not ((err is not None and filesystem_error(err))
+                    or any(m in record.getMessage() for m in _DISK_TEXTS))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
-    args, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
+    if not os.environ.get("AD_TRACEBACK"):
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_DropDiskErrorTracebacks())
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--verify" in argv:
+        return verify_main(argv)
+    args, beam_args = parse_args(argv)
+    signal.signal(signal.SIGINT, _Interrupt.handler)
     try:
         info = run_preprocess(
             args.source, args.input, args.output_dir, args.image_size,
@@ -473,10 +641,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_shards=args.num_shards,
             grayscale=args.grayscale, overwrite=args.overwrite, pipeline_args=beam_args,
             max_member_bytes=args.max_member_bytes, source_options=_source_options(args))
+    except KeyboardInterrupt:  # the work folder is gone (run_preprocess's finally)
+        print(f"{PROG}: interrupted; nothing was committed to {args.output_dir}",
+              file=sys.stderr)
+        return 130
     except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             PermissionError, ValueError) as e:  # user errors: one line, no traceback
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        print(f"python -m beam_jobs.preprocess: error: {lines[0] if lines else type(e).__name__}",
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a full or read-only disk is one line too; anything else a bug
+        if _Interrupt.received:  # Ctrl-C, re-raised by Beam as another exception
+            print(f"{PROG}: interrupted; nothing was committed to {args.output_dir}",
+                  file=sys.stderr)
+            return 130
+        reason = filesystem_error(e)
+        if reason is None or os.environ.get("AD_TRACEBACK"):
+            raise
+        print(f"{PROG}: error: writing the data set {args.output_dir} failed: {reason}",
               file=sys.stderr)
         return 2
     counts = ", ".join(f"{s} {v['count']}" for s, v in info["splits"].items())

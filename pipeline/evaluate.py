@@ -28,7 +28,9 @@ metrics as ``eval/samples_t<T>/<name>``: ``fid``, ``kid_mean``, ``is_mean``,
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from typing import Any
 
@@ -43,6 +45,7 @@ from pipeline import data as data_lib
 from tfp_models import flows, metrics
 from tfp_models.hybrid import HybridModel, row_noise
 
+log = logging.getLogger(__name__)
 BINARIZATION = ("fixed: b_i = 1[u_i < x_i / 255], u_i ~ U[0,1)^D keyed on (image index i "
                 "in the split, seed)")
 
@@ -275,7 +278,6 @@ def main(argv):
     del argv
     setup_logging()
     from artifacts import tracking
-    from artifacts.tracking import log_results
 
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required")
@@ -283,6 +285,32 @@ def main(argv):
     model, step = model_io.load_trained_model(FLAGS.model_dir)
     results: dict[str, Any] = {"model_dir": os.path.abspath(FLAGS.model_dir), "step": step,
                                "variant": model.spec.name}
+    checked = contextlib.nullcontext()
+    if FLAGS.data_dir:  # the shards against dataset.json; a corrupt record: one line
+        checked = data_lib.damaged_data_errors(data_lib.read_checked_dataset_info(FLAGS.data_dir))
+    with checked:
+        _evaluate_data(model, results)
+    _evaluate_samples(results)
+    print(json.dumps(results, indent=2, default=str))
+
+
+def no_bpd_reason(model: HybridModel) -> str | None:
+    """Why ``--data_dir`` gives no bits/dim for ``model`` (None if it does)."""
+    if model.spec.has_likelihood or model.binary:
+        return None
+    return (f"variant {model.spec.name!r} defines no likelihood (a GAN has no density), so "
+            "there are no bits/dim; --data_dir is used only for the latent statistics of "
+            "variants with an encoder")
+
+
+def _evaluate_data(model: HybridModel, results: dict[str, Any]) -> None:
+    """The --data_dir parts of the report: bits/dim (or nats of binarized images), latent
+    use; for a model without likelihood the reason there is no bits/dim."""
+    from artifacts.tracking import log_results
+
+    if FLAGS.data_dir and no_bpd_reason(model):
+        results["bpd_note"] = no_bpd_reason(model)
+        log.warning("%s", results["bpd_note"])
     if FLAGS.data_dir and model.binary:  # binarized images: nats, no 8-bit bits/dim
         results["nll_binarized"] = evaluate_binary_nll(
             model, FLAGS.data_dir, FLAGS.split, FLAGS.batch_size, FLAGS.importance_samples,
@@ -296,6 +324,12 @@ def main(argv):
         results["latent"] = evaluate_latent(model, FLAGS.data_dir, FLAGS.split, FLAGS.batch_size,
                                             FLAGS.seed, FLAGS.max_examples)
         log_results(FLAGS.model_dir, results["latent"], f"eval/{FLAGS.split}/latent")
+
+
+def _evaluate_samples(results: dict[str, Any]) -> None:
+    """FID/KID/IS/precision/recall of --fid_samples samples, if asked for."""
+    from artifacts.tracking import log_results
+
     if FLAGS.fid_samples > 0:
         if not (FLAGS.extractor_path and FLAGS.reference_stats):
             raise app.UsageError("--fid_samples needs --extractor_path and --reference_stats")
@@ -311,7 +345,6 @@ def main(argv):
         results["samples"]["temperature"] = FLAGS.temperature
         log_results(FLAGS.model_dir, results["samples"],
                     f"eval/samples_t{FLAGS.temperature:g}")
-    print(json.dumps(results, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from typing import Any, Sequence
 import numpy as np
 
 DEFAULT_MAX_BATCH = 1024  # serving.signatures.DEFAULT_MAX_BATCH (not imported: no TF here)
+MAX_IMAGE_PIXELS = 4096 * 4096  # pixels of an image to score (the models' are far smaller)
+MAX_SAMPLES = 10000  # sample --n: a grid of 10,000 images; 100,000 took 1.4 GB and minutes
 _OUTPUT_DTYPES = {"images": np.uint8, "log_likelihood_nats": np.float32,
                   "bits_per_dim": np.float32, "iw_bound_nats": np.float32,
                   "iw_bound_stderr_nats": np.float32, "iw_bits_per_dim": np.float32,
@@ -264,13 +266,25 @@ def make_client(target: str, address: str, model_name: str | None = None, fmt: s
     return client
 
 
-def load_images(paths: Sequence[str], channels: int | None = None) -> list[np.ndarray]:
-    """PNG/JPEG files -> uint8 [H, W, C] arrays (C from the file, or forced to 1 or 3)."""
+def load_images(paths: Sequence[str], channels: int | None = None,
+                max_pixels: int = MAX_IMAGE_PIXELS) -> list[np.ndarray]:
+    """PNG/JPEG files -> uint8 [H, W, C] arrays (C from the file, or forced to 1 or 3).
+    An image whose header declares more than ``max_pixels`` pixels (or that PIL calls a
+    decompression bomb) is a ValueError naming it, raised before it is decoded."""
     from PIL import Image
 
     out = []
     for path in paths:
-        with Image.open(path) as img:
+        try:
+            img = Image.open(path)
+        except Image.DecompressionBombError as err:
+            raise ValueError(f"{path}: refused, {err}") from None
+        with img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ValueError(f"{path}: {width}x{height} = {width * height} pixels, over the "
+                                 f"limit of {max_pixels} (--max_pixels); the model scores "
+                                 "images of its own size")
             if channels == 1 or (channels is None and img.mode in ("L", "LA", "I", "1")):
                 arr = np.asarray(img.convert("L"))[..., None]
             else:
@@ -296,7 +310,7 @@ def _parser() -> argparse.ArgumentParser:
                         "sent in chunks")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("sample", help="sample images and write them as a PNG grid")
-    s.add_argument("--n", type=int, default=16)
+    s.add_argument("--n", type=int, default=16, help=f"samples, 1 to {MAX_SAMPLES}")
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0, help="row i uses seed + i")
     s.add_argument("--temperature", type=float, default=1.0)
@@ -305,23 +319,28 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("images", nargs="+")
     c.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="convert images to grey (1) or RGB (3); default: as stored")
+    c.add_argument("--max_pixels", type=int, default=MAX_IMAGE_PIXELS,
+                   help="refuse images of more pixels (checked from the header, before "
+                        f"decoding; default {MAX_IMAGE_PIXELS})")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "sample" and not 1 <= args.n <= MAX_SAMPLES:
+            raise ValueError(f"--n={args.n}: expected 1 to {MAX_SAMPLES} samples (one grid; "
+                             "draw more with several calls and --seed)")
+        if args.command == "score":  # the files first: a bad one costs no connection
+            images = load_images(args.images, args.channels, args.max_pixels)
         client = make_client(args.target, args.address, args.model_name, args.fmt, args.version,
                              args.timeout, args.max_batch)
         if args.command == "sample":
-            if args.n < 1:
-                raise ValueError(f"--n={args.n}: expected a positive number of samples")
             from artifacts.images import save_grid
 
             images = client.sample(np.arange(args.seed, args.seed + args.n), args.temperature)
             print(save_grid(images, args.out))
             return 0
-        images = load_images(args.images, args.channels)
         shapes = {im.shape for im in images}
         if len(shapes) == 1:  # one request for the batch (chunked above max_batch)
             results = client.score(np.stack(images))
