@@ -490,8 +490,13 @@ class RunTracker:
 
     def _put(self, item: dict[str, Any]) -> None:
         if self.run_id is None:
-            if self.model_dir is not None:
-                _append_unsent(self.model_dir, [item])
+            if self.model_dir is not None and not self._stopped:
+                try:
+                    _append_unsent(self.model_dir, [item])
+                except OSError as err:  # a full disk: tracking gives up, training goes on
+                    self._stopped = True
+                    log.warning("cannot keep MLflow calls in %s (%s); later ones are dropped",
+                                self.model_dir, _first_line(err))
             return
         with self._cond:
             self._queue.append(item)
@@ -595,7 +600,13 @@ class RunTracker:
             unsent = [item for item in self._queue if item["kind"] != "end"]
             self._cond.notify_all()
         if unsent and self.model_dir is not None:
-            path = _append_unsent(self.model_dir, unsent)
+            try:
+                path = _append_unsent(self.model_dir, unsent)
+            except OSError as err:
+                log.warning("MLflow store %s still failing at the end of the run and %d calls "
+                            "cannot be kept in %s (%s): they are lost", self.uri, len(unsent),
+                            self.model_dir, _first_line(err))
+                return len(unsent)
             log.warning("MLflow store %s still failing at the end of the run: %d calls "
                         "written to %s (sent by the next run of this model directory that "
                         "reaches the store)", self.uri, len(unsent), path)

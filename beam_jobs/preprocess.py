@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import errno
 import hashlib
 import json
 import logging
@@ -87,7 +86,7 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from artifacts import dataset_format
+from artifacts import dataset_format, fs_errors
 from artifacts.cli import setup_logging
 from beam_jobs import beam_fs, beam_options, tfds_metadata
 from beam_jobs.image_sources import DEFAULT_MAX_MEMBER_BYTES, SOURCE_KINDS, SourcePlan, plan_source
@@ -552,28 +551,9 @@ def _source_options(args: argparse.Namespace) -> dict | None:
 
 
 PROG = "python -m beam_jobs.preprocess"
-# What a full, read-only or failing disk raises, and how Beam's wrappers spell it.
-_DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO, errno.EACCES, errno.EPERM)
-_DISK_TEXTS = ("No space left on device", "Read-only file system", "Disk quota exceeded",
-               "Input/output error")
-
-
-def filesystem_error(err: BaseException) -> str | None:
-    """The one-line reason if ``err`` (or an exception it was raised from, or its text when
-    a Beam runner re-raised it as another type) is a full, read-only or failing disk."""
-    seen: set[int] = set()
-    cur: BaseException | None = err
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, OSError) and cur.errno in _DISK_ERRNOS:
-            where = f" ({cur.filename})" if cur.filename else ""
-            return f"{os.strerror(cur.errno)}{where}"
-        cur = cur.__cause__ or cur.__context__
-    text = str(err)
-    for marker in _DISK_TEXTS:
-        if marker in text:
-            return marker
-    return None
+# A full, read-only or failing disk (artifacts.fs_errors), also when Beam re-raised it.
+filesystem_error = fs_errors.disk_error_reason
+_DISK_TEXTS = fs_errors.DISK_TEXTS
 
 
 def verify_main(argv: Sequence[str]) -> int:

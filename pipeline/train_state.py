@@ -13,6 +13,7 @@ the end of the run (:func:`remove_worker_copies`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import logging
@@ -23,7 +24,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from artifacts import model_io
+from artifacts import fs_errors, model_io
 from pipeline import data as data_lib
 from pipeline.train_config import TrainConfig
 from pipeline.train_input import make_train_dataset
@@ -132,12 +133,34 @@ def save_checkpoint(state: TrainState, step: int) -> str:
     """Checkpoints step ``step``: every worker must call this at the same step. Returns the
     chief's checkpoint path in ``model_dir`` (on a non-chief, whose copy in its temporary
     directory is deleted right away, the path the chief writes)."""
-    path = state.manager.save(checkpoint_number=step)
+    try:
+        path = state.manager.save(checkpoint_number=step)
+    except Exception as err:
+        reason = fs_errors.disk_error_reason(err)
+        if reason is None:
+            raise
+        _remove_partial_save(state.manager.directory, step)
+        latest = state.manager.latest_checkpoint
+        raise fs_errors.DiskError(
+            f"cannot write checkpoint ckpt-{step} in {state.manager.directory!r}: {reason}; "
+            f"the last checkpoint, {os.path.basename(latest) if latest else 'none'}, is kept: "
+            "make room and run again to resume from it") from err
     if state.is_chief:
         return path
     for name in glob.glob(glob.escape(path) + ".*"):
         os.remove(name)
     return os.path.join(state.model_dir, os.path.basename(path))
+
+
+def _remove_partial_save(directory: str, step: int) -> None:
+    """Removes what a failed save of ckpt-``step`` left: its ``ckpt-<step>_temp`` files
+    (the checkpoints written before are not touched)."""
+    for temp in glob.glob(os.path.join(glob.escape(directory), f"ckpt-{step}_temp*")):
+        if os.path.isdir(temp):
+            shutil.rmtree(temp, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(temp)
 
 
 def remove_worker_copies(state: TrainState) -> None:

@@ -37,8 +37,8 @@ from typing import Any, Callable, Mapping
 import tensorflow as tf
 from tqdm import tqdm
 
+from artifacts import fs_errors, model_io
 from artifacts import images as images_lib
-from artifacts import model_io
 from pipeline import data as data_lib
 from pipeline import model_lock
 from pipeline.preemption import SignalGuard, StopAgreement, TrainingInterrupted, save_interrupted
@@ -134,7 +134,8 @@ def train(model_config: HybridConfig | Mapping[str, Any], cfg: TrainConfig,
                          f"(splits: {sorted(info.split_counts)})")
     task = TrainTask(model_config_for_data(model_config, cfg, info), cfg, info, params_to_log,
                      on_step)
-    with data_lib.damaged_data_errors(info):  # a corrupt record: one line naming its shard
+    with data_lib.damaged_data_errors(info), \
+            fs_errors.disk_errors(f"training in {cfg.model_dir!r}"):  # one line, not traces
         if cfg.strategy == "multi_worker" and not model_lock.is_chief():
             return task.run()  # multi-worker non-chiefs do not own the directory
         with model_lock.ModelDirLock(cfg.model_dir):

@@ -1,9 +1,11 @@
 """Fault injection (issue 26 items 6, 7, 10) in ``beam_jobs.preprocess``: a full or
 read-only disk and Ctrl-C are one line (no traceback), killed jobs' work folders are
 cleaned up, symbolic links to missing files are listed as bad records, and ``--verify``
-checks a written data set against its dataset.json."""
+checks a written data set against its dataset.json; training on a disk that fills up
+stops in one line and keeps its last checkpoint."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -152,3 +154,55 @@ def test_verify_mode_checks_a_written_data_set(tmp_path, capsys):
     assert preprocess.main(["--verify", f"--output_dir={out}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"{PROG}: error: shard {shard.name}"), err
+
+
+# --------------------------------------------------------------------------------------
+# Training on a disk that fills up: one line, the last checkpoint kept, no _temp left.
+# --------------------------------------------------------------------------------------
+def _fill(disk) -> None:
+    """Fills ``disk`` up with the file 'filler'."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as err:
+        assert err.errno == errno.ENOSPC, err
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.slow
+def test_a_disk_full_at_a_checkpoint_is_one_line_and_keeps_the_last_one(
+        digits16, mount_tmpfs, capsys, tracking_uri):
+    """The model dir's disk fills up after step 3: the save of ckpt-4 fails as one
+    `error:` line naming the checkpoint, the disk and the kept ckpt-2; no ckpt-4_temp is
+    left and ckpt-2 still loads. Before: a traceback and a ckpt-4_temp folder."""
+    from artifacts import cli, model_io
+    from pipeline import trainer
+    from tfp_models.hybrid import HybridConfig
+
+    from conftest import TINY, TINY_SHAPE, tiny_train_config
+
+    disk = mount_tmpfs("size=8m")
+    model_dir = disk / "m"
+
+    def fill_after_3(step, values):
+        if step == 3:
+            _fill(disk)
+
+    model_cfg = HybridConfig(variant="vae_f", image_shape=TINY_SHAPE, **TINY)
+    cfg = tiny_train_config(digits16, model_dir, tracking_uri, train_steps=4)
+    main = cli.user_errors("python -m pipeline.train")(
+        lambda: trainer.train(model_cfg, cfg, on_step=fill_after_3))
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if "error" in ln.lower()]
+    assert "Traceback" not in err and len(errors) == 1, err[-3000:]
+    assert errors[0].startswith("python -m pipeline.train: error: cannot write checkpoint "
+                                f"ckpt-4 in '{model_dir}': No space left on device"), errors
+    assert "ckpt-2, is kept" in errors[0], errors
+    assert not list(model_dir.glob("ckpt-4_temp*"))
+    os.remove(disk / "filler")
+    assert model_io.load_trained_model(str(model_dir))[1] == 2
