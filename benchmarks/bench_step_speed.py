@@ -1,15 +1,26 @@
-"""Benchmark: FLOPs, time and utilisation of one training step, XLA vs oneDNN (no XLA).
+"""Benchmark: FLOPs, time and utilisation of one training step: XLA vs oneDNN (no XLA),
+separate vs fused network calls.
 
     python benchmarks/bench_step_speed.py [--configs quickstart,cifar10_cpu,cifar10_cpu_k3] \
-        [--block_steps 10] [--repeats 5] [--out benchmarks/results/bench_step_speed.txt]
+        [--block_steps 8] [--repeats 4] [--out benchmarks/results/bench_step_speed.txt]
 
 For each configuration the minimal step of ``benchmarks/bench_train_step.py`` (the
-trainer's losses and updates, nothing else) is built twice on the same model: A compiled
-with XLA (``jit_compile=True``, the default before 2026-12-06), B without (oneDNN's
-kernels; today's CPU default, ``pipeline.train_step.DEFAULT_JIT_BY_DEVICE``). Both run on
-the same pre-made batches (the input pipeline is not timed), in interleaved blocks of
-``--block_steps`` steps; medians of the per-step times and of the per-pair ratios are
-printed.
+trainer's losses and updates, nothing else) is built four times on the same model:
+
+- ``xla_separate``: XLA (``jit_compile=True``) and separate decoder and discriminator calls
+  (the default before 2026-12-06: the baseline every ratio is against);
+- ``onednn_separate``: no XLA (oneDNN's kernels), separate calls;
+- ``onednn_fused``: no XLA, one decoder call for the posterior's and the prior's latents and
+  one discriminator call for real and fake (today's CPU default:
+  ``pipeline.train_step.DEFAULT_JIT_BY_DEVICE`` and ``HybridModel.
+  mle_loss_and_adversarial_samples``);
+- ``xla_fused``: XLA with the fused calls.
+
+All run on the same pre-made batches (the input pipeline is not timed), in interleaved
+blocks of ``--block_steps`` steps (the order rotates every repeat); medians of the per-step
+times and of the per-block ratios are printed, so each change is also measured on its own
+(XLA: ``onednn_separate`` vs ``xla_separate``; fusion: ``onednn_fused`` vs
+``onednn_separate``).
 
 FLOPs per step: TF's registered op statistics over the traced step's graph
 (``tf.compat.v1.profiler``, float operations; ops without statistics count 0). Peaks are
@@ -90,8 +101,14 @@ def peaks() -> dict[str, float]:
     return out
 
 
+# name: (jit_compile, one_pass); the first is the baseline of every ratio.
+STEP_VARIANTS = {"xla_separate": (True, False), "onednn_separate": (False, False),
+                 "onednn_fused": (False, True), "xla_fused": (True, True)}
+BASELINE, DEFAULT = "xla_separate", "onednn_fused"
+
+
 def build(name: str, data_dir: str, tmp: str, n_batches: int):
-    """(model config, minimal step without XLA, with XLA, pre-made batches)."""
+    """(model config, train config, {variant: minimal step}, pre-made batches)."""
     cfg_file, _, extra = CONFIGS[name]
     fv = flags.FlagValues()
     config_flags.define_train_flags(fv)
@@ -108,20 +125,47 @@ def build(name: str, data_dir: str, tmp: str, n_batches: int):
     model.data_init(flows.dequantize_images(batches[0]["images"], batches[0]["dequant"]),
                     batches[0].get("prior"))
     steps = {}
-    for jit in (False, True):
+    for variant, (jit, one_pass) in STEP_VARIANTS.items():
         g_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.adam_beta1)
         d_opt = keras.optimizers.Adam(cfg.disc_learning_rate, beta_1=cfg.disc_adam_beta1,
                                       beta_2=cfg.disc_adam_beta2)
         run_cfg = dataclasses.replace(cfg, jit_compile=jit)
-        steps[jit] = minimal_step_fn(model, run_cfg, g_opt, d_opt)
+        steps[variant] = minimal_step_fn(model, run_cfg, g_opt, d_opt, one_pass=one_pass)
     return model_config, cfg, steps, batches
+
+
+def time_interleaved(steps: dict, batches: list, repeats: int, block_steps: int):
+    """Per-step times {variant: [s]} and per-repeat block medians {variant: [s]}; the
+    variants' blocks alternate and their order rotates every repeat."""
+    names = list(steps)
+    times = {v: [] for v in names}
+    blocks = {v: [] for v in names}
+    for r in range(repeats):
+        for v in names[r % len(names):] + names[:r % len(names)]:
+            stamps = [time.perf_counter()]
+            for i in range(block_steps):
+                float(steps[v](batches[i % len(batches)]))
+                stamps.append(time.perf_counter())
+            block = [b - a for a, b in zip(stamps, stamps[1:])]
+            times[v].extend(block)
+            blocks[v].append(statistics.median(block))
+    return times, blocks
+
+
+def ratio_line(blocks: dict, times: dict, slow: str, fast: str) -> str:
+    """Time of ``slow`` / time of ``fast`` (> 1: ``fast`` is faster), by medians and by the
+    median of the per-repeat ratios."""
+    pairs = [a / b for a, b in zip(blocks[slow], blocks[fast])]
+    return (f"  speed-up of {fast} over {slow}: "
+            f"{statistics.median(times[slow]) / statistics.median(times[fast]):.3f}x (medians); "
+            f"median of per-repeat ratios {statistics.median(pairs):.3f}x")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", default=",".join(CONFIGS))
-    p.add_argument("--block_steps", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--block_steps", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--out", default="")
     args = p.parse_args()
     names = [c for c in args.configs.split(",") if c]
@@ -138,37 +182,26 @@ def main() -> int:
         if kind not in data:
             data[kind] = make_data(kind, tmp)
         model_config, cfg, steps, batches = build(name, data[kind], tmp, 8)
-        flops = profiler_total(steps[False].get_concrete_function(batches[0]).graph)
-        for step in steps.values():  # compile both before timing
+        flops = profiler_total(steps[DEFAULT].get_concrete_function(batches[0]).graph)
+        for step in steps.values():  # compile every variant before timing
             for b in batches[:2]:
                 float(step(b))
-        times: dict[bool, list[float]] = {False: [], True: []}
-        ratios = []
-        for _ in range(args.repeats):
-            block = {}
-            for jit in (True, False):
-                stamps = [time.perf_counter()]
-                for i in range(args.block_steps):
-                    float(steps[jit](batches[i % len(batches)]))
-                    stamps.append(time.perf_counter())
-                block[jit] = [b - a for a, b in zip(stamps, stamps[1:])]
-                times[jit].extend(block[jit])
-            ratios.append(statistics.median(block[True]) / statistics.median(block[False]))
+        times, blocks = time_interleaved(steps, batches, args.repeats, args.block_steps)
         loads.append(os.getloadavg()[0])
-        xla, onednn = statistics.median(times[True]), statistics.median(times[False])
         gflops = flops / 1e9
-        lines += [
-            f"{name} ({CONFIGS[name][0]} {' '.join(CONFIGS[name][2])}; {model_config.variant}, "
-            f"batch {cfg.batch_size}): {gflops:.1f} GFLOP per step",
-            f"  XLA     {xla * 1e3:8.1f} ms/step  {gflops / xla:6.1f} GFLOP/s",
-            f"  no XLA  {onednn * 1e3:8.1f} ms/step  {gflops / onednn:6.1f} GFLOP/s  = "
-            f"{100 * gflops / onednn / peak['matmul float32']:.0f} % of the fp32 matmul peak, "
-            f"{100 * gflops / onednn / peak['conv float32']:.0f} % of the fp32 conv peak, "
-            f"{100 * gflops / onednn / peak['conv bfloat16']:.0f} % of the bf16 conv peak",
-            f"  XLA / no XLA: {xla / onednn:.3f}x (medians); median of per-pair ratios "
-            f"{statistics.median(ratios):.3f}x over {args.repeats} interleaved pairs of "
-            f"{args.block_steps}-step blocks"]
-        print("\n".join(lines[-4:]), flush=True)
+        lines.append(f"{name} ({CONFIGS[name][0]} {' '.join(CONFIGS[name][2])}; "
+                     f"{model_config.variant}, batch {cfg.batch_size}): {gflops:.1f} GFLOP per step")
+        for v in steps:
+            sec = statistics.median(times[v])
+            lines.append(
+                f"  {v:16s}{sec * 1e3:8.1f} ms/step {gflops / sec:6.1f} GFLOP/s = "
+                f"{100 * gflops / sec / peak['matmul float32']:.0f} % of the fp32 matmul peak, "
+                f"{100 * gflops / sec / peak['conv float32']:.0f} % of fp32 conv, "
+                f"{100 * gflops / sec / peak['conv bfloat16']:.0f} % of bf16 conv")
+        lines += [ratio_line(blocks, times, BASELINE, v) for v in steps if v != BASELINE]
+        lines += [ratio_line(blocks, times, "onednn_separate", "onednn_fused"),
+                  f"  ({args.repeats} repeats of {args.block_steps}-step blocks per variant)"]
+        print("\n".join(lines[-(2 * len(steps) + 2):]), flush=True)
     cpus = os.cpu_count() or 1
     lines.append(f"1-minute load average {min(loads):.2f}-{max(loads):.2f} on {cpus} CPUs: "
                  f"machine {'idle' if max(loads) < 0.25 * cpus else 'NOT idle'}")

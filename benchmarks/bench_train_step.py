@@ -47,25 +47,56 @@ TIMED_OUT_SCHEDULES = ["--validation_every=0", "--checkpoint_every=1000000",
                        "--sample_every=1000000"]
 
 
-def minimal_step_fn(model: HybridModel, cfg, g_opt, d_opt):
+def separate_discriminator_losses(model: HybridModel, real, fake, mix) -> tf.Tensor:
+    """The discriminator loss [N] as computed before 2026-12-06: D(real) and D(fake) in two
+    calls, R1 by a third (the same math as ``HybridModel.discriminator_losses``)."""
+    fake = tf.stop_gradient(fake)
+    d_real, d_fake = model.discriminator(real), model.discriminator(fake)
+    if model.spec.adversarial == "wgan":
+        loss = d_fake - d_real
+    else:
+        loss = tf.nn.softplus(-d_real) + tf.nn.softplus(d_fake)
+    penalty = model.config.gradient_penalty
+    if model.spec.adversarial == "wgan" and penalty == "none":
+        penalty = "wgan-gp"
+    if penalty == "r1":
+        loss += 0.5 * model.config.gp_weight * model._grad_sq_norm(real)
+    elif penalty == "wgan-gp":
+        point = mix * real + (1.0 - mix) * fake
+        loss += model.config.gp_weight * (tf.sqrt(model._grad_sq_norm(point) + 1e-12) - 1.0) ** 2
+    return loss
+
+
+def minimal_step_fn(model: HybridModel, cfg, g_opt, d_opt, one_pass: bool = True):
     """The hand-written step: the trainer's losses and updates, without a strategy,
-    gradient norms or metrics. Returns the generator's loss (nats per image)."""
+    gradient norms or metrics. Returns the generator's loss (nats per image).
+
+    ``one_pass``: the trainer's step (one decoder call for the posterior's and the prior's
+    latents, one discriminator call for real and fake); False = the step before
+    2026-12-06 (separate calls), the baseline of ``bench_step_speed.py``."""
     spec, scale = model.spec, 1.0 / cfg.batch_size
+    d_losses = model.discriminator_losses if one_pass else (
+        lambda real, fake, mix: separate_discriminator_losses(model, real, fake, mix))
 
     def step(batch):
         x = flows.dequantize_images(batch["images"], batch["dequant"])
         with tf.GradientTape() as tape:
             total = tf.zeros(tf.shape(x)[:1])
-            if spec.mle:
-                total += model.mle_training_loss(x, batch.get("posterior"),
-                                                 batch["kl_weight"])["loss"]
+            if spec.mle and spec.adversarial and one_pass:
+                terms, fake = model.mle_loss_and_adversarial_samples(
+                    x, batch.get("posterior"), batch["kl_weight"], batch["prior"])
+                total += terms["loss"]
+            else:
+                if spec.mle:
+                    total += model.mle_training_loss(x, batch.get("posterior"),
+                                                     batch["kl_weight"])["loss"]
+                if spec.adversarial:
+                    fake = model.adversarial_samples(batch["prior"])
             if spec.adversarial:
-                fake = model.adversarial_samples(batch["prior"])
                 real = model.discriminator_real_inputs(batch["images"], x)
                 for _ in range(cfg.disc_steps):
                     with tf.GradientTape() as d_tape:
-                        d_loss = tf.reduce_sum(
-                            model.discriminator_losses(real, fake, batch["mix"])) * scale
+                        d_loss = tf.reduce_sum(d_losses(real, fake, batch["mix"])) * scale
                     d_opt.apply_gradients(zip(d_tape.gradient(d_loss, model.discriminator_variables),
                                               model.discriminator_variables))
                 adv = model.generator_adversarial_losses(fake)

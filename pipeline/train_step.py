@@ -4,6 +4,12 @@
 Losses are per-example sums (nats per image) divided by the global batch size, so the
 replicas' gradients add up to those of the whole batch; the returned metrics are summed
 over replicas the same way (per-image means of the global batch).
+
+Variants trained by both objectives decode the posterior's and the prior's latents in one
+decoder call, and the discriminator sees real and fake images in one call
+(:meth:`~tfp_models.hybrid.HybridModel.mle_loss_and_adversarial_samples`,
+:meth:`~tfp_models.hybrid.HybridModel.discriminator_losses`); the networks are per-example,
+so values and gradients are those of separate calls (tests/test_hybrid.py).
 """
 from __future__ import annotations
 
@@ -20,14 +26,14 @@ log = logging.getLogger(__name__)
 
 
 # Whether XLA compiles the training step when --jit_compile is not given, by the type of
-# the strategy's devices. CPU: off. Measured on the 2-core AMD Zen 4 development machine
-# (benchmarks/bench_train_step.py, minimal step, interleaved, medians): oneDNN without XLA
-# was 1.12x faster for the quickstart step at batch 32, 1.22x at batch 64 and 1.30x for
-# the CIFAR-10 CPU step with 3x3 couplings; XLA's CPU convolutions are slower than
-# oneDNN's and it inserts transposes (35 % of op time). benchmarks/bench_step_speed.py on a
-# loaded machine (2026-12-06): 1.40x (quickstart) and 1.10x (cifar10_cpu.cfg) for no XLA,
-# but 0.95x for the 3x3 CIFAR step: re-measure idle. GPU: on, Keras' own default for
-# fit() there (not measured here: no GPU on the development machine).
+# the strategy's devices. CPU: off. The issue's idle measurement on a 2-core AMD Zen 4
+# (minimal step, interleaved, medians): oneDNN without XLA 1.12x faster for the quickstart
+# step at batch 32, 1.22x at batch 64, 1.30x for the CIFAR-10 CPU step with 3x3 couplings.
+# On the 2-core AVX2 EPYC development VM (benchmarks/bench_step_speed.py, 2026-12-06, not
+# idle: load 4.8-8.2): 1.95x for quickstart and 1.11x for configs/cifar10_cpu.cfg (1x1
+# couplings), but 0.78x (XLA faster) for the 3x3 CIFAR step, where the flow's 3x3 convs
+# dominate; pass --jit_compile=true for 3x3 flows on such a CPU. GPU: on, Keras' own
+# default for fit() there (not measured here: no GPU on the development machine).
 DEFAULT_JIT_BY_DEVICE = {"CPU": False, "GPU": True}
 
 
@@ -77,13 +83,18 @@ class StepFunctions:
         g_vars = model.generator_variables
         with tf.GradientTape() as tape:
             total = tf.zeros(tf.shape(x)[:1])
-            if spec.mle:
+            if spec.mle and spec.adversarial:  # one decoder call for both latent batches
+                terms, fake = model.mle_loss_and_adversarial_samples(
+                    x, batch.get("posterior"), batch["kl_weight"], batch["prior"])
+            elif spec.mle:
                 terms = model.mle_training_loss(x, batch.get("posterior"), batch["kl_weight"])
+            elif spec.adversarial:
+                fake = model.adversarial_samples(batch["prior"])
+            if spec.mle:
                 total += terms["loss"]
             if spec.adversarial:
                 # One batch of samples x_s serves both updates: D learns on it first (no
                 # gradient to G), then G's loss uses the updated D (alternating updates).
-                fake = model.adversarial_samples(batch["prior"])
                 real = model.discriminator_real_inputs(batch["images"], x)
                 for _ in range(self.cfg.disc_steps):
                     with tf.GradientTape() as d_tape:

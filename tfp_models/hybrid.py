@@ -192,13 +192,16 @@ class HybridModel(keras.Model):
 
     # ------------------------------------------------------------------ likelihood
 
-    def log_weights(self, x: tf.Tensor, num_samples: int = 1, eps: tf.Tensor | None = None):
+    def log_weights(self, x: tf.Tensor, num_samples: int = 1, eps: tf.Tensor | None = None,
+                    extra_z: tf.Tensor | None = None):
         """Importance log-weights ln p(x, z_k) - ln q(z_k|x), [K, N] nats, with z_k ~ q.
 
         Also returns the terms: ``recon`` [K, N] = ln N(f(x); mu(z_k), sigma(z_k)) (Bernoulli
         decoder: ln p(b|z_k) of the binarized x), ``log_prior`` and ``log_q`` [K, N],
         ``log_det`` [N] = ln |det df/dx| (0 for the Bernoulli decoder).
         ``eps`` [N, K, d] (or None) is the posterior's standard normal noise.
+        ``extra_z`` [M, d] (or None): more latents decoded in the same decoder call (the
+        decoder is per-example: no batch statistics); their output is ``extra_decoded``.
         """
         if not self.spec.latent or self.encoder is None:
             raise ValueError(f"variant {self.spec.name!r} has no encoder/posterior")
@@ -211,7 +214,15 @@ class HybridModel(keras.Model):
             eps = tf.transpose(eps, (1, 0, 2))
         z, log_q = self.posterior.sample_and_log_prob(params, num_samples, eps)
         k, n = tf.shape(z)[0], tf.shape(z)[1]
-        out = self.decoder(tf.reshape(z, (-1, self.config.latent_dim)))
+        flat_z = tf.reshape(z, (-1, self.config.latent_dim))
+        extra_decoded = None
+        if extra_z is None:
+            out = self.decoder(flat_z)
+        else:
+            m = tf.shape(flat_z)[0]
+            both = self.decoder(tf.concat([flat_z, tf.cast(extra_z, flat_z.dtype)], 0))
+            out = tf.nest.map_structure(lambda t: t[:m], both)
+            extra_decoded = tf.nest.map_structure(lambda t: t[m:], both)
         target_shape = tf.shape(out) if self.binary else tf.shape(out[0])
         y_k = tf.reshape(tf.broadcast_to(y, tf.concat([[k], tf.shape(y)], 0)), target_shape)
         if self.binary:
@@ -220,18 +231,21 @@ class HybridModel(keras.Model):
             recon = tf.reshape(gaussian_log_prob(y_k, *out), (k, n))
         log_prior = self.prior.log_prob(z)
         return {"log_w": recon + log_prior - log_q + log_det, "recon": recon,
-                "log_prior": log_prior, "log_q": log_q, "log_det": log_det, "params": params}
+                "log_prior": log_prior, "log_q": log_q, "log_det": log_det, "params": params,
+                "extra_decoded": extra_decoded}
 
-    def mle_terms(self, x: tf.Tensor, eps: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    def mle_terms(self, x: tf.Tensor, eps: tf.Tensor | None = None,
+                  extra_z: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         """Per-image terms of the MLE objective, each [N] nats: ``nll`` (= L_MLE, an upper
         bound on -ln p(x); exact for the flow variants; -ln P(b) of the binarized image for
-        the Bernoulli decoder), ``recon``, ``kl``, ``log_det``."""
+        the Bernoulli decoder), ``recon``, ``kl``, ``log_det``; ``extra_decoded`` as
+        :meth:`log_weights` gives it for ``extra_z`` (latent variants)."""
         if not self.spec.latent:
             y, log_det = self.flow.forward_and_log_det(x)
             prior = standard_normal_log_prob(tf.reshape(y, (tf.shape(y)[0], -1)))
             return {"nll": -(prior + log_det), "recon": -prior,
                     "kl": tf.zeros_like(log_det), "log_det": log_det}
-        terms = self.log_weights(x, 1, eps)
+        terms = self.log_weights(x, 1, eps, extra_z)
         recon = terms["recon"][0]
         if self.has_analytic_kl:
             kl_dims = self.posterior.analytic_kl_per_dim(terms["params"])
@@ -240,7 +254,8 @@ class HybridModel(keras.Model):
             kl = terms["log_q"][0] - terms["log_prior"][0]
             kl_dims = None
         return {"nll": -recon + kl - terms["log_det"], "recon": -recon, "kl": kl,
-                "log_det": terms["log_det"], "kl_dims": kl_dims}
+                "log_det": terms["log_det"], "kl_dims": kl_dims,
+                "extra_decoded": terms["extra_decoded"]}
 
     @property
     def has_analytic_kl(self) -> bool:
@@ -250,12 +265,13 @@ class HybridModel(keras.Model):
                 and self.prior.is_standard)
 
     def mle_training_loss(self, x: tf.Tensor, eps: tf.Tensor | None = None,
-                          kl_weight: tf.Tensor | float = 1.0) -> dict[str, tf.Tensor]:
+                          kl_weight: tf.Tensor | float = 1.0,
+                          extra_z: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         """:meth:`mle_terms` plus ``loss`` [N] nats, the MLE part of the training objective:
         -recon + kl_weight * KL_fb - log_det, where KL_fb = sum_j max(free_bits, KL_j)
         (for flow posteriors, without per-dimension KLs: max(free_bits * d, KL)).
         With kl_weight = 1 and free_bits = 0 it is ``nll`` = L_MLE exactly."""
-        terms = self.mle_terms(x, eps)
+        terms = self.mle_terms(x, eps, extra_z)
         if not self.spec.latent:
             return {**terms, "loss": terms["nll"]}
         kl, fb = terms["kl"], self.config.free_bits
@@ -360,6 +376,26 @@ class HybridModel(keras.Model):
             y, _ = self.decoder(self.prior.from_noise(prior_noise))
         else:
             y = prior_noise
+        return self._discriminator_fakes(y)
+
+    def mle_loss_and_adversarial_samples(self, x: tf.Tensor, eps: tf.Tensor | None,
+                                         kl_weight: tf.Tensor | float,
+                                         prior_noise: tf.Tensor) -> tuple[dict, tf.Tensor]:
+        """(:meth:`mle_training_loss` of ``x``, :meth:`adversarial_samples` of
+        ``prior_noise``) for variants trained by both. Latent variants (Gaussian decoder)
+        decode the posterior's and the prior's latents in one decoder call of 2N rows
+        instead of two calls of N; the decoder is per-example, so the values and gradients
+        are those of the two calls."""
+        if not self.spec.latent or self.binary:
+            return (self.mle_training_loss(x, eps, kl_weight),
+                    self.adversarial_samples(prior_noise))
+        terms = self.mle_training_loss(x, eps, kl_weight,
+                                       extra_z=self.prior.from_noise(prior_noise))
+        mu, _ = terms["extra_decoded"]
+        return terms, self._discriminator_fakes(mu)
+
+    def _discriminator_fakes(self, y: tf.Tensor) -> tf.Tensor:
+        """f^-1(y) prepared as ``disc_inputs`` says, [N, H, W, C]."""
         if self.config.disc_inputs == "quantized":
             return flows.straight_through_quantize(self.features_to_images(y, clip=False))
         return self.features_to_images(y)
@@ -392,16 +428,24 @@ class HybridModel(keras.Model):
         """Per-example discriminator loss [N]: BCE on real vs fake (log-ratio variants) or
         the WGAN critic loss, plus the configured gradient penalty."""
         fake = tf.stop_gradient(fake)
-        d_real, d_fake = self.discriminator(real), self.discriminator(fake)
+        penalty = self.config.gradient_penalty
+        if self.spec.adversarial == "wgan" and penalty == "none":
+            penalty = "wgan-gp"  # a WGAN critic needs its Lipschitz penalty
+        # Real and fake in one discriminator call of 2N rows (D is per-example); with R1
+        # the same call gives dD(real)/d real.
+        n = tf.shape(real)[0]
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(real)
+            logits = self.discriminator(tf.concat([real, tf.cast(fake, real.dtype)], 0))
+            d_real, d_fake = logits[:n], logits[n:]
+            d_real_sum = tf.reduce_sum(d_real)
         if self.spec.adversarial == "wgan":
             loss = d_fake - d_real
         else:
             loss = tf.nn.softplus(-d_real) + tf.nn.softplus(d_fake)
-        penalty = self.config.gradient_penalty
-        if self.spec.adversarial == "wgan" and penalty == "none":
-            penalty = "wgan-gp"  # a WGAN critic needs its Lipschitz penalty
         if penalty == "r1":
-            loss += 0.5 * self.config.gp_weight * self._grad_sq_norm(real)
+            grad = tape.gradient(d_real_sum, real)
+            loss += 0.5 * self.config.gp_weight * tf.reduce_sum(grad ** 2, axis=[1, 2, 3])
         elif penalty == "wgan-gp":
             if mix is None:
                 mix = tf.random.uniform((tf.shape(real)[0], 1, 1, 1))
