@@ -303,7 +303,7 @@ def _connect(options: PipelineOptions):
     workers = local.dask_num_workers or os.cpu_count() or 1
     cluster = distributed.LocalCluster(
         n_workers=workers, threads_per_worker=local.dask_threads_per_worker, processes=True,
-        host="127.0.0.1", dashboard_address=None)
+        host="127.0.0.1", dashboard_address=":0")
     try:
         return distributed.Client(cluster, **dask_opts), cluster
     except BaseException:

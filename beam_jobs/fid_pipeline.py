@@ -1,4 +1,5 @@
-"""The FID feature pipeline: a source's images -> extractor features (RunInference) ->
+"""The FID feature pipeline: a source's images -> extractor features (in deterministic
+batches: :class:`~beam_jobs.fid_sources.BatchInference`) ->
 FID sufficient statistics, Inception Score statistics, deterministic subsets of features
 for KID and for precision/recall and the images' distinct shapes, as one Beam pipeline
 (:func:`run_features`).
@@ -22,14 +23,13 @@ from typing import Any, Iterator, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from beam_jobs import beam_fs, fid_math, fid_results, identity
 from beam_jobs.beam_options import pipeline_options, workers_share_driver_files
 from beam_jobs.extractor_contract import ExtractorInfo
 from beam_jobs.fid_math import FeatureStatistics
-from beam_jobs.fid_sources import DEFAULT_BATCH_SIZE, ReadImages, Source
+from beam_jobs.fid_sources import DEFAULT_BATCH_SIZE, BatchInference, ReadImages, Source
 from beam_jobs.inference_handlers import features_model_handler
 
 log = logging.getLogger(__name__)
@@ -140,10 +140,10 @@ def run_features(source: Source, extractor: ExtractorInfo, *,
     run_dir = beam_fs.join(beam_fs.absolute(work), f"fid-run-{uuid.uuid4().hex[:12]}")
     log.info("FID features of %s with %s (%s); %d image(s) expected; results in %s",
              source.describe(), extractor.name, extractor.saved_model_dir, size, run_dir)
-    handler = KeyedModelHandler(features_model_handler(
-        extractor.saved_model_dir, batch_size=batch_size))
+    features = BatchInference(features_model_handler(extractor.saved_model_dir, batch_size),
+                              batch_size, size)
     try:
-        return _run(source, handler, extractor, options, run_dir, kid_samples, num_splits,
+        return _run(source, features, extractor, options, run_dir, kid_samples, num_splits,
                     start, pr_samples)
     finally:
         beam_fs.delete_tree(run_dir)
@@ -151,11 +151,12 @@ def run_features(source: Source, extractor: ExtractorInfo, *,
             beam_fs.delete_tree(local_tmp)
 
 
-def _build(p: beam.Pipeline, read: beam.PTransform, handler, paths: dict[str, str],
+def _build(p: beam.Pipeline, read: beam.PTransform, features: beam.PTransform,
+           paths: dict[str, str],
            kid_samples: int, num_splits: int, pr_samples: int) -> None:
     """Adds the feature pipeline to ``p``: its five results go to the files of ``paths``."""
     feats = (p | "Read" >> read
-             | "Features" >> RunInference(handler)
+             | "Features" >> features
              | "Unpack" >> beam.MapTuple(
                  lambda key, r: (key, r.inference["pool"], r.inference["logits"],
                                  np.shape(r.example)))
@@ -182,12 +183,12 @@ def _build(p: beam.Pipeline, read: beam.PTransform, handler, paths: dict[str, st
          | "WritePR" >> beam.Map(fid_results.write_features, paths["pr"]))
 
 
-def _run(source: Source, handler, extractor: ExtractorInfo, options, run_dir: str,
+def _run(source: Source, features: beam.PTransform, extractor: ExtractorInfo, options, run_dir: str,
          kid_samples: int, num_splits: int, start: float, pr_samples: int = 0) -> FeatureResult:
     paths = {k: beam_fs.join(run_dir, f"{k}.npz")
              for k in ("stats", "is", "kid", "pr", "shapes")}
     p = beam.Pipeline(options=options)  # no `with`: its exit would run the pipeline again
-    _build(p, ReadImages(source), handler, paths, kid_samples, num_splits, pr_samples)
+    _build(p, ReadImages(source), features, paths, kid_samples, num_splits, pr_samples)
     result = p.run()
     result.wait_until_finish()
     undecodable = 0

@@ -4,6 +4,12 @@ A source reads to a PCollection of ``(key, uint8 image [H, W, C])``; keys are th
 key (TFRecords), the path relative to the folder (image folders) or the sample index
 ``i`` in [0, N) (samples, drawn with seed ``seed + i`` in batches of ``batch_size``).
 :class:`ReadImages` applies any source's transform.
+
+Models (generators here, the extractor in :mod:`beam_jobs.fid_pipeline`) run through
+:class:`BatchInference`: batches whose members and order depend only on the keys, so
+every image and feature vector is bit-identical on every runner and run (float32 conv
+outputs change by ~1e-7 with a batch's composition, and Beam's RunInference batches
+whatever a bundle holds).
 """
 from __future__ import annotations
 
@@ -11,17 +17,20 @@ import abc
 import dataclasses
 import io
 import logging
+import math
 import os
-from typing import Iterator, Union
+from typing import Any, Iterator, Union
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.utils import shared
 
 from artifacts import dataset_format
 from beam_jobs import beam_fs
 from beam_jobs.extractor_contract import SAMPLE_SIGNATURE, check_signature
+from beam_jobs.fid_math import subset_key
 from beam_jobs.inference_handlers import ModelDirSamplerHandler, sampler_model_handler
 from beam_jobs.raw_source import DEFAULT_MAX_MEMBER_BYTES
 
@@ -232,8 +241,8 @@ class _GeneratorSource(ImageSource):
     batch_size: int
 
     @abc.abstractmethod
-    def model_handler(self) -> KeyedModelHandler:
-        """RunInference handler: (i, int64 seed) -> (i, uint8 image [H, W, C])."""
+    def model_handler(self) -> ModelHandler:
+        """Model handler: int64 seed -> uint8 image [H, W, C]."""
 
     def _check_counts(self) -> None:
         if self.num_samples < 1:
@@ -273,9 +282,9 @@ class SampleSource(_GeneratorSource):
         check_signature(self.saved_model_dir, SAMPLE_SIGNATURE,
                         {"seed": "int64", "temperature": "float32"})
 
-    def model_handler(self) -> KeyedModelHandler:
-        return KeyedModelHandler(sampler_model_handler(
-            self.saved_model_dir, batch_size=self.batch_size, temperature=self.temperature))
+    def model_handler(self) -> ModelHandler:
+        return sampler_model_handler(self.saved_model_dir, batch_size=self.batch_size,
+                                     temperature=self.temperature)
 
     def describe(self) -> str:
         return f"{self.num_samples} samples of {self.saved_model_dir} ({self._seeds()})"
@@ -301,9 +310,9 @@ class ModelDirSampleSource(_GeneratorSource):
                                     f"{model_io.CONFIG_FILE}; expected one written by "
                                     "pipeline.train")
 
-    def model_handler(self) -> KeyedModelHandler:
-        return KeyedModelHandler(ModelDirSamplerHandler(
-            self.model_dir, batch_size=self.batch_size, temperature=self.temperature))
+    def model_handler(self) -> ModelHandler:
+        return ModelDirSamplerHandler(self.model_dir, batch_size=self.batch_size,
+                                      temperature=self.temperature)
 
     def describe(self) -> str:
         return f"{self.num_samples} samples of model directory {self.model_dir} ({self._seeds()})"
@@ -321,8 +330,69 @@ class ReadSampledImages(beam.PTransform):
         s.validate()
         return (pbegin | "Indices" >> beam.Create(range(s.num_samples))
                 | "Seeds" >> beam.Map(lambda i, base: (i, base + i), s.seed)
-                | "Sample" >> RunInference(s.model_handler())
+                | "Sample" >> BatchInference(s.model_handler(), s.batch_size, s.num_samples)
                 | "Images" >> beam.MapTuple(lambda i, result: (i, result.inference)))
+
+
+# --------------------------------------------------------------------------------------
+# Deterministic batches.
+# --------------------------------------------------------------------------------------
+def batch_index(key: Any, batch_size: int, num_batches: int) -> int:
+    """The batch of a key: ``i // batch_size`` for sample indices, else a bucket of the
+    key's 64-bit BLAKE2b hash (:func:`~beam_jobs.fid_math.subset_key`) among
+    ``num_batches``."""
+    if isinstance(key, (int, np.integer)):
+        return int(key) // batch_size
+    return subset_key(key)[0] % num_batches
+
+
+def _key_order(key: Any) -> tuple:
+    if isinstance(key, (int, np.integer)):
+        return (0, int(key), "")
+    return (1, 0, str(key))
+
+
+class _BatchInferenceFn(beam.DoFn):
+    """``(batch, [(key, example), ...])`` -> ``(key, PredictionResult)``: the examples in
+    key order, in chunks of at most ``batch_size``, through ``handler.run_inference``
+    (one model per worker process, shared by its threads)."""
+
+    def __init__(self, handler: ModelHandler, batch_size: int):
+        self._handler = handler
+        self._batch_size = batch_size
+        self._shared = shared.Shared()
+
+    def setup(self) -> None:
+        self._model = self._shared.acquire(self._handler.load_model)
+
+    def process(self, element: Any) -> Iterator[tuple[Any, PredictionResult]]:
+        items = sorted(element[1], key=lambda kv: _key_order(kv[0]))
+        for start in range(0, len(items), self._batch_size):
+            chunk = items[start:start + self._batch_size]
+            results = self._handler.run_inference([x for _, x in chunk], self._model)
+            for (key, _), result in zip(chunk, results):
+                yield key, result
+
+
+class BatchInference(beam.PTransform):
+    """``(key, example)`` -> ``(key, PredictionResult)`` like Beam's RunInference over a
+    KeyedModelHandler, but in batches that depend only on the keys (:func:`batch_index`
+    for ``ceil(size_hint / batch_size)`` batches; a bucket over ``batch_size`` runs in
+    key-ordered chunks), so results are the same on every runner."""
+
+    def __init__(self, handler: ModelHandler, batch_size: int, size_hint: int):
+        super().__init__()
+        self._handler = handler
+        self._batch_size = int(batch_size)
+        self._num_batches = max(1, math.ceil(max(int(size_hint), 1) / self._batch_size))
+
+    def expand(self, pcoll):
+        return (pcoll
+                | "BatchKey" >> beam.Map(
+                    lambda kv, b, n: (batch_index(kv[0], b, n), kv),
+                    self._batch_size, self._num_batches)
+                | "GroupBatches" >> beam.GroupByKey()
+                | "Infer" >> beam.ParDo(_BatchInferenceFn(self._handler, self._batch_size)))
 
 
 # --------------------------------------------------------------------------------------
