@@ -144,6 +144,19 @@ def _cached_do_fn(spec: _ParDoSpec) -> tuple[DoFn, bool]:
     return fn, True
 
 
+def release_run(run_id: str) -> int:
+    """Tears down this process's DoFns of run ``run_id``; returns how many (run on every
+    worker at the end of a job, so a long-lived cluster does not keep its models)."""
+    with _DOFNS_LOCK:
+        fns = [_DOFNS.pop(k) for k in [k for k in _DOFNS if k[0] == run_id]]
+    for fn in fns:
+        try:
+            fn.teardown()
+        except Exception:
+            log.warning("teardown of a DoFn at the end of its run failed", exc_info=True)
+    return len(fns)
+
+
 def _drop_do_fn(spec: _ParDoSpec) -> None:
     with _DOFNS_LOCK:
         fn = _DOFNS.pop((spec.run_id, spec.label, threading.get_ident()), None)
@@ -315,9 +328,10 @@ class DaskJobResult(PipelineResult):
     """The running job; ``wait_until_finish`` gathers its metrics and closes the client
     (and the local cluster it started)."""
 
-    def __init__(self, client, cluster, futures: list):
+    def __init__(self, client, cluster, futures: list, run_id: str):
         super().__init__(PipelineState.RUNNING)
         self._client, self._cluster, self._futures = client, cluster, futures
+        self._run_id = run_id
         self._metrics = DirectMetrics()
 
     def wait_until_finish(self, duration: Optional[int] = None) -> str:
@@ -356,6 +370,10 @@ class DaskJobResult(PipelineResult):
         return self._metrics
 
     def _close(self) -> None:
+        try:
+            self._client.run(release_run, self._run_id, on_error="ignore")
+        except Exception:  # a dead cluster: nothing left to release
+            log.debug("could not release the run's DoFns on the workers", exc_info=True)
         self._client.close()
         if self._cluster is not None:
             self._cluster.close()
@@ -375,7 +393,8 @@ class DaskRunner(beam_dask.DaskRunner):
         client, cluster = _connect(options)
         try:
             threads = sum(client.nthreads().values()) or 1
-            visitor = _BagVisitor(uuid.uuid4().hex, bag_kwargs, threads)
+            run_id = uuid.uuid4().hex
+            visitor = _BagVisitor(run_id, bag_kwargs, threads)
             pipeline.visit(visitor)
             log.info("Dask runner: %d ParDo steps on %s", len(visitor.metrics_bags),
                      client.scheduler.address)
@@ -385,4 +404,4 @@ class DaskRunner(beam_dask.DaskRunner):
             if cluster is not None:
                 cluster.close()
             raise
-        return DaskJobResult(client, cluster, list(futures))
+        return DaskJobResult(client, cluster, list(futures), run_id)
