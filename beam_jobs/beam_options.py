@@ -76,9 +76,9 @@ def pipeline_options(pipeline_args: Optional[Sequence[str]], size_hint: int = 0,
     Locally (no ``--runner``, or FnApiRunner): ``--runner=FnApiRunner``,
     ``--direct_running_mode=running_mode`` unless given, and ``--direct_num_workers`` 1
     in_memory, else the CPU count, unless given. The FID job keeps the default
-    ``in_memory``: with its KID reservoir (``Sample.FixedSizeGlobally``)
+    ``in_memory``: with its former KID reservoir (``Sample.FixedSizeGlobally``)
     ``multi_threading`` grew past 20 GB on 5,000 MNIST images here, in_memory stayed
-    under 1 GB. ``--runner=DaskRunner``: :data:`DASK_RUNNER`. Other runners: the arguments
+    under 1 GB (not re-measured with today's key-hash subset). ``--runner=DaskRunner``: :data:`DASK_RUNNER`. Other runners: the arguments
     as given.
     """
     args = list(pipeline_args or [])
