@@ -84,6 +84,8 @@ def main() -> None:
 
     from beam_jobs import extractors
 
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: python "
+          f"{' '.join(sys.argv)}", flush=True)
     print(load_line("before"), flush=True)
     loads = [os.getloadavg()[0]]
     tmp = tempfile.mkdtemp(prefix="bench-beam-dask-")
