@@ -118,8 +118,8 @@ class _Receivers(dict):
         return self[tag]
 
 
-# One set-up DoFn per (run, step, thread) in each worker process; a new run's first bundle
-# tears down the previous runs' DoFns.
+# One set-up DoFn per (run, step, thread) in each worker process, until the end of the run
+# (:func:`release_run`; several jobs may share a cluster, so never on another run's start).
 _DOFNS: dict[tuple[str, str, int], DoFn] = {}
 _DOFNS_LOCK = threading.Lock()
 
@@ -128,14 +128,7 @@ def _cached_do_fn(spec: _ParDoSpec) -> tuple[DoFn, bool]:
     """(the DoFn to use, whether it still needs ``setup``)."""
     key = (spec.run_id, spec.label, threading.get_ident())
     with _DOFNS_LOCK:
-        stale = [k for k in _DOFNS if k[0] != spec.run_id]
-        old = [_DOFNS.pop(k) for k in stale]
         cached = _DOFNS.get(key)
-    for fn in old:
-        try:
-            fn.teardown()
-        except Exception:  # a teardown failure must not fail another run's bundle
-            log.warning("teardown of a previous run's DoFn failed", exc_info=True)
     if cached is not None:
         return cached, False
     fn = pickler.loads(spec.do_fn)
@@ -371,6 +364,7 @@ class DaskJobResult(PipelineResult):
 
     def _close(self) -> None:
         try:
+            self._client.cancel(self._futures)  # after a failure: the other branches
             self._client.run(release_run, self._run_id, on_error="ignore")
         except Exception:  # a dead cluster: nothing left to release
             log.debug("could not release the run's DoFns on the workers", exc_info=True)
