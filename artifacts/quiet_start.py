@@ -111,10 +111,21 @@ class _Collector(logging.Handler):
         self.records.append(record)
 
 
+def _handled_below_root(name: str) -> bool:
+    """Whether a record of logger ``name`` met a handler before reaching the root."""
+    logger: logging.Logger | None = logging.getLogger(name)
+    while logger is not None and logger is not logging.getLogger():
+        if logger.handlers:
+            return True
+        logger = logger.parent if logger.propagate else None
+    return False
+
+
 @contextlib.contextmanager
 def _collected_logs() -> Iterator[None]:
-    """While open, records reaching an unconfigured root logger are held; on exit they
-    are handled again as they would have been (``logging.lastResort`` for warnings)."""
+    """While open, records reaching an unconfigured root logger are held; on exit those
+    no other handler took go to ``logging.lastResort`` (warnings and errors), as they
+    would have without the collector."""
     root = logging.getLogger()
     if root.handlers:
         yield
@@ -126,7 +137,10 @@ def _collected_logs() -> Iterator[None]:
     finally:
         root.removeHandler(collector)
         for record in collector.records:
-            logging.getLogger(record.name).handle(record)
+            last = logging.lastResort
+            if last is not None and record.levelno >= last.level and not _handled_below_root(
+                    record.name):
+                last.handle(record)
 
 
 class _Fd2Capture:

@@ -110,6 +110,21 @@ def test_apitools_record_is_dropped_other_root_records_kept(caplog):
 
 # ---- in a fresh process ------------------------------------------------------------------
 
+def test_quiet_import_keeps_real_log_records_once_and_configures_nothing(tmp_path):
+    """A warning logged during a quiet import still shows (once, via logging.lastResort
+    as without the hook); Beam's apitools record does not, and the root logger stays
+    unconfigured for the command's own setup_logging."""
+    code = ("import logging, sys; from artifacts import quiet_start as q\n"
+            "with q.quiet():\n"
+            "    logging.getLogger('x').warning('kept')\n"
+            "    logging.warning(q.APITOOLS + ' despite the import not raising')\n"
+            "print(logging.getLogger().handlers)")
+    result = _run(["-c", code], str(tmp_path))
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result
+    _assert_only(result.stderr, [r"^kept$"])
+    assert result.stderr.count("kept") == 1
+
+
 IMPORT_TF = ["-c", "import pipeline, tensorflow as tf; tf.constant(1) + 1; "
              "import warnings; warnings.warn('kept')"]
 
