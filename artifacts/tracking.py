@@ -594,7 +594,8 @@ class RunTracker:
             self._queue.append({"kind": "end", "status": status})
             self._cond.notify_all()
             closed_at, grace = time.monotonic(), self._grace_s()
-            while self._queue and not self._stuck(closed_at, grace):
+            while (self._queue and self._thread.is_alive()
+                   and not self._stuck(closed_at, grace)):
                 self._cond.wait(0.2)
             self._stopped = True
             unsent = [item for item in self._queue if item["kind"] != "end"]
