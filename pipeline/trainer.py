@@ -127,6 +127,12 @@ def train(model_config: HybridConfig | Mapping[str, Any], cfg: TrainConfig,
     :class:`~pipeline.model_lock.ModelDirInUse`. With ``cfg.strategy='multi_worker'`` the
     process's role comes from ``TF_CONFIG``; a non-chief neither locks nor writes
     ``model_dir`` and returns a summary without run id or grid.
+
+    Faults are one-line errors (ValueError subclasses): shards that do not match
+    dataset.json, at start or when a corrupt record is met
+    (:class:`~artifacts.dataset_format.DataSetDamaged`), a full or read-only disk
+    (:class:`~artifacts.fs_errors.DiskError`); an unusable MLflow store only turns
+    tracking off (:mod:`artifacts.tracking`; ``cfg.strict_tracking``: an error first).
     """
     info = data_lib.read_checked_dataset_info(cfg.data_dir, full=cfg.verify_data)
     if "train" not in info.split_counts:
