@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from typing import Any
@@ -53,6 +54,15 @@ def check_model_name(model_name: str) -> None:
         raise ValueError(f"--model_name={model_name!r}: expected a plain name of letters, "
                          "digits, '_', '.' or '-' that starts with a letter or digit and has "
                          "no '..' (it names a directory under --export_dir)")
+
+
+def check_alias(alias: str) -> None:
+    """ValueError unless ``alias`` is usable as an MLflow registry alias (letters, digits,
+    '_', '-'; not 'latest' nor a version like 'v3', which MLflow reserves)."""
+    if not re.fullmatch(r"[\w-]{1,255}", alias) or alias.lower() == "latest" or re.fullmatch(
+            r"[vV]\d+", alias):
+        raise ValueError(f"--mlflow_alias={alias!r}: expected letters, digits, '_' or '-', "
+                         "not 'latest' and not a version name like 'v3' (MLflow reserves them)")
 
 
 def existing_versions(model_base: str) -> list[int]:
@@ -122,8 +132,6 @@ def write_batching_parameters(export_dir: str, max_batch: int) -> str:
     --batching_parameters_file=...``. Its max_batch_size (rows of one merged batch) is
     ``max_batch``, or the value already in the file if smaller: the server-side batcher
     must never build a batch that a served model's in-graph limit rejects. Returns the path."""
-    import re
-
     path = os.path.join(export_dir, BATCHING_PARAMETERS)
     size = int(max_batch)
     if os.path.isfile(path):
@@ -192,7 +200,7 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
                  score_importance_samples: int = 1, score_seed: int = DEFAULT_SCORE_SEED,
                  serving_base_path: str | None = None, log_to_mlflow: bool = True,
                  tracking_uri: str | None = None, max_batch: int = DEFAULT_MAX_BATCH,
-                 importance_samples: int = 0) -> str:
+                 importance_samples: int = 0, mlflow_alias: str | None = "last_export") -> str:
     """Exports the latest checkpoint of ``model_dir``; returns the version directory.
 
     Args:
@@ -214,11 +222,15 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
       importance_samples: K > 0 adds the importance-weighted bound with its standard error
         to ``score`` (K dequantization and posterior draws per image, seeded per row);
         0: the point estimate only.
+      mlflow_alias: registry alias set on the new version of every registered model
+        (serving.mlflow_model; None or '': none).
 
     Raises:
       FileExistsError: the version already exists. ValueError: bad name/version/K.
     """
     check_model_name(model_name)
+    if log_to_mlflow and mlflow_alias:
+        check_alias(mlflow_alias)
     if isinstance(max_batch, bool) or int(max_batch) != max_batch or int(max_batch) < 1:
         raise ValueError(f"--max_batch={max_batch!r}: expected a positive integer")
     if isinstance(importance_samples, bool) or int(importance_samples) < 0:
@@ -283,7 +295,7 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
     if log_to_mlflow:
         from serving import mlflow_model
         mlflow_model.log_and_register(model_dir, version_dir, model_name, metadata,
-                                      tracking_uri=tracking_uri)
+                                      tracking_uri=tracking_uri, alias=mlflow_alias or None)
     return version_dir
 
 
@@ -299,7 +311,7 @@ def main(argv: list[str]) -> None:
     version_dir = export_model(
         f.model_dir, f.export_dir, f.model_name, f.version, f.score_importance_samples,
         f.score_seed, f.serving_base_path or None, f.mlflow, tracking_uri, f.max_batch,
-        f.importance_samples)
+        f.importance_samples, f.mlflow_alias)
     print(json.dumps({"version_dir": version_dir}))
 
 
@@ -325,7 +337,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("max_batch", DEFAULT_MAX_BATCH,
                          "Most rows (images, seeds, latents) per request; larger requests are "
                          "refused inside the graph (clients split them).", lower_bound=1)
-    flags.DEFINE_bool("mlflow", True, "Log to the model dir's MLflow run and register the model.")
+    flags.DEFINE_bool("mlflow", True, "Log to the model dir's MLflow run and register the model "
+                      "(one registered model per signature, see serving/mlflow_model.py).")
+    flags.DEFINE_string("mlflow_alias", "last_export", "Registry alias pointed at the new "
+                        "versions: mlflow models serve -m models:/NAME@ALIAS ('' = none).")
     flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI (default: the one "
                         "recorded in --model_dir, else MLflow's).")
     flags.mark_flags_as_required(["model_dir", "export_dir", "model_name"])
