@@ -201,15 +201,24 @@ class GrpcClient(_Client):
 
 class MlflowServeClient(_Client):
     """`mlflow models serve` of the registered pyfunc model: POST /invocations with
-    {"inputs": {...}, "params": {"signature": ...}}."""
+    {"inputs": ..., "params": {"signature": ...}}; ``inputs`` is the array itself for the
+    signatures with one unnamed tensor input (score, sample_latent) and one list per column
+    otherwise (sample), as the models' MLflow signatures declare."""
+
+    #: Signatures whose MLflow model has a single unnamed tensor input.
+    TENSOR_INPUT_SIGNATURES = frozenset({"score", "serving_default", "sample_latent"})
 
     def __init__(self, address: str, timeout: float = 60.0):
         self.url = _base_url(address) + "/invocations"
         self.timeout = timeout
 
     def predict(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        reply = _post_json(self.url, {"inputs": {k: v.tolist() for k, v in inputs.items()},
-                                      "params": {"signature": signature}}, self.timeout)
+        if signature in self.TENSOR_INPUT_SIGNATURES and len(inputs) == 1:
+            payload = next(iter(inputs.values())).tolist()
+        else:
+            payload = {k: v.tolist() for k, v in inputs.items()}
+        reply = _post_json(self.url, {"inputs": payload, "params": {"signature": signature}},
+                           self.timeout)
         return _typed(reply["predictions"])
 
 

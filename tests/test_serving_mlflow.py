@@ -86,9 +86,9 @@ def test_one_registered_model_per_signature_with_the_alias(cqf_dir, logged, trac
 def test_models_carry_signature_and_input_example(logged, tracking_uri):
     score = mlflow.models.get_model_info(f"models:/{NAME}@champion")
     assert score.signature.inputs.to_dict() == [
-        {"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, 16, 16, 1]}}]
+        {"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": (-1, 16, 16, 1)}}]
     assert [(o["name"], o["tensor-spec"]) for o in score.signature.outputs.to_dict()] == [
-        (n, {"dtype": "float32", "shape": [-1]}) for n in ("log_likelihood_nats",
+        (n, {"dtype": "float32", "shape": (-1,)}) for n in ("log_likelihood_nats",
                                                             "bits_per_dim")]
     assert score.saved_input_example_info is not None
     sample = mlflow.models.get_model_info(f"models:/{NAME}-sample@champion")
@@ -97,10 +97,10 @@ def test_models_carry_signature_and_input_example(logged, tracking_uri):
         {"type": "double", "name": "temperature", "required": True}]
     assert sample.signature.outputs.to_dict() == [
         {"type": "tensor", "name": "images",
-         "tensor-spec": {"dtype": "uint8", "shape": [-1, 16, 16, 1]}}]
+         "tensor-spec": {"dtype": "uint8", "shape": (-1, 16, 16, 1)}}]
     latent = mlflow.models.get_model_info(f"models:/{NAME}-sample_latent@champion")
     assert latent.signature.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "float32",
-                                                                   "shape": [-1, 4]}
+                                                                   "shape": (-1, 4)}
 
 
 def test_pyfunc_models_answer_like_the_saved_model(logged, tracking_uri):
@@ -139,7 +139,8 @@ def test_schema_refuses_wrong_shapes_dtypes_and_signatures(logged, tracking_uri)
 
 def test_rest_payloads_as_the_scoring_server_parses_them(logged, tracking_uri):
     """MLflow's own serving-input check (the scoring server's parsing and predict):
-    JSON floats for temperature, the named form ``{"images": ...}`` of serving.client."""
+    JSON floats for temperature, the bare array serving.client sends for ``score``'s one
+    unnamed tensor input."""
     from mlflow.models import validate_serving_input
 
     loaded = tf.saved_model.load(logged["version_dir"])
@@ -149,7 +150,7 @@ def test_rest_payloads_as_the_scoring_server_parses_them(logged, tracking_uri):
         seed=tf.constant([3, 4], tf.int64), temperature=tf.constant([1.0, 0.5]))["images"])
     images = _digits(2)
     got = validate_serving_input(f"models:/{NAME}@champion", {
-        "inputs": {"images": images.tolist()}, "params": {"signature": "score"}})
+        "inputs": images.tolist(), "params": {"signature": "score"}})
     np.testing.assert_allclose(got["bits_per_dim"], loaded.signatures["score"](
         images=tf.constant(images))["bits_per_dim"], rtol=1e-6)
 
