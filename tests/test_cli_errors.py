@@ -56,7 +56,8 @@ def _cases(data: str, model: str, missing: str, extractor: str = "e") -> dict[st
                                       f"--input={missing}", f"--output_dir={missing}_out",
                                       "--image_size=8"], "does not exist"),
         "client_missing_export": (["serving.client", "--target=local", f"--address={missing}",
-                                   "score", "x.png"], "not an export version directory"),
+                                   "sample", "--n=2", f"--out={missing}.png"],
+                                  "not an export version directory"),
         "client_bad_target": (["serving.client", "--target=ftp", "score", "x.png"],
                               "invalid choice"),
     }
