@@ -125,7 +125,11 @@ def test_fid_on_dask_matches_the_local_runner(tmp_path, local_data, extractor_di
     on_dask = _fid_run(data_dir, extractor_dir, tmp_path / "ref_dask.npz",
                        _dask_args(dask_address) + [f"--temp_location={tmp_path}"])
     assert local["fid"] > 0 and local["precision"] is not None
-    assert on_dask["fid"] == pytest.approx(local["fid"], rel=1e-9)
+    # This FID is ~8e-4 (two splits of one small set in an MNIST classifier's features),
+    # so float64 rounding of the statistics (summation order differs between runners,
+    # ~3e-11 absolute here) is 4e-8 of it: 1e-9 relative, or 1e-9 absolute near zero;
+    # the statistics themselves are compared below.
+    assert on_dask["fid"] == pytest.approx(local["fid"], rel=1e-9, abs=1e-9)
     for key in ("kid_mean", "kid_std", "is_mean", "is_std", "confident_rate",
                 "label_coverage", "precision", "recall"):
         assert on_dask[key] == pytest.approx(local[key], rel=1e-9, abs=1e-12), key
