@@ -78,7 +78,11 @@ def test_a_store_that_breaks_mid_run_costs_warnings_not_the_run(digits16, tmp_pa
         run = client.get_run(summary["mlflow_run_id"])
         assert run.info.status == "FINISHED"
         logged = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
-        assert logged == [1, 2, 3, 4, 5, 6, 7]
+        # Steps 2-7 were logged while the file was broken or after it was mended: all must
+        # arrive. Step 1's write may still be in flight when the test snapshots the file at
+        # step 2 (the sender is a background thread), and then the snapshot restored at
+        # step 4 does not hold it: that is the test's restore, not a lost call.
+        assert set(range(2, 8)) <= set(logged) and set(logged) <= set(range(1, 8)), logged
         assert not (tmp_path / "m" / tracking.UNSENT_FILE).exists()
     finally:
         mlflow.set_tracking_uri(tracking_uri)  # the session's store for the other tests
