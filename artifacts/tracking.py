@@ -288,9 +288,23 @@ def tracked_run(model_dir: str, experiment: str, run_name: str | None = None,
             f.write(run.info.run_id)
     with open(os.path.join(model_dir, TRACKING_URI_FILE), "w") as f:
         f.write(absolute_uri(mlflow.get_tracking_uri()))
+    def end(status: str) -> None:
+        try:
+            mlflow.end_run(status=status)  # leaves the run inactive, even when it fails
+        except Exception:  # noqa: BLE001 -- retry the status update, then only warn
+            call_with_retries(MlflowClient().set_terminated, run.info.run_id, status)
+
+    with _ended_with_status(end):
+        yield run.info.run_id
+
+
+@contextlib.contextmanager
+def _ended_with_status(end: Callable[[str], Any]) -> Iterator[None]:
+    """Runs the block, then ``end(status)``: FINISHED, KILLED on Ctrl-C / SIGTERM
+    (KeyboardInterrupt), FAILED on any other exception; the exception propagates."""
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
-        yield run.info.run_id
+        yield
     except KeyboardInterrupt:
         status = RunStatus.to_string(RunStatus.KILLED)
         raise
@@ -298,10 +312,7 @@ def tracked_run(model_dir: str, experiment: str, run_name: str | None = None,
         status = RunStatus.to_string(RunStatus.FAILED)
         raise
     finally:
-        try:
-            mlflow.end_run(status=status)  # leaves the run inactive, even when it fails
-        except Exception:  # noqa: BLE001 -- retry the status update, then only warn
-            call_with_retries(MlflowClient().set_terminated, run.info.run_id, status)
+        end(status)
 
 
 @contextlib.contextmanager
@@ -643,17 +654,8 @@ def background_run(model_dir: str, experiment: str, run_name: str | None = None,
         log.warning("MLflow store %s is not usable (%s); training goes on without tracking, "
                     "metrics go to %s", uri, store_error, os.path.join(model_dir, UNSENT_FILE))
         tracker = RunTracker(model_dir)
-    status = RunStatus.to_string(RunStatus.FINISHED)
-    try:
+    with _ended_with_status(tracker.close):
         yield tracker
-    except KeyboardInterrupt:
-        status = RunStatus.to_string(RunStatus.KILLED)
-        raise
-    except BaseException:
-        status = RunStatus.to_string(RunStatus.FAILED)
-        raise
-    finally:
-        tracker.close(status)
 
 
 def _start_run(model_dir: str, experiment: str, run_name: str | None,
