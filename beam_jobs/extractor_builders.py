@@ -61,11 +61,16 @@ _IMAGES_SPEC = tf.TensorSpec([None, None, None, None], tf.uint8, name="images")
 # Shared preprocessing pieces (inside tf.function, dynamic shapes).
 # --------------------------------------------------------------------------------------
 def _check_channels(images: tf.Tensor) -> tf.Tensor:
+    """The channel count of uint8 [B, H, W, C]; raises unless C is 1 or 3. The count is
+    returned through a control dependency on the check, so nothing that uses it (the
+    channel ``tf.cond``, the later ``ensure_shape``) can run, and fail with a less
+    helpful message, before the check does."""
     channels = tf.shape(images)[-1]
-    tf.debugging.assert_equal(
+    check = tf.debugging.assert_equal(
         tf.logical_or(tf.equal(channels, 1), tf.equal(channels, 3)), True,
         message="extractor 'images' must be uint8 [B, H, W, C] with C = 1 or 3")
-    return channels
+    with tf.control_dependencies([check]):
+        return tf.identity(channels)
 
 
 def _to_rgb(images: tf.Tensor) -> tf.Tensor:
