@@ -38,9 +38,8 @@ import tensorflow as tf
 from absl import app, flags
 from tqdm import tqdm
 
-from artifacts import model_io
-from artifacts.cli import setup_logging
 from pipeline import data as data_lib
+from pipeline import eval_harness
 from tfp_models import critic as critic_lib
 from tfp_models import flows
 from tfp_models.hybrid import HybridModel
@@ -52,33 +51,16 @@ log = logging.getLogger("pipeline.critic_eval")
 TRAIN_POOL_OFFSET, FRESH_OFFSET = 0, 1 << 30
 
 
-def model_samples(model: HybridModel, num: int, temperature: float, seed: int,
-                  offset: int = 0, batch_size: int = 250, show_progress: bool = False,
-                  desc: str = "samples") -> np.ndarray:
-    """uint8 samples [num, H, W, C]: row i = ``model.sample_rows`` with row seed
-    seed * 2^31 + offset + i (reproducible whatever the batch)."""
-    out = []
-    base = np.int64(seed) * (1 << 31) + offset
-    with tqdm(total=num, unit="img", desc=desc, disable=not show_progress) as bar:
-        for start in range(0, num, batch_size):
-            n = min(batch_size, num - start)
-            seeds = tf.constant(base + start + np.arange(n, dtype=np.int64))
-            out.append(model.sample_rows(seeds, tf.fill([n], float(temperature))).numpy())
-            bar.update(n)
-    return np.concatenate(out) if out else np.zeros((0,) + model.config.image_shape, np.uint8)
+# uint8 samples [num, H, W, C], row i from row seed seed * 2^31 + offset + i (the rows of
+# ``model.sample_rows``, reproducible whatever the batch).
+model_samples = eval_harness.draw_samples
 
 
 def split_images(info: data_lib.DatasetInfo, split: str, limit: int | None = None,
                  seed: int | None = None) -> np.ndarray:
     """uint8 images [N, H, W, C] of a split (all, or the first ``limit`` after a shuffle
     seeded by ``seed``; no shuffle if seed is None)."""
-    info.check_split(split)
-    count = info.split_counts[split]
-    ds = data_lib.make_image_dataset(info, split, 500, shuffle=seed is not None, repeat=False,
-                                     seed=seed, drop_remainder=False)
-    if limit is not None:
-        ds = ds.unbatch().take(min(limit, count)).batch(500)
-    return np.concatenate([b.numpy() for b in ds])
+    return eval_harness.EvalSplit.of(info, split, limit).images(shuffle_seed=seed)
 
 
 def to_critic_inputs(images: np.ndarray | tf.Tensor) -> tf.Tensor:
@@ -119,23 +101,19 @@ def critic_eval(model: HybridModel, data_dir: str, split: str = "validation", *,
     # One seed fixes the data order (tf.data shuffles), the critic's initial weights, the
     # samples and the interpolation weights (this sets the global Python/NumPy/TF seeds).
     tf.keras.utils.set_random_seed(seed)
-    info = data_lib.read_dataset_info(data_dir)
-    if tuple(info.image_shape) != tuple(model.config.image_shape):
-        raise ValueError(f"data set {data_dir!r} holds {list(info.image_shape)} images, the "
-                         f"model was trained on {list(model.config.image_shape)}")
-    info.check_split("train")
-    info.check_split(split)
+    train = eval_harness.load_split(model, data_dir, "train")
+    held = eval_harness.load_split(model, data_dir, split, max_eval_examples)
     if split == "train":
         raise ValueError("--split=train: the critic trains on 'train'; evaluate it on a "
                          "held-out split (e.g. validation or test)")
-    if info.split_counts["train"] < batch_size:
-        raise ValueError(f"--batch_size={batch_size} exceeds the {info.split_counts['train']} "
+    if train.count < batch_size:
+        raise ValueError(f"--batch_size={batch_size} exceeds the {train.count} "
                          f"training images of {data_dir!r}")
-    heldout = split_images(info, split, max_eval_examples)
+    heldout = held.images()
     n_eval = len(heldout)
     if n_eval < 2:
         raise ValueError(f"split {split!r} of {data_dir!r} has {n_eval} images; expected >= 2")
-    train_ref = split_images(info, "train", n_eval, seed=seed + 1)  # the train curve's images
+    train_ref = train.limited(n_eval).images(shuffle_seed=seed + 1)  # the train curve's images
     pool = model_samples(model, train_samples, temperature, seed, TRAIN_POOL_OFFSET,
                          show_progress=show_progress, desc="training samples")
     fresh = model_samples(model, n_eval, temperature, seed, FRESH_OFFSET,
@@ -146,7 +124,7 @@ def critic_eval(model: HybridModel, data_dir: str, split: str = "validation", *,
                            name="independent_critic")
     critic(tf.zeros((1,) + model.config.image_shape))
     trainer = critic_lib.CriticTrainer(critic, learning_rate, gp_weight)
-    reals = iter(data_lib.make_image_dataset(info, "train", batch_size, shuffle=True,
+    reals = iter(data_lib.make_image_dataset(train.info, "train", batch_size, shuffle=True,
                                              repeat=True, seed=seed))
     rng = np.random.default_rng(seed)
     curves: dict[str, list] = {"step": [], "train": [], "validation": [], "batch": []}
@@ -263,17 +241,8 @@ def define_flags() -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    setup_logging()
-    from artifacts import tracking
-
-    if not os.path.isdir(FLAGS.model_dir):
-        raise FileNotFoundError(f"--model_dir={FLAGS.model_dir!r} does not exist")
-    if not os.path.isdir(FLAGS.data_dir):
-        raise FileNotFoundError(f"--data_dir={FLAGS.data_dir!r} does not exist")
-    tracking.configure(FLAGS.mlflow_tracking_uri or None, FLAGS.model_dir)
-    model, step = model_io.load_trained_model(FLAGS.model_dir)
+    model, step = eval_harness.start_cli(argv, FLAGS.model_dir, FLAGS.mlflow_tracking_uri,
+                                         FLAGS.data_dir)
     result = critic_eval(
         model, FLAGS.data_dir, FLAGS.split, critic_steps=FLAGS.critic_steps,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,

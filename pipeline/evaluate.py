@@ -25,6 +25,9 @@ and the label coverage (entropy of the predicted-label histogram / ln 10).
 Results are printed as JSON and logged to the model directory's MLflow run (sample
 metrics as ``eval/samples_t<T>/<name>``: ``fid``, ``kid_mean``, ``is_mean``,
 ``precision``, ``recall``, ...).
+The --data_dir numbers are the metrics registered below with
+:func:`pipeline.eval_harness.register_metric` (split loading, seeded noise and bits/dim
+come from :mod:`pipeline.eval_harness`); a new metric is one more registered function.
 """
 from __future__ import annotations
 
@@ -37,86 +40,23 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
-from tqdm import tqdm
 
 from artifacts import model_io
 from artifacts.cli import setup_logging
 from pipeline import data as data_lib
-from tfp_models import flows, metrics
-from tfp_models.hybrid import HybridModel, row_noise
+from pipeline import eval_harness
+from pipeline.eval_harness import EvalRequest
+from tfp_models import metrics
+from tfp_models.hybrid import HybridModel
 
 log = logging.getLogger(__name__)
+# Harness functions under their names here, for the callers that know them by this module
+# (tests, benchmarks; summary_lines: the quickstart's summary of evaluate's JSON).
+dequantized_inputs = eval_harness.dequantized_inputs
+split_batches = eval_harness.split_batches
+summary_lines = eval_harness.summary_lines
 BINARIZATION = ("fixed: b_i = 1[u_i < x_i / 255], u_i ~ U[0,1)^D keyed on (image index i "
                 "in the split, seed)")
-
-
-def split_batches(model: HybridModel, data_dir: str, split: str, batch_size: int,
-                  max_examples: int | None = None) -> tuple[tf.data.Dataset, int]:
-    """(uint8 batches [B, H, W, C] of the first ``max_examples`` images of ``split`` in
-    file order, their count), after checking the split exists and matches the model."""
-    info = data_lib.read_dataset_info(data_dir)
-    if tuple(info.image_shape) != tuple(model.config.image_shape):
-        raise ValueError(f"data set {data_dir!r} holds {tuple(info.image_shape)} images, the "
-                         f"model expects {tuple(model.config.image_shape)}")
-    if split not in info.split_counts:
-        raise ValueError(f"split {split!r} not in {data_dir!r}; available: {sorted(info.split_counts)}")
-    total = info.split_counts[split] if max_examples is None else min(max_examples, info.split_counts[split])
-    ds = data_lib.make_image_dataset(info, split, batch_size, shuffle=False, repeat=False,
-                                     drop_remainder=False).unbatch().take(total).batch(batch_size)
-    return ds, total
-
-
-def dequantized_inputs(model: HybridModel, images: tf.Tensor, index: tf.Tensor,
-                       batch_size: int, seed: int) -> tf.Tensor:
-    """The model's input for uint8 ``images`` [B, H, W, C], batch ``index`` of a split read in
-    file order: x~ = (x + u) / 256 with u keyed on (seed, batch index); for the Bernoulli
-    decoder u is keyed on (image index in the split, seed) instead, so the binarization
-    1[u < x / 255] of each held-out image is fixed whatever the batch size."""
-    if getattr(model, "binary", False):
-        rows = tf.cast(index, tf.int64) * batch_size + tf.range(
-            tf.shape(images, out_type=tf.int64)[0])
-        noise = row_noise(rows, tuple(model.config.image_shape), 7919 + seed,
-                          tf.random.stateless_uniform)
-    else:
-        noise = tf.random.stateless_uniform(tf.shape(images), seed=tf.stack([seed, index]))
-    return flows.dequantize_images(images, noise)
-
-
-def _split_log_prob_bounds(model: HybridModel, data_dir: str, split: str, batch_size: int,
-                           importance_samples: int, seed: int, max_examples: int | None,
-                           show_progress: bool, desc: str) -> tuple[dict[str, np.ndarray], int]:
-    """Per-image lower bounds of ln p in nats over a split: {"elbo": [n], "iw": [n] (K > 1,
-    latent variants)} float64, and n."""
-    if importance_samples < 1:
-        raise ValueError(f"importance_samples={importance_samples}: expected >= 1")
-    ds, total = split_batches(model, data_dir, split, batch_size, max_examples)
-    iw = model.spec.latent and importance_samples > 1
-    latent_dim = model.config.latent_dim
-
-    @tf.function
-    def bounds(images, index):
-        x = dequantized_inputs(model, images, index, batch_size, seed)
-        out = {}
-        if model.spec.latent:  # posterior noise seeded too: the numbers are reproducible
-            n = tf.shape(images)[0]
-            eps1 = tf.random.stateless_normal([n, 1, latent_dim], seed=tf.stack([seed, -1 - index]))
-            out["elbo"] = model.log_prob_bound(x, 1, eps1)
-            if iw:
-                eps = tf.random.stateless_normal([n, importance_samples, latent_dim],
-                                                 seed=tf.stack([seed + 1, -1 - index]))
-                out["iw"] = model.log_prob_bound(x, importance_samples, eps)
-        else:
-            out["elbo"] = model.log_prob_bound(x, 1)
-        return out
-
-    values: dict[str, list] = {"elbo": [], "iw": []}
-    with tqdm(total=total, desc=f"{desc} {split}", unit="img", disable=not show_progress) as bar:
-        for i, images in enumerate(ds):
-            out = bounds(images, tf.constant(i, tf.int32))
-            for k, v in out.items():
-                values[k].append(v.numpy().astype(np.float64))
-            bar.update(int(images.shape[0]))
-    return {k: np.concatenate(v) for k, v in values.items() if v}, total
 
 
 def evaluate_bpd(model: HybridModel, data_dir: str, split: str = "validation",
@@ -130,16 +70,15 @@ def evaluate_bpd(model: HybridModel, data_dir: str, split: str = "validation",
     if getattr(model, "binary", False):
         raise ValueError("a Bernoulli-decoder model scores binarized images in nats; use "
                          "evaluate_binary_nll, not bits/dim of 8-bit data")
-    values, total = _split_log_prob_bounds(model, data_dir, split, batch_size,
-                                           importance_samples, seed, max_examples,
-                                           show_progress, "bpd")
-    shape = model.config.image_shape
-    bpd, stderr = metrics.mean_and_stderr(metrics.bits_per_dim(values["elbo"], shape))
+    values, total = eval_harness.split_log_prob_bounds(
+        model, data_dir, split, batch_size, importance_samples, seed, max_examples,
+        show_progress, "bpd")
+    bpd, stderr = metrics.mean_and_stderr(eval_harness.bits_per_dim(model, values["elbo"]))
     result: dict[str, Any] = {"split": split, "num_examples": total, "bpd": bpd, "bpd_stderr": stderr,
                               "kind": "exact" if not model.spec.latent else "elbo_bound"}
     if "iw" in values:
         result["bpd_iw"], result["bpd_iw_stderr"] = metrics.mean_and_stderr(
-            metrics.bits_per_dim(values["iw"], shape))
+            eval_harness.bits_per_dim(model, values["iw"]))
         result["importance_samples"] = importance_samples
     return result
 
@@ -159,9 +98,9 @@ def evaluate_binary_nll(model: HybridModel, data_dir: str, split: str = "validat
     if not getattr(model, "binary", False):
         raise ValueError(f"model (decoder={model.config.decoder!r}) is not a Bernoulli-decoder "
                          "model of binary data; use evaluate_bpd")
-    values, total = _split_log_prob_bounds(model, data_dir, split, batch_size,
-                                           importance_samples, seed, max_examples,
-                                           show_progress, "nll")
+    values, total = eval_harness.split_log_prob_bounds(
+        model, data_dir, split, batch_size, importance_samples, seed, max_examples,
+        show_progress, "nll")
     nll, stderr = metrics.mean_and_stderr(-values["elbo"])
     result: dict[str, Any] = {
         "split": split, "num_examples": total, "nll_nats": nll, "nll_nats_stderr": stderr,
@@ -189,40 +128,75 @@ def evaluate_latent(model: HybridModel, data_dir: str, split: str = "validation"
     for flow posteriors the mean pushed through the flow), "latent_dim", "num_examples"}."""
     if model.encoder is None:
         raise ValueError(f"variant {model.spec.name!r} has no encoder; no latent to measure")
-    ds, total = split_batches(model, data_dir, split, batch_size, max_examples)
+    held = eval_harness.load_split(model, data_dir, split, max_examples)
     d = model.config.latent_dim
 
     @tf.function
     def latent_terms(images, index):
-        x = dequantized_inputs(model, images, index, batch_size, seed)
+        x = eval_harness.dequantized_inputs(model, images, index, batch_size, seed)
         params = model.encoder(x)
         out = {"mean": model.posterior.representative(params)}
         if model.has_analytic_kl:
             out["kl_dims"] = model.posterior.analytic_kl_per_dim(params)
             out["kl"] = tf.reduce_sum(out["kl_dims"], axis=-1)
         else:
-            eps = tf.random.stateless_normal([1, tf.shape(images)[0], d],
-                                             seed=tf.stack([seed, -1 - index]))
-            z, log_q = model.posterior.sample_and_log_prob(params, 1, eps)
-            out["kl"] = log_q[0] - model.prior.log_prob(z[0])
+            z, log_q = eval_harness.posterior_draw(model, params, index, seed)
+            out["kl"] = log_q - model.prior.log_prob(z)
         return out
 
-    parts: dict[str, list] = {}
-    with tqdm(total=total, desc=f"latent {split}", unit="img", disable=not show_progress) as bar:
-        for i, images in enumerate(ds):
-            for k, v in latent_terms(images, tf.constant(i, tf.int32)).items():
-                parts.setdefault(k, []).append(v.numpy().astype(np.float64))
-            bar.update(int(images.shape[0]))
-    kl_mean, kl_stderr = metrics.mean_and_stderr(np.concatenate(parts["kl"]))
-    means = np.concatenate(parts["mean"])
+    parts = eval_harness.map_split(held, batch_size, latent_terms, f"latent {split}",
+                                   show_progress)
+    kl_mean, kl_stderr = metrics.mean_and_stderr(parts["kl"])
+    means = parts["mean"]
     variances = means.var(axis=0, ddof=1) if len(means) > 1 else np.zeros(d)
     result: dict[str, Any] = {
-        "split": split, "num_examples": total, "latent_dim": d, "kl_mean": kl_mean,
+        "split": split, "num_examples": held.count, "latent_dim": d, "kl_mean": kl_mean,
         "kl_stderr": kl_stderr, "active_units": int((variances > ACTIVE_UNIT_THRESHOLD).sum()),
         "posterior_mean_variance": [float(v) for v in variances]}
     if "kl_dims" in parts:
-        result["kl_per_dim"] = [float(v) for v in np.concatenate(parts["kl_dims"]).mean(axis=0)]
+        result["kl_per_dim"] = [float(v) for v in parts["kl_dims"].mean(axis=0)]
     return result
+
+
+# The metrics `python -m pipeline.evaluate --data_dir` reports, in this order: one
+# function each, registered here (a new metric: one more such function; it then appears in
+# the JSON, in MLflow and in the quickstart's summary).
+
+def _bpd_summary(r: dict[str, Any]) -> str:
+    iw = f", IW-{r['importance_samples']} bound {r['bpd_iw']:.3f}" if "bpd_iw" in r else ""
+    return f"{r['bpd']:.3f} +- {r['bpd_stderr']:.3f} ({r['kind']}){iw}"
+
+
+def _nll_summary(r: dict[str, Any]) -> str:
+    iw = (f", IW-{r['importance_samples']} bound {r['nll_nats_iw']:.2f}"
+          if "nll_nats_iw" in r else "")
+    return f"{r['nll_nats']:.2f} +- {r['nll_nats_stderr']:.2f} nats per binarized image{iw}"
+
+
+@eval_harness.register_metric("nll_binarized", applies=lambda m: m.binary,
+                              mlflow_prefix="eval/{split}", label="{split} NLL",
+                              summary=_nll_summary)
+def _nll_binarized_metric(model: HybridModel, r: EvalRequest) -> dict[str, Any]:
+    """Binarized images: nats, no 8-bit bits/dim."""
+    return evaluate_binary_nll(model, r.data_dir, r.split, r.batch_size, r.importance_samples,
+                               r.seed, r.max_examples, r.show_progress)
+
+
+@eval_harness.register_metric("bpd", applies=lambda m: m.spec.has_likelihood and not m.binary,
+                              mlflow_prefix="eval/{split}", label="{split} BPD",
+                              summary=_bpd_summary)
+def _bpd_metric(model: HybridModel, r: EvalRequest) -> dict[str, Any]:
+    return evaluate_bpd(model, r.data_dir, r.split, r.batch_size, r.importance_samples,
+                        r.seed, r.max_examples, r.show_progress)
+
+
+@eval_harness.register_metric(
+    "latent", applies=lambda m: m.encoder is not None, mlflow_prefix="eval/{split}/latent",
+    summary=lambda r: (f"KL {r['kl_mean']:.1f} nats, {r['active_units']} of "
+                       f"{r['latent_dim']} units active"))
+def _latent_metric(model: HybridModel, r: EvalRequest) -> dict[str, Any]:
+    return evaluate_latent(model, r.data_dir, r.split, r.batch_size, r.seed, r.max_examples,
+                           r.show_progress)
 
 
 def evaluate_samples(model_dir: str, num_samples: int, extractor: str, extractor_path: str,
@@ -289,7 +263,10 @@ def main(argv):
     if FLAGS.data_dir:  # the shards against dataset.json; a corrupt record: one line
         checked = data_lib.damaged_data_errors(data_lib.read_checked_dataset_info(FLAGS.data_dir))
     with checked:
-        _evaluate_data(model, results)
+        if FLAGS.data_dir:
+            results.update(evaluate_data(model, FLAGS.model_dir, EvalRequest(
+                FLAGS.data_dir, FLAGS.split, FLAGS.batch_size, FLAGS.importance_samples,
+                FLAGS.seed, FLAGS.max_examples)))
     _evaluate_samples(results)
     print(json.dumps(results, indent=2, default=str))
 
@@ -303,27 +280,18 @@ def no_bpd_reason(model: HybridModel) -> str | None:
             "variants with an encoder")
 
 
-def _evaluate_data(model: HybridModel, results: dict[str, Any]) -> None:
-    """The --data_dir parts of the report: bits/dim (or nats of binarized images), latent
-    use; for a model without likelihood the reason there is no bits/dim."""
-    from artifacts.tracking import log_results
-
-    if FLAGS.data_dir and no_bpd_reason(model):
+def evaluate_data(model: HybridModel, model_dir: str | None,
+                  request: EvalRequest) -> dict[str, Any]:
+    """The --data_dir parts of the report: every registered metric that applies to the
+    model (bits/dim or nats of binarized images, latent use, ...), each logged to
+    ``model_dir``'s MLflow run; for a model without likelihood, "bpd_note" says why there
+    is no bits/dim."""
+    results: dict[str, Any] = {}
+    if no_bpd_reason(model):
         results["bpd_note"] = no_bpd_reason(model)
         log.warning("%s", results["bpd_note"])
-    if FLAGS.data_dir and model.binary:  # binarized images: nats, no 8-bit bits/dim
-        results["nll_binarized"] = evaluate_binary_nll(
-            model, FLAGS.data_dir, FLAGS.split, FLAGS.batch_size, FLAGS.importance_samples,
-            FLAGS.seed, FLAGS.max_examples)
-        log_results(FLAGS.model_dir, results["nll_binarized"], f"eval/{FLAGS.split}")
-    elif FLAGS.data_dir and model.spec.has_likelihood:
-        results["bpd"] = evaluate_bpd(model, FLAGS.data_dir, FLAGS.split, FLAGS.batch_size,
-                                      FLAGS.importance_samples, FLAGS.seed, FLAGS.max_examples)
-        log_results(FLAGS.model_dir, results["bpd"], f"eval/{FLAGS.split}")
-    if FLAGS.data_dir and model.encoder is not None:
-        results["latent"] = evaluate_latent(model, FLAGS.data_dir, FLAGS.split, FLAGS.batch_size,
-                                            FLAGS.seed, FLAGS.max_examples)
-        log_results(FLAGS.model_dir, results["latent"], f"eval/{FLAGS.split}/latent")
+    results.update(eval_harness.run_metrics(model, request, model_dir))
+    return results
 
 
 def _evaluate_samples(results: dict[str, Any]) -> None:

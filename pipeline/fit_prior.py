@@ -45,29 +45,18 @@ def define_flags() -> None:
 
 def posterior_draws(model, data_dir: str, split: str = "train", batch_size: int = 500,
                     seed: int = 0, max_examples: int | None = None) -> np.ndarray:
-    """One z ~ q(z|x~) per image of ``split``, [N, d] float64, seeded."""
-    from pipeline import data as data_lib
-    from tfp_models import flows
+    """One z ~ q(z|x~) per image of ``split``, [N, d] float64, seeded: the dequantization
+    and the posterior draw of :mod:`pipeline.eval_harness` (keyed on seed and batch)."""
+    from pipeline import eval_harness
 
-    info = data_lib.read_dataset_info(data_dir)
-    if tuple(info.image_shape) != tuple(model.config.image_shape):
-        raise ValueError(f"data set {data_dir!r} holds {tuple(info.image_shape)} images, the "
-                         f"model expects {tuple(model.config.image_shape)}")
-    total = info.split_counts[split] if max_examples is None else min(
-        max_examples, info.split_counts[split])
-    ds = data_lib.make_image_dataset(info, split, batch_size, shuffle=False, repeat=False,
-                                     drop_remainder=False).unbatch().take(total).batch(batch_size)
+    held = eval_harness.load_split(model, data_dir, split, max_examples)
 
     @tf.function
     def draw(images, index):
-        noise = tf.random.stateless_uniform(tf.shape(images), seed=tf.stack([seed, index]))
-        params = model.encoder(flows.dequantize_images(images, noise))
-        eps = tf.random.stateless_normal([1, tf.shape(images)[0], model.config.latent_dim],
-                                         seed=tf.stack([seed, -1 - index]))
-        return model.posterior.sample_and_log_prob(params, 1, eps)[0][0]
+        x = eval_harness.dequantized_inputs(model, images, index, batch_size, seed)
+        return {"z": eval_harness.posterior_draw(model, model.encoder(x), index, seed)[0]}
 
-    return np.concatenate([draw(b, tf.constant(i, tf.int32)).numpy()
-                           for i, b in enumerate(ds)]).astype(np.float64)
+    return eval_harness.map_split(held, batch_size, draw)["z"]
 
 
 def fit_mixture_prior(model_dir: str, output_model_dir: str, components: int,

@@ -6,8 +6,9 @@
 The model's generator G (``HybridModel.generate`` at ``--temperature``, 0 by default: the
 decoder mean through the flow, f^-1(mu(z)), for the latent variants; f^-1(eps) for the
 flows) defines the entropic GAN's data model, a Gaussian of variance lambda / 2 per
-dimension around G(z), z from the prior. Each batch of ``--batch_size`` real images,
-at bin centres (x + 0.5) / 256 in [0, 1)^D, is coupled with ``--num_generated`` draws by
+dimension around G(z), z from the prior (draw i seeded by seed * 2^31 + i alone:
+:func:`pipeline.eval_harness.draw_samples`, before quantization). Each batch of
+``--batch_size`` real images, at bin centres (x + 0.5) / 256 in [0, 1)^D, is coupled with ``--num_generated`` draws by
 the entropic optimal transport (Sinkhorn, :mod:`tfp_models.surrogate`), which gives every
 image a lower bound (in expectation) on its log-density under that model: nats on
 [0, 1)^D, and bits/dim of the 8-bit image as for the project's other likelihoods
@@ -31,9 +32,7 @@ import tensorflow as tf
 from absl import app, flags
 from tqdm import tqdm
 
-from artifacts import model_io
-from artifacts.cli import setup_logging
-from pipeline import data as data_lib
+from pipeline import eval_harness
 from tfp_models import metrics, surrogate
 from tfp_models.hybrid import HybridModel
 
@@ -42,16 +41,12 @@ log = logging.getLogger("pipeline.surrogate_likelihood")
 
 def generator_draws(model: HybridModel, num: int, temperature: float, seed: int,
                     batch_size: int = 500) -> np.ndarray:
-    """G(z) for ``num`` prior draws: float64 [num, D] in [0, 1] (continuous, unquantized),
-    seeded by ``seed``."""
-    out = []
-    for start in range(0, num, batch_size):
-        n = min(batch_size, num - start)
-        noise = tf.random.stateless_normal((n,) + model.prior_noise_shape(), seed=(seed, start))
-        eps = tf.random.stateless_normal((n,) + model.config.image_shape, seed=(seed + 1, start))
-        images = model.generate(noise, tf.fill([n], float(temperature)), eps)
-        out.append(tf.reshape(images, [n, -1]).numpy().astype(np.float64))
-    return np.concatenate(out)
+    """G(z) for ``num`` prior draws: float64 [num, D] in [0, 1] (continuous, unquantized):
+    :func:`pipeline.eval_harness.draw_samples` before quantization, row i keyed on
+    seed * 2^31 + i alone."""
+    rows = eval_harness.draw_samples(model, num, temperature, seed, batch_size=batch_size,
+                                     quantize=False)
+    return rows.reshape(num, -1).astype(np.float64)
 
 
 def surrogate_scores(model: HybridModel, data_dir: str, split: str, *, num_generated: int,
@@ -69,22 +64,11 @@ def surrogate_scores(model: HybridModel, data_dir: str, split: str, *, num_gener
     if not entropic_lambda > 0:
         raise ValueError(f"--entropic_lambda={entropic_lambda}: expected > 0")
     model.check_generator()
-    info = data_lib.read_dataset_info(data_dir)
-    if tuple(info.image_shape) != tuple(model.config.image_shape):
-        raise ValueError(f"data set {data_dir!r} holds {list(info.image_shape)} images, the "
-                         f"model was trained on {list(model.config.image_shape)}")
+    held = eval_harness.load_split(model, data_dir, split, max_examples)
     fake = generator_draws(model, num_generated, temperature, seed)
-    ds = data_lib.make_image_dataset(info, split, batch_size, shuffle=False, repeat=False,
-                                     drop_remainder=False, with_labels=True)
-    total = info.split_counts[split] if max_examples is None else min(max_examples,
-                                                                      info.split_counts[split])
     parts: dict[str, list] = {"ll": [], "labels": [], "iters": [], "err": []}
-    seen = 0
-    with tqdm(total=total, unit="img", desc="surrogate", disable=not show_progress) as bar:
-        for images, labels in ds:
-            images, labels = images[:total - seen], labels[:total - seen]
-            if len(images) == 0:
-                break
+    with tqdm(total=held.count, unit="img", desc="surrogate", disable=not show_progress) as bar:
+        for images, labels in held.batches(batch_size, with_labels=True):
             real = (tf.reshape(tf.cast(images, tf.float64), [len(images), -1]) + 0.5) / 256.0
             out = surrogate.surrogate_log_likelihood(real, fake, entropic_lambda, max_iters,
                                                      tolerance)
@@ -92,10 +76,7 @@ def surrogate_scores(model: HybridModel, data_dir: str, split: str, *, num_gener
             parts["labels"].append(labels.numpy())
             parts["iters"].append(out["iterations"])
             parts["err"].append(out["marginal_error"])
-            seen += len(images)
             bar.update(len(images))
-            if seen >= total:
-                break
     ll = np.concatenate(parts["ll"])
     return {"log_likelihood_nats": ll,
             "bits_per_dim": np.asarray(metrics.bits_per_dim(ll, model.config.image_shape)),
@@ -144,15 +125,9 @@ def define_flags() -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    setup_logging()
     from artifacts import tracking
 
-    if not os.path.isdir(FLAGS.model_dir):
-        raise FileNotFoundError(f"--model_dir={FLAGS.model_dir!r} does not exist")
-    tracking.configure(FLAGS.mlflow_tracking_uri or None, FLAGS.model_dir)
-    model, step = model_io.load_trained_model(FLAGS.model_dir)
+    model, step = eval_harness.start_cli(argv, FLAGS.model_dir, FLAGS.mlflow_tracking_uri)
     scores = surrogate_scores(
         model, FLAGS.data_dir, FLAGS.split, num_generated=FLAGS.num_generated,
         entropic_lambda=FLAGS.entropic_lambda, batch_size=FLAGS.batch_size,

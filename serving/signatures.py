@@ -74,11 +74,9 @@ def score_noise(model: HybridModel, num_samples: int, seed: int = DEFAULT_SCORE_
 def to_bits_per_dim(model: HybridModel, nats):
     """Per-image bits/dim of ln-likelihoods ``nats``: 8-bit bits/dim (with ln 256 per
     dimension, :func:`tfp_models.metrics.bits_per_dim`), or for a Bernoulli-decoder model
-    -nats / (D ln 2), bits per binary pixel."""
-    shape = model.config.image_shape
-    if getattr(model, "binary", False):
-        return -nats / (metrics.num_dims(shape) * math.log(2.0))
-    return metrics.bits_per_dim(nats, shape)
+    -nats / (D ln 2), bits per binary pixel (:func:`tfp_models.metrics.decoder_bits_per_dim`)."""
+    return metrics.decoder_bits_per_dim(nats, model.config.image_shape,
+                                        getattr(model, "binary", False))
 
 
 def deterministic_score(model: HybridModel, images: tf.Tensor, num_samples: int = 1,

@@ -28,6 +28,21 @@ def bits_per_dim(log_prob_nats, image_shape: Sequence[int]):
     return (-log_prob_nats / d + LN256) / LN2
 
 
+def bits_per_binary_dim(log_prob_nats, image_shape: Sequence[int]):
+    """ln P(b) in nats of a binary image b ([N] or scalar) -> bits per binary pixel,
+    -log2 P(b) / D (no ln 256 term: these are not bits/dim of 8-bit data). Works on
+    tensors and numpy arrays."""
+    return -log_prob_nats / (num_dims(image_shape) * LN2)
+
+
+def decoder_bits_per_dim(log_prob_nats, image_shape: Sequence[int], binary: bool):
+    """Bits/dim of ln-likelihoods in nats for either decoder: :func:`bits_per_binary_dim`
+    for a Bernoulli decoder of binary images (``binary``), else :func:`bits_per_dim`."""
+    if binary:
+        return bits_per_binary_dim(log_prob_nats, image_shape)
+    return bits_per_dim(log_prob_nats, image_shape)
+
+
 def bits_per_dim_to_nats(bpd, image_shape: Sequence[int]):
     """Inverse of :func:`bits_per_dim`: bits/dim -> log p(x~) in nats on [0, 1)^D."""
     d = num_dims(image_shape)
