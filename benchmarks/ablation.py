@@ -176,10 +176,45 @@ def jobs_of(args) -> list[tuple[str, int]]:
             for s in seeds + (more if v in more_variants else [])]
 
 
+def row_machine(model_dir: str, tracking_uri: str) -> dict[str, str]:
+    """The machine that trained a row: the ``machine.*`` params its MLflow run logged
+    (:func:`artifacts.machine_info.of_mlflow_run`; {} for runs from before they were
+    logged, or without a run)."""
+    from artifacts import machine_info, tracking
+
+    return machine_info.of_mlflow_run(tracking.run_id_of(model_dir), tracking_uri)
+
+
+def machine_line(rows: dict[str, list[dict]], this_machine: dict) -> str:
+    """One Markdown line: the machine that wrote the results file, and the machines that
+    trained its rows (their runs' ``machine.*`` params, where logged)."""
+    from artifacts import machine_info
+
+    groups: dict[str, list[str]] = {}
+    for variant, runs in rows.items():
+        for run in runs:
+            key = machine_info.describe_trained(run.get("machine") or {}, this_machine)
+            groups.setdefault(key, []).append(f"{variant} s{run['seed']}")
+    trained_on = "; ".join(f"{key}: {', '.join(names)}" for key, names in groups.items())
+    return (f"Machine: this file was written on {machine_info.describe(this_machine)}. "
+            f"Rows trained on: {trained_on}.")
+
+
 def write_outputs(rows: dict[str, list[dict]], args, lines: list[str], curve_note: str,
                   extra_json: dict | None = None) -> None:
     """The validation-BPD curves and sample grids next to ``args.out``, then the table
-    (``lines`` plus their names) and a JSON of every row; prints the table."""
+    (``lines`` plus their names, and a line on the machine that wrote the file and the
+    machines that trained the rows) and a JSON of every row with the same (``machine``,
+    each row's ``machine``: its run's, where logged) and the command; prints the table."""
+    from artifacts import machine_info
+
+    this_machine = machine_info.machine_info()
+    for variant, runs in rows.items():  # rows stored before rows recorded their machine
+        for run in runs:
+            if "machine" not in run:
+                run["machine"] = row_machine(
+                    os.path.join(args.runs_dir, f"{variant}_seed{run['seed']}"),
+                    args.mlflow_tracking_uri)
     stem = os.path.splitext(args.out)[0]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     curves = validation_curves(rows, args, stem + "_validation_bpd.png")
@@ -190,10 +225,14 @@ def write_outputs(rows: dict[str, list[dict]], args, lines: list[str], curve_not
         grids = sample_grids(rows, args, stem)
         lines += ["", "Sample grids (64 samples, seed 0, first seed's model): " +
                   ", ".join(f"`{os.path.basename(g)}`" for g in grids)]
+    lines += ["", machine_line(rows, this_machine)]
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(stem + ".json", "w") as f:
-        json.dump(rows if extra_json is None else {**extra_json, "rows": rows}, f, indent=2)
+        json.dump({**(extra_json or {}), "machine": this_machine,
+                   "command": " ".join(["python", os.path.relpath(sys.argv[0], PROJECT_ROOT),
+                                        *map(shlex.quote, sys.argv[1:])]),
+                   "args": dict(vars(args)), "rows": rows}, f, indent=2)
     print("\n".join(lines))
     print(f"\nwritten to {args.out}")
 
@@ -245,7 +284,8 @@ def run_one(variant: str, seed: int, args, protocol: Protocol, index: int, total
            "command_seconds": round(command_seconds, 1),
            "extra_flags": " ".join(filter(None, [variant_flags.get(variant, ""),
                                                   args.extra_flags])),
-           "train_steps": args.train_steps, "load_average_end": os.getloadavg()[0]}
+           "train_steps": args.train_steps, "load_average_end": os.getloadavg()[0],
+           "machine": row_machine(model_dir, args.mlflow_tracking_uri)}
     for t in TEMPERATURES:
         cmd = [py, "-m", "pipeline.evaluate", f"--model_dir={model_dir}",
                f"--fid_samples={args.fid_samples}", f"--temperature={t}",

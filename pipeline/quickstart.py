@@ -92,6 +92,35 @@ def last_json(text: str) -> dict:
     return json.loads(text[start:])
 
 
+def write_results(path_stem: str, results: dict) -> tuple[str, str]:
+    """The quickstart's numbers, command, flags and machine as ``<stem>.json`` and a short
+    ``<stem>.md``; returns both paths. ``results['machine']`` is the machine that ran this
+    quickstart, ``results['train_run_machine']`` what the training run logged to MLflow
+    (another machine if the model was trained elsewhere and only resumed or reused here)."""
+    from artifacts import machine_info
+
+    with open(path_stem + ".json", "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    here = results["machine"]
+    trained_text = machine_info.describe_trained(results.get("train_run_machine") or {}, here)
+    bpd, t0, t1 = (results.get(k) or {} for k in ("bpd", "samples_t0", "samples_t1"))
+    numbers = []
+    if "bpd_iw" in bpd:
+        numbers.append(f"validation IW-{bpd['importance_samples']} bound {bpd['bpd_iw']:.3f} "
+                       f"bits/dim")
+    numbers += [f"FID T={t} {s['fid']:.2f}" for t, s in ((0, t0), (1, t1)) if "fid" in s]
+    lines = [f"# Quickstart results ({results['finished']})", "",
+             f"Command: `{results['command']}`", "",
+             f"Training: `{results['train_command']}`", "",
+             f"Numbers: {', '.join(numbers) or 'none'}; MLflow run "
+             f"{results.get('mlflow_run_id')} (step {results.get('step')}).", "",
+             f"Machine: this quickstart ran on {machine_info.describe(here)}. The model was "
+             f"trained on: {trained_text}."]
+    with open(path_stem + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path_stem + ".json", path_stem + ".md"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mnist_dir", default=DEFAULT_MNIST)
@@ -194,6 +223,22 @@ def main(argv: list[str] | None = None) -> int:
 
     bpd = evaluation.get("bpd", {})
     latent = evaluation.get("latent", {})
+    from artifacts import machine_info, tracking
+
+    results_files = write_results(os.path.join(work, "quickstart_results"), {
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "minutes": round((time.time() - started) / 60, 1),
+        "command": " ".join(["python -m pipeline.quickstart", *(
+            sys.argv[1:] if argv is None else argv)]),
+        "train_command": " ".join(["python", *train_cmd[1:]]), "args": vars(args),
+        "machine": machine_info.machine_info(),
+        "train_run_machine": machine_info.of_mlflow_run(
+            summary.get("mlflow_run_id"), tracking.tracking_uri_of(trained_dir)),
+        "mlflow_run_id": summary.get("mlflow_run_id"), "step": summary.get("step"),
+        "model_dir": trained_dir, "evaluated_model_dir": model_dir, "bpd": bpd,
+        "latent": latent, "heldout_real": real_fid, "samples_t0": evaluation.get("samples", {}),
+        "samples_t1": samples_t1, "export": version_dir,
+        "heldout_scores_bits_per_dim": scored.get("bits_per_dim")})
     print("\n" + "=" * 72)
     print(f"quickstart finished in {(time.time() - started) / 60:.1f} min")
     print(f"  data set          {data_dir}")
@@ -224,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  held-out scores   {', '.join(f'{v:.3f}' for v in scored['bits_per_dim'])} bits/dim")
     for t, path in scored["grids"].items():
         print(f"  sample grid T={t}   {path}")
+    print(f"  results, machine  {results_files[0]}, {results_files[1]}")
     return 0
 
 

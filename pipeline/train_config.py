@@ -110,6 +110,13 @@ class TrainConfig:
         "help": "XLA-compile the training step (default: by device type, as measured: off on "
                 "CPU, where oneDNN's kernels beat XLA's, on for GPUs; "
                 "pipeline.train_step.DEFAULT_JIT_BY_DEVICE)."})
+    deterministic: bool = dataclasses.field(default=False, metadata={
+        "help": "TensorFlow op determinism (tf.config.experimental.enable_op_determinism, "
+                "set before the run's first op): with the same --seed, data, flags, TF "
+                "version, CPU/GPU model and thread counts, two runs give bit-identical "
+                "weights. Not across machines: other CPUs (e.g. AVX-512 vs AVX2) or thread "
+                "counts round differently. Costs step time (README, 'Reproducible "
+                "numbers'; benchmarks/bench_deterministic.py)."})
 
     def __post_init__(self):
         for name in ("train_steps", "batch_size", "checkpoint_every", "log_every",

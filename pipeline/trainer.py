@@ -24,7 +24,9 @@ worker resumes from the chief's last checkpoint.
 Randomness: every noise tensor a step uses is drawn in the input pipeline with stateless
 ops keyed on (seed, step), one row per example (:mod:`pipeline.train_input`), so a batch
 split across replicas sees the same noise as on one device, and a resumed run replays
-exactly the data and noise it would have seen.
+exactly the data and noise it would have seen. ``--deterministic`` adds TensorFlow's op
+determinism (:func:`op_determinism`): bit-identical runs on one machine and software stack.
+Every run logs the machine it ran on as ``machine.*`` params (:mod:`artifacts.machine_info`).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from typing import Any, Callable, Mapping
 import tensorflow as tf
 from tqdm import tqdm
 
-from artifacts import fs_errors, model_io
+from artifacts import fs_errors, machine_info, model_io
 from artifacts import images as images_lib
 from pipeline import data as data_lib
 from pipeline import model_lock
@@ -67,7 +69,7 @@ __all__ = [  # the trainer's public names, wherever they are defined
     "LR_SCHEDULES", "STRATEGIES", "StepFunctions", "TrainConfig", "TrainState", "TrainTask",
     "TrainingDiverged", "TrainingInterrupted", "ValidationBound", "WorkerLost", "add_step_noise",
     "data_image_shape", "generator_learning_rate", "kl_weight", "make_strategy",
-    "make_train_dataset", "model_config_for_data", "train"]
+    "make_train_dataset", "model_config_for_data", "op_determinism", "train"]
 
 
 class TrainingDiverged(FloatingPointError):
@@ -112,6 +114,27 @@ def model_config_for_data(model_config: HybridConfig | Mapping[str, Any], cfg: T
     return HybridConfig(image_shape=shape, **model_config)
 
 
+@contextlib.contextmanager
+def op_determinism(enabled: bool):
+    """TensorFlow op determinism on inside the block if ``enabled`` (``--deterministic``),
+    and back off after it if it was off before (a caller that trains in-process, as the
+    tests do, keeps its own setting). The CLI enters this before any op has run; in a
+    process that already ran ops, kernels TensorFlow has cached keep the algorithm they
+    were built with. Seeds are the run's own: :func:`pipeline.train_state.build_state` calls
+    ``keras.utils.set_random_seed(cfg.seed)`` (Python, NumPy, TF), and every noise tensor
+    of a step is drawn by stateless ops keyed on (seed, step) (module docstring)."""
+    from tensorflow.python.framework import config as tf_config
+
+    switch = enabled and not tf_config.is_op_determinism_enabled()
+    if switch:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if switch:
+            tf_config.disable_op_determinism()
+
+
 def train(model_config: HybridConfig | Mapping[str, Any], cfg: TrainConfig,
           params_to_log: dict[str, Any] | None = None,
           on_step: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
@@ -133,7 +156,17 @@ def train(model_config: HybridConfig | Mapping[str, Any], cfg: TrainConfig,
     (:class:`~artifacts.dataset_format.DataSetDamaged`), a full or read-only disk
     (:class:`~artifacts.fs_errors.DiskError`); an unusable MLflow store only turns
     tracking off (:mod:`artifacts.tracking`; ``cfg.strict_tracking``: an error first).
+
+    ``cfg.deterministic`` turns TensorFlow's op determinism on first, before any op of the
+    run (:func:`op_determinism`), and off again at the end if it was off.
     """
+    with op_determinism(cfg.deterministic):
+        return _train(model_config, cfg, params_to_log, on_step)
+
+
+def _train(model_config: HybridConfig | Mapping[str, Any], cfg: TrainConfig,
+           params_to_log: dict[str, Any] | None,
+           on_step: Callable[[int, dict], None] | None) -> dict[str, Any]:
     info = data_lib.read_checked_dataset_info(cfg.data_dir, full=cfg.verify_data)
     if "train" not in info.split_counts:
         raise ValueError(f"data set {cfg.data_dir!r} has no 'train' split "
@@ -194,7 +227,8 @@ class TrainTask:
             with run as tracker, SignalGuard() as guard:
                 self.tracker, run_id = tracker, tracker.run_id
                 tracker.log_params({**dataclasses.asdict(self.model_config),
-                                    **dataclasses.asdict(cfg), **(self.params_to_log or {})})
+                                    **dataclasses.asdict(cfg), **(self.params_to_log or {}),
+                                    **machine_info.as_params()})  # machine.*: what ran it
                 step, values = self.run_loop(state, steps, dataset, guard)
                 return self.finalize(state, run_id, step, values)
         finally:
