@@ -142,6 +142,28 @@ def cells(runs: list[dict], columns: list[tuple[str, str, int]]) -> list[str]:
     return [fmt([r.get(key, {}).get(field) for r in runs], digits) for key, field, digits in columns]
 
 
+def paired_differences(rows: dict[str, list[dict]], base: str, other: str,
+                       columns: list[tuple[str, str, int, str]]) -> str | None:
+    """One line: ``other`` minus ``base`` seed by seed (seeds both ran; same seed = same
+    initialisation of the shared networks and the same data order), mean ± std over the
+    pairs and each pair's value, for each (result key, field, digits, label) column; None
+    when fewer than two seeds pair up."""
+    by_seed = {r["seed"]: r for r in rows.get(base, [])}
+    pairs = [(by_seed[r["seed"]], r) for r in rows.get(other, []) if r["seed"] in by_seed]
+    if len(pairs) < 2:
+        return None
+    parts = []
+    for key, field, digits, label in columns:
+        diffs = [o.get(key, {}).get(field) - b.get(key, {}).get(field) for b, o in pairs
+                 if o.get(key, {}).get(field) is not None and b.get(key, {}).get(field) is not None]
+        if len(diffs) == len(pairs):
+            each = ", ".join(f"{d:+.{digits}f}" for d in diffs)
+            parts.append(f"{label} {fmt(diffs, digits)} ({each})")
+    seeds = ", ".join(str(o["seed"]) for _, o in pairs)
+    return (f"Paired by seed, {other} minus {base} (seeds {seeds}; mean ± std of the "
+            f"differences, then each seed's): " + "; ".join(parts) + ".")
+
+
 LIKELIHOOD_COLUMNS = [("bpd", "bpd", 3), ("bpd", "bpd_iw", 3), ("latent", "kl_mean", 1),
                       ("latent", "active_units", 1)]
 

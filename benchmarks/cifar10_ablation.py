@@ -43,6 +43,7 @@ from ablation import (
     fmt,
     heldout_real,
     jobs_of,
+    paired_differences,
     run_one,
     write_outputs,
 )
@@ -132,6 +133,12 @@ def table(rows: dict[str, list[dict]], args, real: dict, report: dict) -> list[s
         f"| real test images ({real['num_samples']})", "—", "—", "—", "—", "—",
         f"{real['fid']:.1f}", p, r, f"{real['fid']:.1f}", f"{real['kid_mean']:.3f}",
         f"{real['is_mean']:.2f}", p, r, "—", "—", "— |"]))
+    paired = paired_differences(rows, "vae_f", "cqf", [
+        ("bpd", "bpd_iw", 3, "IW bits/dim"), (t0, "fid", 1, "FID T=0"), (t1, "fid", 1, "FID T=1"),
+        (t0, "precision", 2, "P T=0"), (t1, "precision", 2, "P T=1"),
+        (t1, "recall", 2, "R T=1")])
+    if paired:
+        lines += ["", paired]
     stored = [f"{v} seed {run['seed']}: `{run.get('extra_flags') or 'none'}`"
               for v, runs in rows.items() for run in runs]
     lines += ["", "Training flags beyond the flagfile, as each row recorded them when it was "
