@@ -66,6 +66,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from artifacts import fs_errors
 from artifacts.cli import setup_logging
 from beam_jobs import extractors, fid_math, fid_results
 from beam_jobs.beam_options import pipeline_options
@@ -422,6 +423,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ``error: ...`` line on stderr and return 2."""
     args, pipeline_args = _parser().parse_known_args(argv)
     setup_logging()
+    fs_errors.drop_failure_logs()  # Beam's tracebacks of a full disk or Ctrl-C: one line
     try:
         return _run(args, pipeline_args)
     except OutputNotWritten as e:  # the results are not lost: printed, then the error
@@ -479,13 +481,17 @@ def _run(args: argparse.Namespace, pipeline_args: Sequence[str]) -> int:
     return 0
 
 
+PROG = "python -m beam_jobs.fid"
 _USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
                 PermissionError, ValueError)
 
 
+@fs_errors.interrupts_as_one_line(PROG, "the run's temporary results were deleted; "
+                                  "--output_stats, if given, is written whole or not at all")
 def cli(argv: Optional[Sequence[str]] = None) -> int:
-    """:func:`main` for the command line: a user error (missing input, bad value) is one
-    line ``python -m beam_jobs.fid: error: ...`` on stderr and exit code 2, not a
+    """:func:`main` for the command line: a user error (missing input, bad value, a full
+    or read-only disk) is one line ``python -m beam_jobs.fid: error: ...`` on stderr and
+    exit code 2, Ctrl-C one line ``... interrupted; ...`` and exit code 130, not a
     traceback (``AD_TRACEBACK=1`` shows it)."""
     try:
         return main(argv)
@@ -493,8 +499,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
         if os.environ.get("AD_TRACEBACK"):
             raise
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        print(f"python -m beam_jobs.fid: error: {lines[0] if lines else type(e).__name__}",
-              file=sys.stderr)
+        print(f"{PROG}: error: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
         return 2
 
 

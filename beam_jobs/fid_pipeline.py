@@ -25,6 +25,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 
+from artifacts import fs_errors
 from beam_jobs import beam_fs, fid_math, fid_results, identity
 from beam_jobs.beam_options import pipeline_options, workers_share_driver_files
 from beam_jobs.extractor_contract import ExtractorInfo
@@ -124,7 +125,9 @@ def run_features(source: Source, extractor: ExtractorInfo, *,
     under ``work_dir``, else ``--temp_location`` of ``pipeline_args`` (any Beam
     filesystem path every worker can write, e.g. ``gs://bucket/tmp``), else (local
     runners and the Dask runner's own local cluster only) a local temporary directory; a
-    distributed runner without either is refused. The run's files are deleted afterwards.
+    distributed runner without either is refused. The run's files are deleted afterwards,
+    also after a failure or Ctrl-C; a full or read-only disk where they go raises
+    :class:`~artifacts.fs_errors.DiskError` naming the folder.
     """
     start = time.time()
     size = source.size_hint()
@@ -136,15 +139,19 @@ def run_features(source: Source, extractor: ExtractorInfo, *,
             raise ValueError("beam_jobs.fid on a distributed runner needs --temp_location "
                              "(a directory all workers can write, e.g. gs://bucket/tmp) for "
                              "its combined results")
-        work = local_tmp = tempfile.mkdtemp(prefix="fid-")
+        with fs_errors.disk_errors(f"creating a temporary folder in {tempfile.gettempdir()!r} "
+                                   "for the FID pipeline's results"):
+            work = local_tmp = tempfile.mkdtemp(prefix="fid-")
     run_dir = beam_fs.join(beam_fs.absolute(work), f"fid-run-{uuid.uuid4().hex[:12]}")
     log.info("FID features of %s with %s (%s); %d image(s) expected; results in %s",
              source.describe(), extractor.name, extractor.saved_model_dir, size, run_dir)
     features = BatchInference(features_model_handler(extractor.saved_model_dir, batch_size),
                               batch_size, size)
     try:
-        return _run(source, features, extractor, options, run_dir, kid_samples, num_splits,
-                    start, pr_samples)
+        with fs_errors.disk_errors(f"the FID pipeline writing its results to {run_dir!r}",
+                                   after="its temporary results were deleted"):
+            return _run(source, features, extractor, options, run_dir, kid_samples,
+                        num_splits, start, pr_samples)
     finally:
         beam_fs.delete_tree(run_dir)
         if local_tmp:

@@ -11,10 +11,13 @@ settings; its max_batch_size is the smallest ``--max_batch`` of the exported mod
 The version defaults to 1 + the highest existing integer version; an existing version is
 never overwritten. The version directory is written under a temporary name and renamed
 when complete, so a TF Serving instance polling the base path never loads a partial
-export. See serving/signatures.py for the signatures.
+export: a full or read-only disk, or Ctrl-C, removes the partial export and leaves the
+earlier versions as they were (one line, exit 2 or 130, no traceback; ``AD_TRACEBACK=1``
+shows it). See serving/signatures.py for the signatures.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +29,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from artifacts import model_io
+from artifacts import fs_errors, model_io
 from artifacts.cli import setup_logging
 from serving.signatures import (
     DEFAULT_MAX_BATCH,
@@ -38,6 +41,7 @@ from serving.signatures import (
 
 log = logging.getLogger(__name__)
 
+PROG = "python -m serving.export"
 WARMUP_FILE = "tf_serving_warmup_requests"
 METADATA_FILE = "export_metadata.json"
 MODELS_CONFIG = "models.config"
@@ -119,11 +123,23 @@ def write_models_config(export_dir: str, model_name: str, base_path: str) -> str
     entry.name = model_name
     entry.base_path = base_path
     entry.model_platform = "tensorflow"
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text_format.MessageToString(config))
-    os.replace(tmp, path)
+    _write_text_atomically(path, text_format.MessageToString(config))
     return path
+
+
+def _write_text_atomically(path: str, text: str) -> None:
+    """Writes ``path`` whole under a temporary name beside it, then renames it: an old
+    file is replaced in one step, or (a full disk, Ctrl-C) left as it was, and the
+    temporary file removed."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def write_batching_parameters(export_dir: str, max_batch: int) -> str:
@@ -148,9 +164,7 @@ def write_batching_parameters(export_dir: str, max_batch: int) -> str:
         "max_enqueued_batches { value: 64 }\n"          # queue bound: back-pressure, not OOM
         "num_batch_threads { value: 4 }\n"
         "pad_variable_length_inputs: false\n")
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    _write_text_atomically(path, text)
     return path
 
 
@@ -227,6 +241,10 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
 
     Raises:
       FileExistsError: the version already exists. ValueError: bad name/version/K.
+      fs_errors.DiskError: a full, read-only or failing disk (the partial version
+        directory is removed; after the version is complete, models.config or
+        batching_parameters.txt could not be updated).
+      KeyboardInterrupt: Ctrl-C, with a message saying what was kept.
     """
     check_model_name(model_name)
     if log_to_mlflow and mlflow_alias:
@@ -258,45 +276,79 @@ def export_model(model_dir: str, export_dir: str, model_name: str, version: int 
     if not module.has_score:
         log.warning("variant %r defines no likelihood: the export has no 'score' signature; "
                     "serving_default is 'sample'", model.spec.name)
-    os.makedirs(model_base, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_base)  # not an int: TF Serving ignores it
+    kept = f"nothing was added to {model_base!r} (earlier versions are untouched)"
+    with fs_errors.disk_errors(f"exporting version {version} of {model_name!r} to "
+                               f"{version_dir!r}", after=kept):
+        os.makedirs(model_base, exist_ok=True)
+        tmp_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_base)  # not an int: TF Serving ignores it
     try:
-        tf.saved_model.save(module, tmp_dir, signatures=signatures)
-        extra = os.path.join(tmp_dir, "assets.extra")
-        os.makedirs(extra, exist_ok=True)
-        names = sorted(signatures)
-        write_warmup_requests(os.path.join(extra, WARMUP_FILE), model_name, module, names)
-        metadata: dict[str, Any] = {
-            "model_name": model_name, "version": version, "model_dir": os.path.abspath(model_dir),
-            "checkpoint_step": step, "variant": model.spec.name,
-            "model_config": json.loads(model.config.to_json()),
-            "image_shape": list(module.image_shape), "latent_size": module.latent_size,
-            "signatures": names, "max_batch": module.max_batch,
-            "serving_default": "score" if module.has_score else "sample",
-            "score": (_score_metadata(module) if module.has_score else None),
-            "no_score_reason": (None if module.has_score else
-                                f"variant {model.spec.name!r} is trained adversarially only "
-                                "and defines no likelihood"),
-        }
-        with open(os.path.join(extra, METADATA_FILE), "w") as f:
-            json.dump(metadata, f, indent=2, sort_keys=True)
-        try:
-            os.rename(tmp_dir, version_dir)  # fails if another export created it meanwhile
-        except OSError as err:
-            raise FileExistsError(f"{version_dir!r} appeared during the export; not "
-                                  "overwritten") from err
+        with fs_errors.disk_errors(f"exporting version {version} of {model_name!r} to "
+                                   f"{version_dir!r}", after=kept):
+            metadata = _write_version(module, signatures, tmp_dir, version_dir, model_dir,
+                                      model_name, version, step)
+    except KeyboardInterrupt as err:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise KeyboardInterrupt(kept) from err
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    config_path = write_models_config(export_dir, model_name, serving_base_path or model_base)
-    write_batching_parameters(export_dir, module.max_batch)
+    done = f"version {version} is exported whole in {version_dir!r}"
+    try:
+        with fs_errors.disk_errors(f"{done}, but updating {MODELS_CONFIG} and "
+                                   f"{BATCHING_PARAMETERS} in {export_dir!r}"):
+            config_path = write_models_config(export_dir, model_name,
+                                              serving_base_path or model_base)
+            write_batching_parameters(export_dir, module.max_batch)
+    except KeyboardInterrupt as err:
+        raise KeyboardInterrupt(f"{done}; {MODELS_CONFIG} or {BATCHING_PARAMETERS} may not "
+                                "list it yet") from err
     log.info("exported %s (step %d, variant %s, signatures %s) to %s; TF Serving config %s",
-             model_dir, step, model.spec.name, names, version_dir, config_path)
+             model_dir, step, model.spec.name, metadata["signatures"], version_dir, config_path)
     if log_to_mlflow:
         from serving import mlflow_model
-        mlflow_model.log_and_register(model_dir, version_dir, model_name, metadata,
-                                      tracking_uri=tracking_uri, alias=mlflow_alias or None)
+        try:
+            mlflow_model.log_and_register(model_dir, version_dir, model_name, metadata,
+                                          tracking_uri=tracking_uri, alias=mlflow_alias or None)
+        except KeyboardInterrupt as err:
+            raise KeyboardInterrupt(f"{done} and listed in {MODELS_CONFIG}; its MLflow "
+                                    "registration may be incomplete") from err
     return version_dir
+
+
+def _write_version(module: ServingModule, signatures: dict[str, Any], tmp_dir: str,
+                   version_dir: str, model_dir: str, model_name: str, version: int,
+                   step: int) -> dict[str, Any]:
+    """Writes the SavedModel with its assets.extra into ``tmp_dir`` and renames it to
+    ``version_dir``; returns the export metadata."""
+    model = module.model
+    os.chmod(tmp_dir, 0o755)  # mkdtemp's 0700 would hide the version from other users
+    tf.saved_model.save(module, tmp_dir, signatures=signatures)
+    extra = os.path.join(tmp_dir, "assets.extra")
+    os.makedirs(extra, exist_ok=True)
+    names = sorted(signatures)
+    write_warmup_requests(os.path.join(extra, WARMUP_FILE), model_name, module, names)
+    metadata: dict[str, Any] = {
+        "model_name": model_name, "version": version, "model_dir": os.path.abspath(model_dir),
+        "checkpoint_step": step, "variant": model.spec.name,
+        "model_config": json.loads(model.config.to_json()),
+        "image_shape": list(module.image_shape), "latent_size": module.latent_size,
+        "signatures": names, "max_batch": module.max_batch,
+        "serving_default": "score" if module.has_score else "sample",
+        "score": (_score_metadata(module) if module.has_score else None),
+        "no_score_reason": (None if module.has_score else
+                            f"variant {model.spec.name!r} is trained adversarially only "
+                            "and defines no likelihood"),
+    }
+    with open(os.path.join(extra, METADATA_FILE), "w") as f:
+        json.dump(metadata, f, indent=2, sort_keys=True)
+    try:
+        os.rename(tmp_dir, version_dir)  # fails if another export created it meanwhile
+    except OSError as err:
+        if not os.path.exists(version_dir):
+            raise
+        raise FileExistsError(f"{version_dir!r} appeared during the export; not "
+                              "overwritten") from err
+    return metadata
 
 
 def main(argv: list[str]) -> None:
@@ -353,4 +405,5 @@ if __name__ == "__main__":
     define_flags()
     from artifacts.cli import user_errors
 
-    app.run(user_errors("python -m serving.export")(main))
+    fs_errors.drop_failure_logs()
+    app.run(fs_errors.interrupts_as_one_line(PROG)(user_errors(PROG)(main)))

@@ -1,0 +1,145 @@
+"""Fault injection (issue 26 item 7) in ``python -m beam_jobs.fid``: a read-only or full
+disk where the pipeline writes its results (``--temp_location``) and Ctrl-C are one line
+(exit 2 or 130, no traceback, Beam's logged tracebacks dropped), the run's temporary
+files are deleted and an existing ``--output_stats`` file is left byte for byte. The
+disks are real tmpfs mounts (the tests may run as root, for whom chmod does not stop
+writes). ``--output_stats`` on a full disk in-process: tests/test_faults.py."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_faults_preprocess import _fill, mount_tmpfs  # noqa: F401 (a fixture)
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROG = "python -m beam_jobs.fid"
+
+
+@pytest.fixture(scope="module")
+def extractor_and_digits(tmp_path_factory, mnist_dir) -> tuple[str, str]:
+    """(an untrained MNIST-architecture extractor, a folder of 60 real MNIST digits)."""
+    from PIL import Image
+
+    from beam_jobs import extractors
+    from beam_jobs.mnist_idx import load_mnist
+
+    root = tmp_path_factory.mktemp("fid_faults")
+    _, model = extractors.build_mnist_classifier(feature_dim=16, seed=2)
+    extractor = extractors.export_mnist_classifier(model, str(root / "extractor"))
+    (root / "digits").mkdir()
+    for i, image in enumerate(load_mnist(str(mnist_dir))[0][:60]):
+        Image.fromarray(image).save(root / "digits" / f"{i:02d}.png")
+    return extractor, str(root / "digits")
+
+
+@pytest.fixture
+def old_stats(tmp_path) -> tuple[str, bytes]:
+    """An existing --output_stats file (path, bytes)."""
+    from beam_jobs.fid_math import FeatureStatistics
+
+    path = tmp_path / "stats" / "ref.npz"
+    path.parent.mkdir()
+    FeatureStatistics.from_features(np.random.default_rng(0).normal(size=(30, 2)),
+                                    extractor="mnist_classifier").save(str(path))
+    return str(path), path.read_bytes()
+
+
+def _fid(inputs: tuple[str, str], *args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
+    env.pop("AD_TRACEBACK", None)
+    extractor, digits = inputs
+    return subprocess.Popen(
+        [sys.executable, "-m", "beam_jobs.fid", f"--image_folder={digits}",
+         "--extractor=mnist_classifier", f"--extractor_path={extractor}", "--kid_samples=20",
+         *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _one_line(err: str) -> str:
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    lines = [ln for ln in err.splitlines() if f"{PROG}: " in ln or "error" in ln.lower()]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("options,reason", [
+    ("ro,size=64k", "Read-only file system"), ("size=64k", "No space left on device")],
+    ids=["read_only", "full_disk"])
+def test_a_read_only_or_full_temp_location_is_one_line(extractor_and_digits, mount_tmpfs,
+                                                       old_stats, options, reason):
+    """Before: Beam's logged traceback and 2-3 chained ones (RuntimeError: OSError ...
+    [while running 'WriteShapes']), exit 1. Now one line naming the results folder, exit
+    2, the run's files deleted, --output_stats unchanged."""
+    disk = mount_tmpfs(options)
+    if "ro" not in options:
+        os.mkdir(disk / "t")
+        _fill(disk)
+    proc = _fid(extractor_and_digits, f"--temp_location={disk}/t",
+                f"--output_stats={old_stats[0]}")
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 2, err[-3000:]
+    line = _one_line(err)
+    assert line.startswith(f"{PROG}: error: the FID pipeline writing its results to "
+                           f"'{disk}/t/fid-run-"), line
+    assert f"' failed: {reason}" in line, line
+    assert line.endswith("its temporary results were deleted"), line
+    assert out.strip() == ""
+    assert sorted(os.listdir(disk)) == ([] if "ro" in options else ["filler", "t"])
+    assert "ro" in options or os.listdir(disk / "t") == []
+    with open(old_stats[0], "rb") as f:
+        assert f.read() == old_stats[1]
+
+
+def test_ctrl_c_is_one_line_and_leaves_no_partial_output(extractor_and_digits, tmp_path,
+                                                         old_stats):
+    """SIGINT while the pipeline runs (the extractor is being loaded): exit 130, one line,
+    no KeyboardInterrupt traceback; the run's results folder is deleted and --output_stats
+    unchanged, with no temporary file beside it. Before: 'RuntimeError: KeyboardInterrupt
+    [while running 'Features/Infer']' with its traceback, exit 1."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    proc = _fid(extractor_and_digits, f"--temp_location={temp}",
+                f"--output_stats={old_stats[0]}")
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "loading SavedModel" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=300)
+    err = "".join(seen) + err
+    assert proc.returncode == 130, err[-3000:]
+    assert _one_line(err) == (f"{PROG}: interrupted; the run's temporary results were "
+                              "deleted; --output_stats, if given, is written whole or not "
+                              "at all")
+    assert out.strip() == ""
+    assert os.listdir(temp) == []
+    assert os.listdir(os.path.dirname(old_stats[0])) == ["ref.npz"]
+    with open(old_stats[0], "rb") as f:
+        assert f.read() == old_stats[1]
+
+
+def test_beam_s_reports_of_a_disk_error_are_recognized_and_dropped():
+    """Beam re-raises an OSError as text ('RuntimeError: OSError: [Errno 30] ...') and
+    logs it with a traceback: the reason keeps the path, and the filter drops Beam's
+    record but keeps the project's own warnings."""
+    import logging
+
+    from artifacts import fs_errors
+
+    err = RuntimeError("OSError: [Errno 30] Read-only file system: '/x/t' [while running "
+                       "'WriteShapes']")
+    assert fs_errors.disk_error_reason(err) == "Read-only file system (/x/t)"
+    assert fs_errors.disk_error_reason(RuntimeError("No space left on device")) == (
+        "No space left on device")
+
+    def record(name: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, str(err), None,
+                                 (RuntimeError, err, None))
+
+    drop = fs_errors._DropFailureRecords()
+    assert not drop.filter(record("apache_beam.runners.common"))
+    assert drop.filter(record("artifacts.tracking"))
