@@ -12,8 +12,8 @@ trainer's losses and updates, nothing else) is built four times on the same mode
 - ``onednn_separate``: no XLA (oneDNN's kernels), separate calls;
 - ``onednn_fused``: no XLA, one decoder call for the posterior's and the prior's latents and
   one discriminator call for real and fake (today's CPU default:
-  ``pipeline.train_step.DEFAULT_JIT_BY_DEVICE`` and ``HybridModel.
-  mle_loss_and_adversarial_samples``);
+  ``pipeline.train_step.DEFAULT_JIT_BY_DEVICE`` and ``tfp_models.objective.Objective``
+  with ``fused=True``);
 - ``xla_fused``: XLA with the fused calls.
 
 All run on the same pre-made batches (the input pipeline is not timed), in interleaved

@@ -11,9 +11,10 @@ bar, MLflow metrics every ``--log_every`` steps). Its schedules that are not per
 are moved out of the timed blocks (validation off, checkpoints and grids only at the end
 of the run). The step time is the interval between successive ``on_step`` callbacks.
 
-B (the baseline): a hand-written ``tf.function`` (same ``jit_compile``) with the same
-model, losses and updates (MLE + adversarial, D first, then G; Adam with the same
-settings) and nothing else, fed by the same input pipeline; timed per step the same way.
+B (the baseline): a minimal ``tf.function`` (same ``jit_compile``) with the same model,
+objective and updates (:class:`tfp_models.objective.Objective`: MLE + adversarial, D first,
+then G; Adam with the same settings) and nothing else, fed by the same input pipeline;
+timed per step the same way.
 
 A and B blocks alternate inside one trainer run (the trainer's ``on_step`` runs a baseline
 block after every trainer block; one compilation each); the medians of all step times and
@@ -38,70 +39,34 @@ from absl import flags  # noqa: E402
 from beam_jobs.preprocess import run_preprocess  # noqa: E402
 from pipeline import config_flags  # noqa: E402
 from pipeline import data as data_lib  # noqa: E402
-from pipeline.train_step import default_jit_compile  # noqa: E402
+from pipeline.train_step import default_jit_compile, discriminator_updates  # noqa: E402
 from pipeline.trainer import TrainTask, make_train_dataset, model_config_for_data  # noqa: E402
 from tfp_models import flows  # noqa: E402
 from tfp_models.hybrid import HybridModel  # noqa: E402
+from tfp_models.objective import Objective  # noqa: E402
 
 TIMED_OUT_SCHEDULES = ["--validation_every=0", "--checkpoint_every=1000000",
                        "--sample_every=1000000"]
 
 
-def separate_discriminator_losses(model: HybridModel, real, fake, mix) -> tf.Tensor:
-    """The discriminator loss [N] as computed before 2026-12-06: D(real) and D(fake) in two
-    calls, R1 by a third (the same math as ``HybridModel.discriminator_losses``)."""
-    fake = tf.stop_gradient(fake)
-    d_real, d_fake = model.discriminator(real), model.discriminator(fake)
-    if model.spec.adversarial == "wgan":
-        loss = d_fake - d_real
-    else:
-        loss = tf.nn.softplus(-d_real) + tf.nn.softplus(d_fake)
-    penalty = model.config.gradient_penalty
-    if model.spec.adversarial == "wgan" and penalty == "none":
-        penalty = "wgan-gp"
-    if penalty == "r1":
-        loss += 0.5 * model.config.gp_weight * model._grad_sq_norm(real)
-    elif penalty == "wgan-gp":
-        point = mix * real + (1.0 - mix) * fake
-        loss += model.config.gp_weight * (tf.sqrt(model._grad_sq_norm(point) + 1e-12) - 1.0) ** 2
-    return loss
-
-
 def minimal_step_fn(model: HybridModel, cfg, g_opt, d_opt, one_pass: bool = True):
-    """The hand-written step: the trainer's losses and updates, without a strategy,
-    gradient norms or metrics. Returns the generator's loss (nats per image).
+    """The minimal step: the trainer's objective and updates (the model's
+    :class:`~tfp_models.objective.Objective`, D first with
+    :func:`pipeline.train_step.discriminator_updates`, then G), without a strategy, gradient
+    norms or metrics. Returns the generator's loss (nats per image).
 
     ``one_pass``: the trainer's step (one decoder call for the posterior's and the prior's
     latents, one discriminator call for real and fake); False = the step before
-    2026-12-06 (separate calls), the baseline of ``bench_step_speed.py``."""
-    spec, scale = model.spec, 1.0 / cfg.batch_size
-    d_losses = model.discriminator_losses if one_pass else (
-        lambda real, fake, mix: separate_discriminator_losses(model, real, fake, mix))
+    2026-12-06 (the objective's separate calls), the baseline of ``bench_step_speed.py``."""
+    scale = 1.0 / cfg.batch_size
+    objective = Objective(model, fused=one_pass)
+    update_discriminator = discriminator_updates(model, d_opt, cfg.disc_steps, scale)
 
     def step(batch):
         x = flows.dequantize_images(batch["images"], batch["dequant"])
         with tf.GradientTape() as tape:
-            total = tf.zeros(tf.shape(x)[:1])
-            if spec.mle and spec.adversarial and one_pass:
-                terms, fake = model.mle_loss_and_adversarial_samples(
-                    x, batch.get("posterior"), batch["kl_weight"], batch["prior"])
-                total += terms["loss"]
-            else:
-                if spec.mle:
-                    total += model.mle_training_loss(x, batch.get("posterior"),
-                                                     batch["kl_weight"])["loss"]
-                if spec.adversarial:
-                    fake = model.adversarial_samples(batch["prior"])
-            if spec.adversarial:
-                real = model.discriminator_real_inputs(batch["images"], x)
-                for _ in range(cfg.disc_steps):
-                    with tf.GradientTape() as d_tape:
-                        d_loss = tf.reduce_sum(d_losses(real, fake, batch["mix"])) * scale
-                    d_opt.apply_gradients(zip(d_tape.gradient(d_loss, model.discriminator_variables),
-                                              model.discriminator_variables))
-                adv = model.generator_adversarial_losses(fake)
-                total += (model.config.lambda_adv if spec.mle else 1.0) * adv
-            loss = tf.reduce_sum(total) * scale
+            losses = objective.losses(x, batch, update_discriminator)
+            loss = tf.reduce_sum(losses.generator) * scale
         g_opt.apply_gradients(zip(tape.gradient(loss, model.generator_variables),
                                   model.generator_variables))
         return loss

@@ -5,11 +5,9 @@ Losses are per-example sums (nats per image) divided by the global batch size, s
 replicas' gradients add up to those of the whole batch; the returned metrics are summed
 over replicas the same way (per-image means of the global batch).
 
-Variants trained by both objectives decode the posterior's and the prior's latents in one
-decoder call, and the discriminator sees real and fake images in one call
-(:meth:`~tfp_models.hybrid.HybridModel.mle_loss_and_adversarial_samples`,
-:meth:`~tfp_models.hybrid.HybridModel.discriminator_losses`); the networks are per-example,
-so values and gradients are those of separate calls (tests/test_hybrid.py).
+The losses of every variant come from the model's objective
+(:class:`~tfp_models.objective.Objective`, fused network calls); this module adds the
+optimizers, the distribution strategy, the flow's own learning rate and warm-up, and metrics.
 """
 from __future__ import annotations
 
@@ -21,6 +19,7 @@ import tensorflow as tf
 from pipeline.train_config import TrainConfig
 from tfp_models import flows
 from tfp_models.hybrid import HybridModel
+from tfp_models.objective import Objective
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +51,22 @@ def default_jit_compile(strategy: tf.distribute.Strategy) -> bool:
     return DEFAULT_JIT_BY_DEVICE.get(kind, False)
 
 
+def discriminator_updates(model: HybridModel, d_opt: keras.optimizers.Optimizer | None,
+                          steps: int, scale: float):
+    """The discriminator's side of a step, for :meth:`Objective.losses
+    <tfp_models.objective.Objective.losses>`: a function that takes the per-example
+    discriminator loss (a function of no arguments) and makes ``steps`` updates of D with
+    ``d_opt`` on its sum times ``scale``; it returns the last loss (before its update)."""
+    def update(d_losses) -> tf.Tensor:
+        d_vars = model.discriminator_variables
+        for _ in range(steps):
+            with tf.GradientTape() as d_tape:
+                d_loss = tf.reduce_sum(d_losses()) * scale
+            d_opt.apply_gradients(zip(d_tape.gradient(d_loss, d_vars), d_vars))
+        return d_loss
+    return update
+
+
 class StepFunctions:
     """The compiled distributed training step of one model.
 
@@ -72,41 +87,20 @@ class StepFunctions:
         if wanted and not jit:
             log.info("jit_compile is off with %d replicas", strategy.num_replicas_in_sync)
         self.jit_compile = jit
+        self.objective = Objective(model)
+        self.update_discriminator = discriminator_updates(
+            model, d_opt, cfg.disc_steps, 1.0 / cfg.batch_size)
         self.replica_fn = tf.function(self._replica_step, jit_compile=jit)
         self.step_fn = tf.function(self._distributed_step)
 
     def _replica_step(self, batch: dict) -> dict[str, tf.Tensor]:
-        model, spec = self.model, self.model.spec
+        model = self.model
         scale = 1.0 / self.cfg.batch_size  # per-example sums / global batch: Keras sums replicas
         x = flows.dequantize_images(batch["images"], batch["dequant"])
-        out: dict[str, tf.Tensor] = {}
         g_vars = model.generator_variables
         with tf.GradientTape() as tape:
-            total = tf.zeros(tf.shape(x)[:1])
-            if spec.mle and spec.adversarial:  # one decoder call for both latent batches
-                terms, fake = model.mle_loss_and_adversarial_samples(
-                    x, batch.get("posterior"), batch["kl_weight"], batch["prior"])
-            elif spec.mle:
-                terms = model.mle_training_loss(x, batch.get("posterior"), batch["kl_weight"])
-            elif spec.adversarial:
-                fake = model.adversarial_samples(batch["prior"])
-            if spec.mle:
-                total += terms["loss"]
-            if spec.adversarial:
-                # One batch of samples x_s serves both updates: D learns on it first (no
-                # gradient to G), then G's loss uses the updated D (alternating updates).
-                real = model.discriminator_real_inputs(batch["images"], x)
-                for _ in range(self.cfg.disc_steps):
-                    with tf.GradientTape() as d_tape:
-                        d_loss = tf.reduce_sum(
-                            model.discriminator_losses(real, fake, batch["mix"])) * scale
-                    d_grads = d_tape.gradient(d_loss, model.discriminator_variables)
-                    self.d_opt.apply_gradients(zip(d_grads, model.discriminator_variables))
-                out["d_loss"] = d_loss
-                adv = model.generator_adversarial_losses(fake)
-                total += (model.config.lambda_adv if spec.mle else 1.0) * adv
-                out["adv"] = tf.reduce_sum(adv) * scale
-            loss = tf.reduce_sum(total) * scale
+            losses = self.objective.losses(x, batch, self.update_discriminator)
+            loss = tf.reduce_sum(losses.generator) * scale
         grads = tape.gradient(loss, g_vars)
         if self.cfg.flow_warmup_steps:  # the flow's nets stay fixed while flow_on is 0
             flow_ids = {id(v) for v in model.flow.trainable_variables}
@@ -120,18 +114,17 @@ class StepFunctions:
             pairs = list(zip(grads, g_vars))
             self.g_opt.apply_gradients([p for p in pairs if id(p[1]) not in flow_ids])
             self.flow_opt.apply_gradients([p for p in pairs if id(p[1]) in flow_ids])
-        out["loss"] = loss
+        out = {"loss": loss}
+        if losses.discriminator is not None:
+            out["d_loss"] = losses.discriminator
         if self.strategy.num_replicas_in_sync == 1:  # per-replica norms would not add up
             for group, variables in model.generator_variable_groups().items():
                 ids = {id(v) for v in variables}
                 chosen = [g for v, g in zip(g_vars, grads) if id(v) in ids and g is not None]
                 if chosen:
                     out[f"grad_norm_{group}"] = tf.linalg.global_norm(chosen)
-        if spec.has_likelihood:
-            if not spec.mle:  # monitor the exact likelihood of an adversarially trained flow
-                terms = model.mle_terms(x)
-            for name in ("nll", "recon", "kl", "log_det"):
-                out[name] = tf.reduce_sum(terms[name]) * scale
+        for name, values in self.objective.monitored(x, losses).items():
+            out[name] = tf.reduce_sum(values) * scale
         return out
 
     def _distributed_step(self, batch: dict) -> dict[str, tf.Tensor]:

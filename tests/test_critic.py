@@ -1,6 +1,6 @@
-"""The independent Wasserstein critic's math (tfp_models.critic) against closed forms: the
-gradient penalty of a linear critic, and W1 between two Gaussians that differ only by a
-shift (W1 = the shift's norm)."""
+"""The independent Wasserstein critic's math (tfp_models.critic, its penalty from
+tfp_models.objective) against closed forms: the gradient penalty of a linear critic, and
+W1 between two Gaussians that differ only by a shift (W1 = the shift's norm)."""
 from __future__ import annotations
 
 import keras
@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tfp_models import critic as critic_lib
+from tfp_models import objective
 
 
 class Linear(keras.layers.Layer):
@@ -29,12 +30,12 @@ def test_penalty_and_estimate_of_a_linear_critic_are_their_closed_forms():
     real = tf.constant(rng.normal(size=(5, 2, 3, 2)), tf.float32)  # image-shaped inputs
     fake = tf.constant(rng.normal(size=(5, 2, 3, 2)) + 1.0, tf.float32)
     mix = tf.constant(rng.uniform(size=5), tf.float32)
-    x_hat = critic_lib.interpolates(real, fake, mix)
+    x_hat = objective.interpolates(real, fake, mix)
     np.testing.assert_allclose(x_hat.numpy()[2], mix[2] * real[2] + (1 - mix[2]) * fake[2],
                                rtol=1e-6)
     norm = np.linalg.norm(w)
-    np.testing.assert_allclose(critic_lib.gradient_norms(d, real).numpy(), [norm] * 5, rtol=1e-5)
-    np.testing.assert_allclose(critic_lib.gradient_penalty(d, real, fake, mix).numpy(),
+    np.testing.assert_allclose(objective.gradient_norms(d, real).numpy(), [norm] * 5, rtol=1e-5)
+    np.testing.assert_allclose(objective.wgan_gp_penalty(d, real, fake, mix).numpy(),
                                [(norm - 1) ** 2] * 5, rtol=1e-5)
     want_w = float(np.mean(real.numpy().reshape(5, -1) @ w - fake.numpy().reshape(5, -1) @ w))
     assert critic_lib.wasserstein_estimate(d, real, fake).numpy() == pytest.approx(want_w, 1e-5)
@@ -52,7 +53,7 @@ def test_penalty_of_a_nonlinear_critic_matches_finite_differences():
     h = 1e-6
     grads = np.stack([(mlp(x + h * e).numpy() - mlp(x - h * e).numpy()) / (2 * h)
                       for e in np.eye(4)], axis=1)
-    np.testing.assert_allclose(critic_lib.gradient_norms(mlp, x).numpy(),
+    np.testing.assert_allclose(objective.gradient_norms(mlp, x).numpy(),
                                np.linalg.norm(grads, axis=1), rtol=1e-5)
 
 

@@ -11,6 +11,7 @@ from scipy import stats
 
 from tfp_models import flows, metrics, posteriors
 from tfp_models.hybrid import HybridConfig, HybridModel
+from tfp_models.objective import Objective, squared_gradient_norms
 
 SHAPE = (8, 8, 1)
 SMALL = dict(image_shape=SHAPE, latent_dim=3, enc_dec_channels=4, flow_scales=2, flow_hidden=4,
@@ -117,7 +118,7 @@ def test_adversarial_gradients_reach_decoder_and_flow_not_discriminator_step():
     with tf.GradientTape(persistent=True) as tape:
         fake = model.adversarial_samples(prior)
         l_adv = tf.reduce_mean(model.generator_adversarial_losses(fake))
-        l_d = tf.reduce_mean(model.discriminator_losses(x, fake))
+        l_d = tf.reduce_mean(Objective(model).discriminator_losses(x, fake))
     np.testing.assert_allclose(l_adv, -tf.reduce_mean(model.discriminator(fake)), rtol=1e-6)
     g_flow = tape.gradient(l_adv, model.flow.trainable_variables)
     g_dec = tape.gradient(l_adv, model.decoder.trainable_variables)
@@ -133,15 +134,16 @@ def test_adversarial_gradients_reach_decoder_and_flow_not_discriminator_step():
 def test_penalties_add_to_the_discriminator_loss():
     base = HybridModel(HybridConfig(variant="cq", **SMALL))
     x, fake = images(4, seed=6), images(4, seed=7)
-    plain = base.discriminator_losses(x, fake)
+    plain = Objective(base).discriminator_losses(x, fake)
     for penalty in ("r1", "wgan-gp"):
         base.config = HybridConfig(variant="cq", gradient_penalty=penalty, **SMALL)
-        assert np.all(base.discriminator_losses(x, fake).numpy() >= plain.numpy() - 1e-6)
+        penalized = Objective(base).discriminator_losses(x, fake)
+        assert np.all(penalized.numpy() >= plain.numpy() - 1e-6)
 
 
 def _separate_generator_losses(model, x, eps, prior):
     """The MLE loss and L_adv by the two separate decoder calls (the step before fusion)."""
-    terms = model.mle_training_loss(x, eps, 0.5)
+    terms = Objective(model).mle_training_loss(x, eps, 0.5)
     fake = model.adversarial_samples(prior)
     return terms, fake
 
@@ -156,7 +158,7 @@ def test_one_decoder_call_equals_the_two_separate_calls_in_values_and_gradients(
     for fused in (False, True):
         with tf.GradientTape() as tape:
             if fused:
-                terms, fake = model.mle_loss_and_adversarial_samples(x, eps, 0.5, prior)
+                terms, fake = Objective(model).generator_forward(x, eps, 0.5, prior)
             else:
                 terms, fake = _separate_generator_losses(model, x, eps, prior)
             loss = tf.reduce_sum(terms["loss"] + 10.0 * model.generator_adversarial_losses(fake))
@@ -178,22 +180,25 @@ def test_one_decoder_call_equals_the_two_separate_calls_in_values_and_gradients(
 def test_one_discriminator_call_equals_the_per_batch_formula(penalty):
     """D(real) and D(fake) in one call of 2N rows: the per-example losses and their
     gradients equal the formula with separate calls (no spectral norm, so D is a fixed
-    function; R1 = gamma/2 |dD(real)/d real|^2 by a separate tape)."""
+    function; R1 = gamma/2 |dD(real)/d real|^2 by a separate tape). The objective's
+    unfused option (separate calls) gives the same."""
     model = HybridModel(HybridConfig(variant="cq", gradient_penalty=penalty, **SMALL))
     x, fake = images(4, seed=12), images(4, seed=13)
     mix = tf.random.stateless_uniform((4, 1, 1, 1), seed=(12, 3))
     d = model.discriminator
     with tf.GradientTape(persistent=True) as tape:
-        fused = model.discriminator_losses(x, fake, mix)
+        fused = Objective(model).discriminator_losses(x, fake, mix)
+        separate = Objective(model, fused=False).discriminator_losses(x, fake, mix)
         expected = tf.nn.softplus(-d(x)) + tf.nn.softplus(d(fake))
         gamma = model.config.gp_weight
         if penalty == "r1":
-            expected += 0.5 * gamma * model._grad_sq_norm(x)
+            expected += 0.5 * gamma * squared_gradient_norms(d, x)
         elif penalty == "wgan-gp":
             point = mix * x + (1.0 - mix) * fake
-            expected += gamma * (tf.sqrt(model._grad_sq_norm(point) + 1e-12) - 1.0) ** 2
+            expected += gamma * (tf.sqrt(squared_gradient_norms(d, point) + 1e-12) - 1.0) ** 2
         fused_sum, expected_sum = tf.reduce_sum(fused), tf.reduce_sum(expected)
     np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(separate, expected, rtol=1e-5, atol=1e-6)
     for a, b in zip(tape.gradient(expected_sum, model.discriminator_variables),
                     tape.gradient(fused_sum, model.discriminator_variables)):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
@@ -282,7 +287,7 @@ def test_free_bits_and_kl_weight_change_the_training_loss_not_the_bound():
     x = images(6, seed=9)
     model.data_init(x)
     eps = tf.random.stateless_normal((6, 1, 3), seed=(2, 3))
-    terms = model.mle_training_loss(x, eps, kl_weight=0.25)
+    terms = Objective(model).mle_training_loss(x, eps, kl_weight=0.25)
     kl_dims = terms["kl_dims"].numpy()
     np.testing.assert_allclose(terms["kl"].numpy(), kl_dims.sum(-1), rtol=1e-5)
     hinge = np.maximum(kl_dims, 0.5).sum(-1)
@@ -292,7 +297,7 @@ def test_free_bits_and_kl_weight_change_the_training_loss_not_the_bound():
                                rtol=1e-6)
     exact = HybridModel(HybridConfig(variant="vae_f", **SMALL))
     exact.data_init(x)
-    plain = exact.mle_training_loss(x, eps)
+    plain = Objective(exact).mle_training_loss(x, eps)
     np.testing.assert_allclose(plain["loss"].numpy(), plain["nll"].numpy(), rtol=1e-6)
 
 

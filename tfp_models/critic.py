@@ -17,42 +17,15 @@ Euclidean norm (for images in [0, 1]: distance in [0, 1]^D pixel space).
 The critic is any callable from a batch [N, ...] to scores [N] (e.g.
 :class:`tfp_models.networks.Discriminator` without spectral normalization for images,
 a small MLP for vectors); :class:`CriticTrainer` owns its Adam optimizer and compiled step.
+The penalty is the one the hybrid model's discriminator uses
+(:func:`tfp_models.objective.wgan_gp_penalty`).
 """
 from __future__ import annotations
-
-from typing import Callable
 
 import keras
 import tensorflow as tf
 
-Critic = Callable[[tf.Tensor], tf.Tensor]
-
-
-def _sum_over_example(x: tf.Tensor) -> tf.Tensor:
-    """Sum over every axis but the first: [N, ...] -> [N]."""
-    return tf.reduce_sum(x, axis=tf.range(1, tf.rank(x)))
-
-
-def interpolates(real: tf.Tensor, fake: tf.Tensor, mix: tf.Tensor) -> tf.Tensor:
-    """x_hat = m * real + (1 - m) * fake for per-example weights ``mix`` [N] in [0, 1]."""
-    m = tf.reshape(tf.cast(mix, real.dtype), tf.concat([[-1], tf.ones([tf.rank(real) - 1],
-                                                                       tf.int32)], 0))
-    return m * real + (1.0 - m) * fake
-
-
-def gradient_norms(critic: Critic, x: tf.Tensor) -> tf.Tensor:
-    """||grad_x D(x)||_2 per example [N] (D applied to the batch; examples independent)."""
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        out = tf.reduce_sum(critic(x))
-    grad = tape.gradient(out, x)
-    return tf.sqrt(_sum_over_example(grad ** 2) + 1e-12)
-
-
-def gradient_penalty(critic: Critic, real: tf.Tensor, fake: tf.Tensor,
-                     mix: tf.Tensor) -> tf.Tensor:
-    """WGAN-GP penalty per example [N]: (||grad D(x_hat)||_2 - 1)^2 at the interpolates."""
-    return (gradient_norms(critic, interpolates(real, fake, mix)) - 1.0) ** 2
+from tfp_models.objective import Critic, wgan_gp_penalty
 
 
 def wasserstein_estimate(critic: Critic, real: tf.Tensor, fake: tf.Tensor) -> tf.Tensor:
@@ -65,7 +38,7 @@ def critic_loss(critic: Critic, real: tf.Tensor, fake: tf.Tensor, mix: tf.Tensor
     """The WGAN-GP critic loss on equal-sized batches: {'loss' (minimized), 'wasserstein'
     (E_real[D] - E_fake[D] on these batches), 'penalty' (mean, unweighted)}."""
     w = tf.reduce_mean(critic(real)) - tf.reduce_mean(critic(fake))
-    penalty = tf.reduce_mean(gradient_penalty(critic, real, fake, mix))
+    penalty = tf.reduce_mean(wgan_gp_penalty(critic, real, fake, mix))
     return {"loss": -w + gp_weight * penalty, "wasserstein": w, "penalty": penalty}
 
 

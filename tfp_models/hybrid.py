@@ -8,9 +8,11 @@ decoder mu(z), sigma(z) in feature space.
 
     L_MLE(x) = -E_q[ln N(f(x); mu(z), sigma(z))] + KL(q(z|x) || p(z)) - ln |det df/dx|
     L_adv    = -E_{z~p}[logit D(f^-1(mu(z)))]                         (log-ratio loss)
-    L_G      = L_MLE + lambda_adv * L_adv;   L_D = BCE(real, fake) [+ R1 / WGAN-GP]
 
-Settings, how images meet the discriminator (``disc_inputs``) and the deviations from
+The model gives these terms (:meth:`HybridModel.mle_terms`,
+:meth:`HybridModel.generator_adversarial_losses`); the training objective that combines
+them, L_G = L_MLE + lambda_adv * L_adv and the discriminator's loss with its penalties, is
+:class:`tfp_models.objective.Objective`. Settings, how images meet the discriminator (``disc_inputs``) and the deviations from
 the paper's objective: :mod:`tfp_models.hybrid_config`.
 
 All log-likelihoods are in nats per image; :func:`tfp_models.metrics.bits_per_dim`
@@ -264,25 +266,6 @@ class HybridModel(keras.Model):
         return (self.posterior is not None and self.posterior.has_analytic_kl
                 and self.prior.is_standard)
 
-    def mle_training_loss(self, x: tf.Tensor, eps: tf.Tensor | None = None,
-                          kl_weight: tf.Tensor | float = 1.0,
-                          extra_z: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
-        """:meth:`mle_terms` plus ``loss`` [N] nats, the MLE part of the training objective:
-        -recon + kl_weight * KL_fb - log_det, where KL_fb = sum_j max(free_bits, KL_j)
-        (for flow posteriors, without per-dimension KLs: max(free_bits * d, KL)).
-        With kl_weight = 1 and free_bits = 0 it is ``nll`` = L_MLE exactly."""
-        terms = self.mle_terms(x, eps, extra_z)
-        if not self.spec.latent:
-            return {**terms, "loss": terms["nll"]}
-        kl, fb = terms["kl"], self.config.free_bits
-        if fb > 0:
-            if terms["kl_dims"] is not None:
-                kl = tf.reduce_sum(tf.maximum(terms["kl_dims"], fb), axis=-1)
-            else:
-                kl = tf.maximum(kl, fb * self.config.latent_dim)
-        loss = terms["recon"] + tf.cast(kl_weight, kl.dtype) * kl - terms["log_det"]
-        return {**terms, "loss": loss}
-
     def log_prob_bound(self, x: tf.Tensor, num_samples: int = 1,
                        eps: tf.Tensor | None = None) -> tf.Tensor:
         """A lower bound on ln p(x~) [N] nats: exact for 'flow'/'flow_wgan'/'flowgan', the ELBO for
@@ -378,19 +361,15 @@ class HybridModel(keras.Model):
             y = prior_noise
         return self._discriminator_fakes(y)
 
-    def mle_loss_and_adversarial_samples(self, x: tf.Tensor, eps: tf.Tensor | None,
-                                         kl_weight: tf.Tensor | float,
-                                         prior_noise: tf.Tensor) -> tuple[dict, tf.Tensor]:
-        """(:meth:`mle_training_loss` of ``x``, :meth:`adversarial_samples` of
-        ``prior_noise``) for variants trained by both. Latent variants (Gaussian decoder)
-        decode the posterior's and the prior's latents in one decoder call of 2N rows
-        instead of two calls of N; the decoder is per-example, so the values and gradients
-        are those of the two calls."""
+    def mle_terms_and_adversarial_samples(self, x: tf.Tensor, eps: tf.Tensor | None,
+                                          prior_noise: tf.Tensor) -> tuple[dict, tf.Tensor]:
+        """(:meth:`mle_terms` of ``x``, :meth:`adversarial_samples` of ``prior_noise``) for
+        variants trained by both. Latent variants (Gaussian decoder) decode the posterior's
+        and the prior's latents in one decoder call of 2N rows instead of two calls of N;
+        the decoder is per-example, so the values and gradients are those of the two calls."""
         if not self.spec.latent or self.binary:
-            return (self.mle_training_loss(x, eps, kl_weight),
-                    self.adversarial_samples(prior_noise))
-        terms = self.mle_training_loss(x, eps, kl_weight,
-                                       extra_z=self.prior.from_noise(prior_noise))
+            return self.mle_terms(x, eps), self.adversarial_samples(prior_noise)
+        terms = self.mle_terms(x, eps, extra_z=self.prior.from_noise(prior_noise))
         mu, _ = terms["extra_decoded"]
         return terms, self._discriminator_fakes(mu)
 
@@ -420,45 +399,6 @@ class HybridModel(keras.Model):
         z = self.encode_mean(tf.stack([x_a, x_b]))
         w = tf.linspace(0.0, 1.0, steps)[:, None]
         return self.decode_to_images((1.0 - w) * z[0] + w * z[1], 0.0)
-
-    # ------------------------------------------------------------------ adversarial losses
-
-    def discriminator_losses(self, real: tf.Tensor, fake: tf.Tensor,
-                             mix: tf.Tensor | None = None) -> tf.Tensor:
-        """Per-example discriminator loss [N]: BCE on real vs fake (log-ratio variants) or
-        the WGAN critic loss, plus the configured gradient penalty."""
-        fake = tf.stop_gradient(fake)
-        penalty = self.config.gradient_penalty
-        if self.spec.adversarial == "wgan" and penalty == "none":
-            penalty = "wgan-gp"  # a WGAN critic needs its Lipschitz penalty
-        # Real and fake in one discriminator call of 2N rows (D is per-example); with R1
-        # the same call gives dD(real)/d real.
-        n = tf.shape(real)[0]
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(real)
-            logits = self.discriminator(tf.concat([real, tf.cast(fake, real.dtype)], 0))
-            d_real, d_fake = logits[:n], logits[n:]
-            d_real_sum = tf.reduce_sum(d_real)
-        if self.spec.adversarial == "wgan":
-            loss = d_fake - d_real
-        else:
-            loss = tf.nn.softplus(-d_real) + tf.nn.softplus(d_fake)
-        if penalty == "r1":
-            grad = tape.gradient(d_real_sum, real)
-            loss += 0.5 * self.config.gp_weight * tf.reduce_sum(grad ** 2, axis=[1, 2, 3])
-        elif penalty == "wgan-gp":
-            if mix is None:
-                mix = tf.random.uniform((tf.shape(real)[0], 1, 1, 1))
-            point = mix * real + (1.0 - mix) * fake
-            loss += self.config.gp_weight * (tf.sqrt(self._grad_sq_norm(point) + 1e-12) - 1.0) ** 2
-        return loss
-
-    def _grad_sq_norm(self, x: tf.Tensor) -> tf.Tensor:
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            out = tf.reduce_sum(self.discriminator(x))
-        grad = tape.gradient(out, x)
-        return tf.reduce_sum(grad ** 2, axis=[1, 2, 3])
 
     def generator_adversarial_losses(self, fake: tf.Tensor) -> tf.Tensor:
         """Per-example L_adv [N]: -logit D(x_s) = -ln(D/(1-D)) (log-ratio), or -critic."""
