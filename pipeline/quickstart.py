@@ -247,12 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  refitted prior    {model_dir}  ({args.prior_components} Gaussians)")
     print(f"  MLflow run id     {summary.get('mlflow_run_id')}  (mlflow ui --backend-store-uri "
           f"sqlite:///{os.path.join(PROJECT_ROOT, 'mlflow.db')})")
-    if bpd:
-        iw = f", IW-{bpd['importance_samples']} bound {bpd['bpd_iw']:.3f}" if "bpd_iw" in bpd else ""
-        print(f"  validation BPD    {bpd['bpd']:.3f} +- {bpd['bpd_stderr']:.3f} ({bpd['kind']}){iw}")
-    if latent:
-        print(f"  latent            KL {latent['kl_mean']:.1f} nats, {latent['active_units']} of "
-              f"{latent['latent_dim']} units active")
+    from pipeline.evaluate import summary_lines  # every registered metric's summary line
+
+    for line in summary_lines(evaluation):
+        print(line)
     print(f"  held-out digits   FID {real_fid['fid']:.2f}, {pr_text(real_fid)}, confident "
           f"{real_fid['confident_rate']:.2f}, label coverage {real_fid['label_coverage']:.2f}  "
           f"({real_fid['num_samples']} real validation digits, same reference statistics)")
