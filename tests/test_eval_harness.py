@@ -162,8 +162,12 @@ def _store_run(tracking_uri: str, model_dir) -> str:
 
 def test_a_registered_metric_appears_in_evaluate_mlflow_and_the_summary(
         digits16, tmp_path, tracking_uri, monkeypatch):
+    import mlflow
     from mlflow.tracking import MlflowClient
 
+    # The session's store: in-process CLI tests run earlier may have pointed MLflow elsewhere
+    # (a CLI sets the URI of its model dir), and run_metrics logs to the current store.
+    mlflow.set_tracking_uri(tracking_uri)
     monkeypatch.setattr(eval_harness, "METRICS", dict(eval_harness.METRICS))
     seen = []
 
