@@ -9,11 +9,11 @@ trainer's losses and updates, nothing else) is built four times on the same mode
 
 - ``xla_separate``: XLA (``jit_compile=True``) and separate decoder and discriminator calls
   (the default before 2026-12-06: the baseline every ratio is against);
-- ``onednn_separate``: no XLA (oneDNN's kernels), separate calls;
+- ``onednn_separate``: no XLA (oneDNN's kernels), separate calls (today's CPU default:
+  ``pipeline.train_step.DEFAULT_JIT_BY_DEVICE`` and ``FUSED_CALLS``);
 - ``onednn_fused``: no XLA, one decoder call for the posterior's and the prior's latents and
-  one discriminator call for real and fake (today's CPU default:
-  ``pipeline.train_step.DEFAULT_JIT_BY_DEVICE`` and ``tfp_models.objective.Objective``
-  with ``fused=True``);
+  one discriminator call for real and fake (``tfp_models.objective.Objective`` with
+  ``fused=True``);
 - ``xla_fused``: XLA with the fused calls.
 
 All run on the same pre-made batches (the input pipeline is not timed), in interleaved

@@ -6,7 +6,8 @@ replicas' gradients add up to those of the whole batch; the returned metrics are
 over replicas the same way (per-image means of the global batch).
 
 The losses of every variant come from the model's objective
-(:class:`~tfp_models.objective.Objective`, fused network calls); this module adds the
+(:class:`~tfp_models.objective.Objective`, separate network calls: see
+:data:`FUSED_CALLS`); this module adds the
 optimizers, the distribution strategy, the flow's own learning rate and warm-up, and metrics.
 """
 from __future__ import annotations
@@ -25,15 +26,26 @@ log = logging.getLogger(__name__)
 
 
 # Whether XLA compiles the training step when --jit_compile is not given, by the type of
-# the strategy's devices. CPU: off. The issue's idle measurement on a 2-core AMD Zen 4
-# (minimal step, interleaved, medians): oneDNN without XLA 1.12x faster for the quickstart
-# step at batch 32, 1.22x at batch 64, 1.30x for the CIFAR-10 CPU step with 3x3 couplings.
-# On the 2-core AVX2 EPYC development VM (benchmarks/bench_step_speed.py, 2026-12-06, not
-# idle: load 4.8-8.2): 1.95x for quickstart and 1.11x for configs/cifar10_cpu.cfg (1x1
-# couplings), but 0.78x (XLA faster) for the 3x3 CIFAR step, where the flow's 3x3 convs
-# dominate; pass --jit_compile=true for 3x3 flows on such a CPU. GPU: on, Keras' own
-# default for fit() there (not measured here: no GPU on the development machine).
+# the strategy's devices. CPU: off. The issue's idle measurement on a 2-core AMD Zen 4 with
+# AVX-512 (minimal step, interleaved, medians): oneDNN without XLA 1.12x faster for the
+# quickstart step at batch 32, 1.22x at batch 64, 1.30x for the CIFAR-10 CPU step with 3x3
+# couplings. On the 2-core AVX2-only AMD EPYC development VM the answer is the other way
+# for the CIFAR steps (benchmarks/bench_step_speed.py, 2026-12-06, nothing else running,
+# load 0.7-2.4): oneDNN/XLA 1.03x for the quickstart (equal within noise), 0.88x for
+# configs/cifar10_cpu.cfg and 0.80x for the 3x3 CIFAR step: pass --jit_compile=true for
+# CIFAR runs on such a CPU. XLA's compile doubles the wall time of short runs (8 tiny
+# test trainings: 121 s vs 67 s), so the CPU default stays off until the choice is keyed
+# on the CPU's vector ISA with the test suite's cost measured. GPU: on, Keras' own default
+# for fit() there (not measured here: no GPU on the development machine).
 DEFAULT_JIT_BY_DEVICE = {"CPU": False, "GPU": True}
+
+
+# One decoder call for the posterior's and the prior's latents and one discriminator call
+# for real and fake (Objective(fused=True)) or separate calls: the same values, measured
+# (benchmarks/bench_step_speed.py, 2026-12-06, same run as above): fused/separate 0.99x
+# (quickstart), 0.99x (cifar10_cpu.cfg), 0.91x (3x3 CIFAR step) without XLA, 0.97x / 0.91x
+# / 0.93x with XLA: no gain anywhere on this CPU, a loss for the larger steps. Separate.
+FUSED_CALLS = False
 
 
 def default_jit_compile(strategy: tf.distribute.Strategy) -> bool:
@@ -87,7 +99,7 @@ class StepFunctions:
         if wanted and not jit:
             log.info("jit_compile is off with %d replicas", strategy.num_replicas_in_sync)
         self.jit_compile = jit
-        self.objective = Objective(model)
+        self.objective = Objective(model, fused=FUSED_CALLS)
         self.update_discriminator = discriminator_updates(
             model, d_opt, cfg.disc_steps, 1.0 / cfg.batch_size)
         self.replica_fn = tf.function(self._replica_step, jit_compile=jit)
