@@ -197,7 +197,9 @@ def _cli_cases(missing: str) -> dict[str, list[tuple[list[str], list[str]]]]:
             [r"^error: extractor SavedModel directory .*" + m + ".* does not exist"])],
         "serving.client": [(["--help"], []), (
             ["--target=local", f"--address={missing}", "score", "x.png"],
-            [r"^error: .*" + m + ".* is not an export version directory"])],
+            # the client reads its image argument before it connects: a missing image is
+            # the first user error it meets
+            [r"^error: .*No such file or directory: 'x\.png'"])],
     }
 
 
