@@ -205,6 +205,21 @@ def open_store(experiment: str | None = None) -> None:
     retry_creation_race(open_once, what=f"store {uri}")
 
 
+def experiment_id(name: str, client: MlflowClient | None = None) -> str:
+    """The id of the experiment ``name`` in the current store, created if missing (safe when
+    several processes create it at once: :func:`retry_creation_race`). Unlike
+    ``mlflow.set_experiment`` it leaves the process's active experiment alone: a later
+    ``mlflow.start_run(run_id=...)`` of a run in another experiment (an evaluation or export
+    of another model in the same process) is not refused."""
+    client = client or MlflowClient()
+
+    def get_or_create() -> str:
+        found = client.get_experiment_by_name(name)
+        return found.experiment_id if found is not None else client.create_experiment(name)
+
+    return retry_creation_race(get_or_create, what=f"experiment {name!r}")
+
+
 def call_with_retries(fn: Callable[..., Any], *args: Any, attempts: int = RETRY_ATTEMPTS,
                       backoff_s: float = RETRY_BACKOFF_S, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)``, retried up to ``attempts`` times in all, sleeping
@@ -281,9 +296,8 @@ def tracked_run(model_dir: str, experiment: str, run_name: str | None = None,
     if previous is not None:
         run = mlflow.start_run(run_id=previous.info.run_id)
     else:
-        retry_creation_race(mlflow.set_experiment, experiment,
-                            what=f"experiment {experiment!r}")
-        run = mlflow.start_run(run_name=run_name, tags=dict(tags or {}))
+        run = mlflow.start_run(experiment_id=experiment_id(experiment), run_name=run_name,
+                               tags=dict(tags or {}))
         with open(os.path.join(model_dir, RUN_ID_FILE), "w") as f:
             f.write(run.info.run_id)
     with open(os.path.join(model_dir, TRACKING_URI_FILE), "w") as f:
@@ -327,9 +341,22 @@ def attached_run(model_dir: str) -> Iterator[str | None]:
     if active is not None and active.info.run_id == previous.info.run_id:
         yield active.info.run_id
         return
-    # nested: another run (e.g. a caller's) may be active; MLflow refuses a second top one.
-    with mlflow.start_run(run_id=previous.info.run_id, nested=active is not None):
-        yield previous.info.run_id
+    # MLflow refuses to re-open a run outside the process's active experiment (one a caller
+    # set with mlflow.set_experiment): that choice is set aside while the run is open, then
+    # restored. fluent._active_experiment_id is MLflow's own record of it (no public unset).
+    from mlflow.tracking import fluent
+
+    caller_experiment = getattr(fluent, "_active_experiment_id", None)
+    set_aside = caller_experiment not in (None, previous.info.experiment_id)
+    if set_aside:
+        fluent._active_experiment_id = None
+    try:
+        # nested: another run (e.g. a caller's) may be active; MLflow refuses a second top one.
+        with mlflow.start_run(run_id=previous.info.run_id, nested=active is not None):
+            yield previous.info.run_id
+    finally:
+        if set_aside:
+            fluent._active_experiment_id = caller_experiment
 
 
 def log_results(model_dir: str, results: dict[str, Any], prefix: str) -> str | None:
@@ -346,15 +373,24 @@ def log_results(model_dir: str, results: dict[str, Any], prefix: str) -> str | N
 
 
 def _log_results(model_dir: str, results: dict[str, Any], prefix: str) -> str | None:
-    with attached_run(model_dir) as run_id:
-        if run_id is None:
-            log.warning("no MLflow run recorded in %s; results not logged", model_dir)
-            return None
-        numeric = {f"{prefix}/{k}": float(v) for k, v in results.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-        mlflow.log_metrics(numeric)
-        mlflow.log_dict(results, f"evaluation/{prefix.replace('/', '_')}.json")
-        return run_id
+    # The client, not the fluent API: no run is started, so neither an active run nor an
+    # active experiment of the caller's process (a training run in another experiment) is in
+    # the way, and the caller's fluent state is left as it was.
+    from mlflow.entities import Metric
+
+    previous = _existing_run(run_id_of(model_dir))
+    if previous is None:
+        log.warning("no MLflow run recorded in %s; results not logged", model_dir)
+        return None
+    run_id = previous.info.run_id
+    client = MlflowClient()
+    now_ms = int(time.time() * 1000)
+    metrics = [Metric(f"{prefix}/{k}", float(v), now_ms, 0) for k, v in results.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    for start in range(0, len(metrics), _MAX_BATCH_METRICS):
+        client.log_batch(run_id, metrics=metrics[start:start + _MAX_BATCH_METRICS])
+    client.log_dict(run_id, results, f"evaluation/{prefix.replace('/', '_')}.json")
+    return run_id
 
 
 # --------------------------------------------------------------------------------------
@@ -672,9 +708,7 @@ def _start_run(model_dir: str, experiment: str, run_name: str | None,
         run_id = previous.info.run_id
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     else:
-        found = retry_creation_race(mlflow.set_experiment, experiment,
-                                    what=f"experiment {experiment!r}")
-        run = client.create_run(found.experiment_id, run_name=run_name,
+        run = client.create_run(experiment_id(experiment, client), run_name=run_name,
                                 tags=context_registry.resolve_tags(dict(tags or {})))
         run_id = run.info.run_id
         with open(os.path.join(model_dir, RUN_ID_FILE), "w") as f:

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -187,7 +188,8 @@ def plot_curves(result: dict[str, Any], path: str, title: str = "") -> str:
 
 def log_to_mlflow(model_dir: str, result: dict[str, Any], png: str) -> str | None:
     """Curves as step metrics, the summary (metrics + JSON) and the PNG on the model's run."""
-    import mlflow
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
 
     from artifacts import tracking
 
@@ -196,14 +198,15 @@ def log_to_mlflow(model_dir: str, result: dict[str, Any], png: str) -> str | Non
     run_id = tracking.log_results(model_dir, summary, prefix)
     if run_id is None:
         return None
-    with tracking.attached_run(model_dir):
-        c = result["curves"]
-        for i, step in enumerate(c["step"]):
-            mlflow.log_metrics({f"{prefix}/train_wasserstein_curve": c["train"][i],
-                                f"{prefix}/validation_wasserstein_curve": c["validation"][i]},
-                               step=step)
-        mlflow.log_artifact(png, artifact_path="critic")
-        mlflow.log_dict(result, f"critic/{result['split']}.json")
+    client = MlflowClient()  # no fluent run: the caller's active run/experiment stay as they are
+    c = result["curves"]
+    now_ms = int(time.time() * 1000)
+    curve = [Metric(f"{prefix}/{name}_wasserstein_curve", float(c[name][i]), now_ms, int(step))
+             for i, step in enumerate(c["step"]) for name in ("train", "validation")]
+    for start in range(0, len(curve), 1000):  # MLflow's limit of metrics per log_batch
+        client.log_batch(run_id, metrics=curve[start:start + 1000])
+    client.log_artifact(run_id, png, artifact_path="critic")
+    client.log_dict(run_id, result, f"critic/{result['split']}.json")
     return run_id
 
 
