@@ -15,7 +15,7 @@ A data set directory holds
   :func:`read_dataset_info` reads and checks it as a :class:`DatasetInfo`;
   :func:`write_dataset_json` writes it;
 * TFDS metadata (``dataset_info.json``, ``features.json`` and, for labelled data,
-  ``label.labels.txt``; written by :mod:`beam_jobs.tfds_metadata`) describing the same
+  ``label.labels.txt``; written by :mod:`beam_jobs.preprocess.tfds_metadata`) describing the same
   shards with the filename template :data:`TFDS_FILENAME_TEMPLATE` and the features
   ``image`` (``tfds.features.Image`` of ``image_shape``, PNG), ``label``
   (``ClassLabel`` when ``label_names`` are known, else an int64 ``Scalar``) and ``key``
@@ -29,7 +29,7 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Iterator, Mapping
+from typing import Any, BinaryIO, Iterator, Mapping
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
@@ -112,8 +112,8 @@ def read_dataset_json(data_dir: str) -> dict:
             raise ValueError(f"{path!r} is not valid JSON: {e}") from e
 
 
-def _parse(raw: Any, path: str
-           ) -> tuple[tuple[int, int, int], dict[str, int], dict[str, list[str]]]:
+def parse_dataset_json(raw: Any, path: str
+                       ) -> tuple[tuple[int, int, int], dict[str, int], dict[str, list[str]]]:
     """(image_shape, split counts, shard file names per split) of dataset.json content;
     ValueError naming ``path`` and what was expected if it is malformed."""
     try:
@@ -143,7 +143,7 @@ def read_dataset_info(data_dir: str | os.PathLike) -> DatasetInfo:
     data_dir = os.path.abspath(os.fspath(data_dir))
     raw = read_dataset_json(data_dir)
     path = os.path.join(data_dir, DATASET_JSON)
-    shape, counts, names = _parse(raw, path)
+    shape, counts, names = parse_dataset_json(raw, path)
     files = {}
     for split, shard_names in names.items():
         files[split] = [os.path.join(data_dir, name) for name in shard_names]
@@ -163,7 +163,7 @@ def write_dataset_json(data_dir: str, content: Mapping[str, Any]) -> str:
     keys in the given order) after checking it parses as :func:`read_dataset_info`
     expects; returns the file's path."""
     path = os.path.join(data_dir, DATASET_JSON)
-    _parse(content, path)
+    parse_dataset_json(content, path)
     with open(path, "w") as f:
         json.dump(content, f, indent=2)
         f.write("\n")
@@ -240,7 +240,8 @@ def encode_example_fast(png_bytes: bytes, label: int, key: str | bytes) -> bytes
     return _length_delimited(1, features)
 
 
-def _masked_crc32c(data: bytes) -> int:
+def masked_crc32c(data: bytes) -> int:
+    """The masked CRC32C of TFRecord framing (uint32)."""
     import google_crc32c
 
     crc = google_crc32c.value(data)
@@ -252,164 +253,62 @@ def frame_tfrecord(record: bytes) -> bytes:
     import struct
 
     length = struct.pack("<Q", len(record))
-    return (length + struct.pack("<I", _masked_crc32c(length)) + record
-            + struct.pack("<I", _masked_crc32c(record)))
+    return (length + struct.pack("<I", masked_crc32c(length)) + record
+            + struct.pack("<I", masked_crc32c(record)))
+
+
+TFRECORD_HEADER_BYTES = 12  # uint64 length + masked CRC32C of it
+TFRECORD_FOOTER_BYTES = 4  # masked CRC32C of the data
+
+
+def read_tfrecord_length(f: BinaryIO) -> int | None:
+    """The data length (bytes) of the TFRecord frame at ``f``'s position, after reading
+    its 12-byte header and checking the header's CRC; None at the end of the file.
+    ValueError ("truncated TFRecord header", "corrupt TFRecord length CRC") otherwise."""
+    import struct
+
+    header = f.read(TFRECORD_HEADER_BYTES)
+    if not header:
+        return None
+    if len(header) != TFRECORD_HEADER_BYTES:
+        raise ValueError("truncated TFRecord header")
+    if struct.unpack("<I", header[8:])[0] != masked_crc32c(header[:8]):
+        raise ValueError("corrupt TFRecord length CRC")
+    return struct.unpack("<Q", header[:8])[0]
+
+
+def read_tfrecord_data(f: BinaryIO, length: int) -> bytes:
+    """The ``length`` data bytes of the frame whose header was just read
+    (:func:`read_tfrecord_length`) and its 4-byte footer, the data's CRC checked.
+    ValueError ("truncated TFRecord record", "corrupt TFRecord data CRC") otherwise."""
+    import struct
+
+    data = f.read(length)
+    footer = f.read(TFRECORD_FOOTER_BYTES)
+    if len(data) != length or len(footer) != TFRECORD_FOOTER_BYTES:
+        raise ValueError("truncated TFRecord record")
+    if struct.unpack("<I", footer)[0] != masked_crc32c(data):
+        raise ValueError("corrupt TFRecord data CRC")
+    return data
 
 
 def iter_tfrecord(path: str) -> Iterator[bytes]:
     """Yields the records (bytes) of an uncompressed TFRecord file, checking CRCs."""
-    import struct
-
     with open(path, "rb") as f:
         while True:
-            header = f.read(12)
-            if not header:
-                return
-            if len(header) != 12:
-                raise ValueError(f"{path!r}: truncated TFRecord header")
-            (length,) = struct.unpack("<Q", header[:8])
-            if struct.unpack("<I", header[8:])[0] != _masked_crc32c(header[:8]):
-                raise ValueError(f"{path!r}: corrupt TFRecord length CRC")
-            data = f.read(length)
-            footer = f.read(4)
-            if len(data) != length or len(footer) != 4:
-                raise ValueError(f"{path!r}: truncated TFRecord record")
-            if struct.unpack("<I", footer)[0] != _masked_crc32c(data):
-                raise ValueError(f"{path!r}: corrupt TFRecord data CRC")
+            try:
+                length = read_tfrecord_length(f)
+                if length is None:
+                    return
+                data = read_tfrecord_data(f, length)
+            except ValueError as e:
+                raise ValueError(f"{path!r}: {e}") from None
             yield data
 
 
-# --- verification of a data set against its dataset.json ---------------------------------
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}  # PNG colour type -> channels decoded
-
+# --- errors of a damaged data set ------------------------------------------------------
 
 class DataSetDamaged(ValueError):
     """A data set's files do not match its dataset.json: a truncated, corrupt, replaced
     or miscounted shard, or records of another image shape (a user error: the message
     names the shard and what was expected)."""
-
-
-def _rebuild_hint(info: DatasetInfo) -> str:
-    return f"re-run beam_jobs.preprocess for {info.data_dir!r} or restore the file"
-
-
-def scan_shard(path: str, check_data: bool = False) -> int:
-    """The number of records of the TFRecord file ``path``, walking its frame headers (12
-    bytes each; with ``check_data`` also every record's data CRC). Raises DataSetDamaged
-    naming the shard and the byte offset of a truncated or corrupt frame."""
-    import mmap
-    import struct
-
-    size = os.path.getsize(path)
-    if size == 0:
-        return 0
-    name = os.path.basename(path)
-    count, offset = 0, 0
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        while offset < size:
-            if size - offset < 16:
-                raise DataSetDamaged(f"shard {name} is truncated: {size - offset} stray bytes "
-                                     f"at byte {offset} after record {count}")
-            (length,) = struct.unpack_from("<Q", m, offset)
-            (crc,) = struct.unpack_from("<I", m, offset + 8)
-            if crc != _masked_crc32c(m[offset:offset + 8]):
-                raise DataSetDamaged(f"shard {name} is corrupt: bad record header at byte "
-                                     f"{offset} (record {count})")
-            end = offset + 12 + length + 4
-            if end > size:
-                raise DataSetDamaged(f"shard {name} is truncated: record {count} at byte "
-                                     f"{offset} needs {end - size} more bytes")
-            if check_data:
-                (data_crc,) = struct.unpack_from("<I", m, end - 4)
-                if data_crc != _masked_crc32c(m[offset + 12:end - 4]):
-                    raise DataSetDamaged(f"shard {name} is corrupt: record {count} at byte "
-                                         f"{offset} fails its CRC")
-            count, offset = count + 1, end
-    return count
-
-
-def _sha256_file(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def first_image_shape(path: str) -> tuple[int, int, int] | None:
-    """(H, W, C) of the first record's PNG in shard ``path`` from its IHDR header (C as
-    decoded without conversion), or None for an empty shard or a record without a PNG."""
-    import struct
-
-    for record in iter_tfrecord(path):
-        start = record.find(_PNG_SIGNATURE)
-        ihdr = record[start + 8:start + 8 + 8 + 13] if start >= 0 else b""
-        if len(ihdr) < 21 or ihdr[4:8] != b"IHDR":
-            return None
-        width, height = struct.unpack(">II", ihdr[8:16])
-        return height, width, _PNG_CHANNELS.get(ihdr[17], 0)
-    return None
-
-
-def _check_shape(info: DatasetInfo, path: str) -> None:
-    """DataSetDamaged if shard ``path``'s first image is not ``info.image_shape`` in height
-    and width (channels are converted on decoding)."""
-    shape = first_image_shape(path)
-    h, w, c = info.image_shape
-    if shape is not None and shape[:2] != (h, w):
-        raise DataSetDamaged(
-            f"dataset.json of {info.data_dir!r} says image_shape {[h, w, c]} but shard "
-            f"{os.path.basename(path)} holds {shape[0]}x{shape[1]}x{shape[2]} images; "
-            f"{_rebuild_hint(info)}")
-
-
-def verify_data_set(info: DatasetInfo, full: bool = False,
-                    splits: list[str] | None = None) -> dict[str, int]:
-    """Checks the shards of ``splits`` (default all) against dataset.json: each split's
-    count is the sum of its shards', each shard holds whole frames and as many records as
-    listed (a walk of the 12-byte frame headers; seconds for millions of records) and its
-    first image has ``image_shape``; with ``full`` also every record's CRC and each
-    shard's sha256. Raises DataSetDamaged (one line naming the shard) on the first
-    mismatch; returns {"shards", "records", "bytes"} checked."""
-    shards_json = {s: info.raw["splits"][s].get("shards", []) for s in info.split_counts}
-    done = {"shards": 0, "records": 0, "bytes": 0}
-    for split in splits or sorted(info.split_counts):
-        entries = shards_json.get(split, [])
-        listed = sum(int(e.get("count", 0)) for e in entries)
-        if listed != info.split_counts[split]:
-            raise DataSetDamaged(
-                f"dataset.json of {info.data_dir!r}: split {split!r} says {info.split_counts[split]} "
-                f"records but its shards list {listed}; {_rebuild_hint(info)}")
-        for entry, path in zip(entries, info.split_files[split]):
-            found = scan_shard(path, check_data=full)
-            if found != int(entry.get("count", 0)):
-                raise DataSetDamaged(
-                    f"shard {entry['file']} of {info.data_dir!r} holds {found} records, "
-                    f"dataset.json says {entry.get('count')}; {_rebuild_hint(info)}")
-            if full and entry.get("sha256") and _sha256_file(path) != entry["sha256"]:
-                raise DataSetDamaged(
-                    f"shard {entry['file']} of {info.data_dir!r} does not match the sha256 in "
-                    f"dataset.json; {_rebuild_hint(info)}")
-            if found:
-                _check_shape(info, path)
-            done["shards"] += 1
-            done["records"] += found
-            done["bytes"] += os.path.getsize(path)
-    return done
-
-
-def locate_damage(info: DatasetInfo, splits: list[str] | None = None) -> str | None:
-    """The first problem of :func:`verify_data_set` with every record's CRC checked (not
-    the sha256), as one line, or None if the shards of ``splits`` are sound."""
-    try:
-        verify_data_set(info, full=False, splits=splits)
-        for split in splits or sorted(info.split_counts):
-            for path in info.split_files[split]:
-                scan_shard(path, check_data=True)
-    except DataSetDamaged as err:
-        return str(err)
-    return None

@@ -93,7 +93,7 @@ def ensure_reference_stats(work: str, data_dir: str, extractor: str, extractor_p
     """Reference statistics of the training split (with KID and precision/recall features)
     in ``ref_stats``, (re)made when missing, of another extractor or without P&R features;
     the cached yardstick row in ``work`` goes with them."""
-    from beam_jobs.identity import stale_statistics_reason
+    from beam_jobs.fid.identity import stale_statistics_reason
 
     stale = (stale_statistics_reason(ref_stats, extractor, extractor_path)
              or missing_pr_features(ref_stats))

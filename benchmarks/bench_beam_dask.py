@@ -82,7 +82,7 @@ def main() -> None:
 
     from dask.distributed import LocalCluster
 
-    from beam_jobs import extractors
+    from beam_jobs.fid import extractors
 
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: python "
           f"{' '.join(sys.argv)}", flush=True)

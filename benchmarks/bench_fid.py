@@ -30,8 +30,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs import fid_math
-from beam_jobs.fid_math import FeatureStatistics
+from beam_jobs.fid import fid_math
+from beam_jobs.fid.fid_math import FeatureStatistics
 
 
 def _dump(value, path):

@@ -35,8 +35,8 @@ import zipfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from artifacts import dataset_format
-from beam_jobs.image_transform import BadImage, ImageTransform
 from beam_jobs.preprocess import run_preprocess
+from beam_jobs.sources.image_transform import BadImage, ImageTransform
 
 CIFAR_ZIP = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10_test_jpg",
                          "cifar10_test_jpg.zip")

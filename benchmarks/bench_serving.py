@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from artifacts import model_io
-from beam_jobs.mnist_idx import load_mnist
+from beam_jobs.sources.mnist_idx import load_mnist
 from serving import export
 from serving.signatures import deterministic_score
 from tfp_models import flows

@@ -12,7 +12,7 @@ so the table is regenerated from stored results and any row can be re-judged):
 
 1. the data set: ``beam_jobs.preprocess`` of the two shared zips (train 50,000, test
    10,000; ``--split_by=top_folder``);
-2. the FID extractor: ``pipeline.train_classifier`` on the training split (its test
+2. the FID extractor: ``beam_jobs.fid.train_classifier`` on the training split (its test
    accuracy is in the table's header), and reference statistics of the training split
    with KID and precision/recall features;
 3. per (variant, seed): ``pipeline.train`` (curve: ELBO of the first 500 test images),
@@ -57,7 +57,7 @@ ALL_VARIANTS = "vae,vae_f,cq,cqf,gan,flow,flowgan"
 # The Real NVP baselines have no latent: they keep 3x3 coupling nets (a full Real NVP)
 # where the latent variants have the config's local flow.
 VARIANT_FLAGS = {"flow": "--flow_kernel_size=3", "flowgan": "--flow_kernel_size=3"}
-# The FID extractor of the table: pipeline.train_classifier's defaults (airbench width 32,
+# The FID extractor of the table: beam_jobs.fid.train_classifier's defaults (airbench width 32,
 # 5 epochs, no time budget, so deterministic for its seed): 85.1 % test accuracy, 26 min on
 # the loaded 2-core VM (2026-12-06).
 CLASSIFIER_FLAGS = ("--width=32", "--epochs=5")
@@ -75,7 +75,7 @@ def prepare(work: str, data_dir: str, eval_examples: int) -> tuple[Protocol, dic
     classifier = os.path.join(work, "cifar10_classifier")
     if not os.path.isfile(os.path.join(classifier, "train_report.json")):
         run_stage(2, 3, "FID extractor: a classifier on the training split", [
-            py, "-m", "pipeline.train_classifier", f"--data_dir={data_dir}",
+            py, "-m", "beam_jobs.fid.train_classifier", f"--data_dir={data_dir}",
             f"--output={classifier}", "--train_split=train", "--eval_split=test",
             *CLASSIFIER_FLAGS])
     with open(os.path.join(classifier, "train_report.json")) as f:

@@ -10,7 +10,7 @@ training digits (scikit-learn: one full-covariance Gaussian, mixtures of K Gauss
 i.e. what a prior matched to the aggregate posterior would give. Columns: confident rate
 (max class probability >= 0.9), label coverage (predicted-label entropy / ln 10) and FID
 against the training split's reference statistics, in the classifier's 128-d features
-(direct numpy, ``beam_jobs.fid_math.frechet_distance``).
+(direct numpy, ``beam_jobs.fid.fid_math.frechet_distance``).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import tensorflow as tf
 from sklearn.mixture import GaussianMixture
 
 from artifacts.model_io import load_trained_model
-from beam_jobs.fid_math import frechet_distance
+from beam_jobs.fid.fid_math import frechet_distance
 from pipeline.evaluate import split_batches
 from tfp_models import flows
 

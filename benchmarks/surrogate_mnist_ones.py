@@ -39,7 +39,7 @@ def digit_folders(mnist_dir: str, work: str) -> tuple[str, str]:
     """PNG folders (class subfolders) of every "1" and of the first 1,000 other digits."""
     from PIL import Image
 
-    from beam_jobs.mnist_idx import load_mnist
+    from beam_jobs.sources.mnist_idx import load_mnist
 
     ones, others = os.path.join(work, "png_ones"), os.path.join(work, "png_others")
     if not os.path.isdir(ones):

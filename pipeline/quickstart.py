@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--output={classifier}"])
     else:
         print(f"\n=== [2/{total}] classifier exists: {classifier}")
-    from beam_jobs.identity import stale_statistics_reason
+    from beam_jobs.fid.identity import stale_statistics_reason
 
     stale = (stale_statistics_reason(ref_stats, "mnist_classifier", classifier)
              or missing_pr_features(ref_stats))

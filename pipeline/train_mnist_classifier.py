@@ -5,8 +5,8 @@
 
 Trains on the first 9,000 images of the given IDX files, reports accuracy on the last
 1,000 (held out), and exports an extractor SavedModel (signature ``features``, see
-:mod:`beam_jobs.extractors`) that accepts uint8 [B, H, W, 1 or 3] images. It is one use of
-the generic trainer ``python -m pipeline.train_classifier`` (its ``small`` architecture),
+:mod:`beam_jobs.fid.extractors`) that accepts uint8 [B, H, W, 1 or 3] images. It is one use of
+the generic trainer ``python -m beam_jobs.fid.train_classifier`` (its ``small`` architecture),
 which reads any preprocessed labelled data set; this command reads the IDX files directly.
 """
 from __future__ import annotations
@@ -20,7 +20,8 @@ import time
 import numpy as np
 
 from artifacts.cli import setup_logging
-from beam_jobs import extractors, mnist_idx
+from beam_jobs.fid import extractors
+from beam_jobs.sources import mnist_idx
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,14 @@ def train_classifier(mnist_dir: str, output: str, epochs: int = 4, batch_size: i
                      min_accuracy: float | None = None) -> dict:
     """Trains, evaluates on the held-out 1,000 images and exports to ``output``.
 
-    The training and evaluation are :func:`pipeline.train_classifier.fit_classifier` with
+    The training and evaluation are :func:`beam_jobs.fid.classifier_fit.fit_classifier` with
     ``arch="small"`` (the generic trainer's small convnet and recipe), the export is
-    :func:`beam_jobs.extractors.export_mnist_classifier` (extractor ``mnist_classifier``).
+    :func:`beam_jobs.fid.extractors.export_mnist_classifier` (extractor ``mnist_classifier``).
     Returns {"accuracy": held-out accuracy in [0, 1], "train_images", "heldout_images",
     "epochs", "seconds", "output"}. ``max_steps`` caps the optimizer steps (for tests);
     ``min_accuracy`` raises RuntimeError (after exporting) when the accuracy is lower.
     """
-    from pipeline import train_classifier as generic
+    from beam_jobs.fid import classifier_fit as generic
 
     images, labels = mnist_idx.load_mnist(mnist_dir)
     if len(images) <= NUM_TRAIN:

@@ -1,4 +1,4 @@
-"""Both Beam jobs on Beam's Dask runner (:mod:`beam_jobs.dask_runner`) against a real
+"""Both Beam jobs on Beam's Dask runner (:mod:`beam_jobs.runtime.dask_runner`) against a real
 ``dask.distributed`` cluster of 2 worker processes on 127.0.0.1, compared with the local
 runner on real CIFAR-10 test JPEGs: byte-identical shards, the same dataset.json, the same
 FID/KID/IS/precision/recall."""
@@ -12,7 +12,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from beam_jobs import extractors, fid, preprocess
+from beam_jobs import fid, preprocess
+from beam_jobs.fid import extractors
 
 pytestmark = pytest.mark.slow
 
@@ -150,7 +151,7 @@ def test_runner_keeps_tagged_outputs_apart_counts_metrics_and_injects_defaults(
     default through a side input."""
     import apache_beam as beam
 
-    from beam_jobs.beam_options import pipeline_options
+    from beam_jobs.runtime.beam_options import pipeline_options
 
     class Split(beam.DoFn):
         def process(self, x):

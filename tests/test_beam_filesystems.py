@@ -22,8 +22,8 @@ from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
 from artifacts import dataset_format
-from beam_jobs import beam_fs
 from beam_jobs.preprocess import COMMIT_MARKER, run_preprocess
+from beam_jobs.runtime import beam_fs
 
 ROOT_ENV = "ADE_TESTFS_ROOT"
 
@@ -351,7 +351,7 @@ def test_local_only_sources_refuse_urls_clearly(testfs):
 
 @pytest.fixture(scope="module")
 def extractor_dir(tmp_path_factory) -> str:
-    from beam_jobs import extractors
+    from beam_jobs.fid import extractors
 
     _, features_model = extractors.build_mnist_classifier(feature_dim=16, seed=2)
     return extractors.export_mnist_classifier(
@@ -360,8 +360,8 @@ def extractor_dir(tmp_path_factory) -> str:
 
 @pytest.mark.slow
 def test_fid_reads_data_and_writes_statistics_on_testfs(tmp_path, testfs, extractor_dir):
-    from beam_jobs import fid, fid_math
-
+    from beam_jobs import fid
+    from beam_jobs.fid import fid_math
     rng = np.random.default_rng(11)
     digits = rng.integers(0, 256, (30, 28, 28), dtype=np.uint8)
     mnist = tmp_path / "mnist"
@@ -411,6 +411,6 @@ def _png(arr: np.ndarray) -> bytes:
 
 
 def _info(extractor_dir: str):
-    from beam_jobs import extractors
+    from beam_jobs.fid import extractors
 
     return extractors.resolve_extractor("mnist_classifier", extractor_dir)

@@ -16,7 +16,7 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def extractor(tmp_path_factory) -> str:
-    from beam_jobs import extractors
+    from beam_jobs.fid import extractors
 
     _, features_model = extractors.build_mnist_classifier(feature_dim=16, seed=1)
     return extractors.export_mnist_classifier(

@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 
 from artifacts import dataset_format
-from beam_jobs import mnist_idx
 from beam_jobs.preprocess import run_preprocess
-from beam_jobs.shard_plan import split_of
+from beam_jobs.preprocess.shard_plan import split_of
+from beam_jobs.sources import mnist_idx
 from pipeline.data import DatasetInfo, make_image_dataset, read_dataset_info, shuffled_epoch_records
 
 

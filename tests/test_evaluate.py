@@ -111,8 +111,8 @@ def test_cli_prints_json_and_logs_to_the_models_run(vae_dir, digits16, tracking_
 def test_fid_of_model_samples_through_beam(vae_dir, digits16, tmp_path):
     """End to end with a small (untrained) MNIST-classifier extractor: FID is finite and
     positive, KID/IS and precision/recall are reported, the sample count is exact."""
-    from beam_jobs import extractors, fid
-
+    from beam_jobs import fid
+    from beam_jobs.fid import extractors
     classifier, features_model = extractors.build_mnist_classifier(seed=0)
     extractor_dir = extractors.export_mnist_classifier(features_model, str(tmp_path / "clf"))
     ref = fid.compute_statistics(fid.TFRecordSource(digits16, "train"), "mnist_classifier",
@@ -154,7 +154,7 @@ def test_latent_use_matches_brute_force(vae_dir, digits16):
 def test_cli_refuses_reference_stats_without_fingerprint(vae_dir, tmp_path, tracking_uri):
     """An old reference file (no extractor fingerprint) is a user error: one line on
     stderr, a non-zero exit, no traceback, and no model export or sampling first."""
-    from beam_jobs import extractors
+    from beam_jobs.fid import extractors
 
     _, features_model = extractors.build_mnist_classifier(feature_dim=16, seed=0)
     clf = extractors.export_mnist_classifier(features_model, str(tmp_path / "clf"))

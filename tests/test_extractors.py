@@ -1,4 +1,4 @@
-"""beam_jobs.extractors and pipeline.train_mnist_classifier."""
+"""beam_jobs.fid.extractors and pipeline.train_mnist_classifier."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_jobs import extractors, identity
+from beam_jobs.fid import extractors, identity
 from pipeline import train_mnist_classifier
 
 
@@ -29,7 +29,7 @@ def test_trainer_exports_a_working_extractor(trained_classifier, mnist_dir):
     with open(os.path.join(path, extractors.EXTRACTOR_JSON)) as f:
         assert json.load(f)["heldout_accuracy"] == pytest.approx(result["accuracy"])
 
-    from beam_jobs import mnist_idx
+    from beam_jobs.sources import mnist_idx
 
     images, labels = mnist_idx.load_mnist(str(mnist_dir))
     grey = images[9000:9200, :, :, None]

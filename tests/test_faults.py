@@ -300,8 +300,8 @@ def fid_inputs(tmp_path_factory, mnist_dir) -> tuple[str, str]:
     """(an untrained MNIST-architecture extractor, a folder of 40 real MNIST digits)."""
     from PIL import Image
 
-    from beam_jobs import extractors
-    from beam_jobs.mnist_idx import load_mnist
+    from beam_jobs.fid import extractors
+    from beam_jobs.sources.mnist_idx import load_mnist
 
     root = tmp_path_factory.mktemp("fid")
     _, features_model = extractors.build_mnist_classifier(feature_dim=32, seed=1)
@@ -378,7 +378,7 @@ def test_full_disk_keeps_the_old_statistics_and_prints_the_results(capsys, fid_i
     """--output_stats over a good statistics file on a disk that fills up during the write:
     the old file is left whole and readable (before: truncated, BadZipFile), no temporary
     file is left, one error line, and the computed results are printed."""
-    from beam_jobs.fid_math import FeatureStatistics
+    from beam_jobs.fid.fid_math import FeatureStatistics
 
     target = small_disk / "ref.npz"
     old = FeatureStatistics.from_features(np.random.default_rng(0).normal(size=(50, 2)),

@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from artifacts import cli, dataset_format
+from artifacts import cli, dataset_format, dataset_verify
 from pipeline import trainer
 from tfp_models.hybrid import HybridConfig
 
@@ -113,7 +113,7 @@ def test_verify_data_finds_a_flipped_byte_before_training(data, tmp_path, capsys
                                                           tracking_uri):
     path = _train_shard(data)
     _flip_in_record(path, 7)
-    assert dataset_format.verify_data_set(dataset_format.read_dataset_info(data))  # cheap: ok
+    assert dataset_verify.verify_data_set(dataset_format.read_dataset_info(data))  # cheap: ok
     line = _train_error(capsys, data, tmp_path / "m", tracking_uri, verify_data=True)
     assert f"shard {os.path.basename(path)} is corrupt: record 7" in line, line
     assert not (tmp_path / "m").exists()
@@ -130,7 +130,7 @@ def test_the_sha256_of_a_shard_is_checked_with_verify_data(data, tmp_path, capsy
             f.write(dataset_format.frame_tfrecord(record))
     line = _train_error(capsys, data, tmp_path / "m", tracking_uri, verify_data=True)
     assert f"shard {os.path.basename(path)} of" in line and "sha256" in line, line
-    assert dataset_format.verify_data_set(info)["records"] == sum(info.split_counts.values())
+    assert dataset_verify.verify_data_set(info)["records"] == sum(info.split_counts.values())
 
 
 @pytest.mark.slow

@@ -24,8 +24,8 @@ def extractor_and_digits(tmp_path_factory, mnist_dir) -> tuple[str, str]:
     """(an untrained MNIST-architecture extractor, a folder of 60 real MNIST digits)."""
     from PIL import Image
 
-    from beam_jobs import extractors
-    from beam_jobs.mnist_idx import load_mnist
+    from beam_jobs.fid import extractors
+    from beam_jobs.sources.mnist_idx import load_mnist
 
     root = tmp_path_factory.mktemp("fid_faults")
     _, model = extractors.build_mnist_classifier(feature_dim=16, seed=2)
@@ -39,7 +39,7 @@ def extractor_and_digits(tmp_path_factory, mnist_dir) -> tuple[str, str]:
 @pytest.fixture
 def old_stats(tmp_path) -> tuple[str, bytes]:
     """An existing --output_stats file (path, bytes)."""
-    from beam_jobs.fid_math import FeatureStatistics
+    from beam_jobs.fid.fid_math import FeatureStatistics
 
     path = tmp_path / "stats" / "ref.npz"
     path.parent.mkdir()

@@ -9,9 +9,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from beam_jobs import fid_results
-from beam_jobs.fid_math import StatisticsError
-from beam_jobs.fid_math.feature_stats import FeatureStatistics
+from beam_jobs.fid import results as fid_results
+from beam_jobs.fid.fid_math import StatisticsError
+from beam_jobs.fid.fid_math.feature_stats import FeatureStatistics
 
 
 def _stats(d: int = 8, seed: int = 0) -> FeatureStatistics:

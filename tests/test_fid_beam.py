@@ -14,8 +14,10 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from artifacts import dataset_format
-from beam_jobs import extractors, fid, fid_math, identity, mnist_idx
-from beam_jobs.fid_math import FeatureStatistics
+from beam_jobs import fid
+from beam_jobs.fid import extractors, fid_math, identity
+from beam_jobs.fid.fid_math import FeatureStatistics
+from beam_jobs.sources import mnist_idx
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_REAL = 240
@@ -164,7 +166,7 @@ def test_image_folder_counts_and_skips_bad_files(tmp_path, extractor_dir):
 def test_image_folder_source_takes_the_image_names_preprocess_takes(tmp_path):
     """.tif/.tiff are images; dotfiles (macOS ``._x``), hidden folders and ``__MACOSX``
     are not: the rule of artifacts.dataset_format, shared with beam_jobs.preprocess."""
-    from beam_jobs.image_sources import plan_source
+    from beam_jobs.sources.registry import plan_source
 
     rng = np.random.default_rng(4)
     folder = tmp_path / "imgs"

@@ -1,4 +1,4 @@
-"""beam_jobs.fid_math: statistics, Frechet distance, KID and IS against direct numpy."""
+"""beam_jobs.fid.fid_math: statistics, Frechet distance, KID and IS against direct numpy."""
 from __future__ import annotations
 
 import pickle
@@ -10,8 +10,8 @@ import pytest
 import scipy.linalg
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs import fid_math
-from beam_jobs.fid_math import FeatureStatistics, blas_threads
+from beam_jobs.fid import fid_math
+from beam_jobs.fid.fid_math import FeatureStatistics, blas_threads
 
 LOCAL = PipelineOptions(["--runner=FnApiRunner", "--direct_running_mode=in_memory"])
 
@@ -179,8 +179,8 @@ def test_singular_trace_term_matches_exact_low_rank_formula():
 def test_fid_agrees_with_sqrtm_on_mnist_classifier_features(mnist_dir):
     """Real features: the project's MNIST-classifier architecture (128-d ReLU layer, some
     units dead: exactly singular covariances) on the real digits, N > d and N < d."""
-    from beam_jobs import extractors, mnist_idx
-
+    from beam_jobs.fid import extractors
+    from beam_jobs.sources import mnist_idx
     images, _ = mnist_idx.load_mnist(str(mnist_dir))
     _, features_model = extractors.build_mnist_classifier(seed=0)
     x = images[:3000, :, :, None].astype(np.float32) / 255.0

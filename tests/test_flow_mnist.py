@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_jobs.mnist_idx import load_mnist
+from beam_jobs.sources.mnist_idx import load_mnist
 from tfp_models import flows, metrics
 from tfp_models.hybrid import HybridConfig, HybridModel
 

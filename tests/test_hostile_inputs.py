@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_jobs import extractors, fid
+from beam_jobs import fid
+from beam_jobs.fid import extractors
 from beam_jobs.preprocess import run_preprocess
 from pipeline import model_lock, trainer
 from serving import export

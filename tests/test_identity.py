@@ -1,4 +1,4 @@
-"""beam_jobs.identity: extractor fingerprints, and the quickstart's check that reference
+"""beam_jobs.fid.identity: extractor fingerprints, and the quickstart's check that reference
 statistics still belong to the classifier."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from beam_jobs import extractors, identity
-from beam_jobs.fid_math import FeatureStatistics
+from beam_jobs.fid import extractors, identity
+from beam_jobs.fid.fid_math import FeatureStatistics
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from artifacts import model_io
-from beam_jobs.fid_math import CONFIDENT_THRESHOLD
+from beam_jobs.fid.fid_math import CONFIDENT_THRESHOLD
 from pipeline import evaluate
 from pipeline.quickstart import PROJECT_ROOT
 

@@ -12,8 +12,9 @@ import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 from test_fid_beam import _direct_features, _generate, extractor_dir, generator_dir  # noqa: F401
 
-from beam_jobs import fid, fid_math
-from beam_jobs.fid_math import FeatureStatistics, precision_recall
+from beam_jobs import fid
+from beam_jobs.fid import fid_math
+from beam_jobs.fid.fid_math import FeatureStatistics, precision_recall
 
 CHUNKS = (1, 2, 3, 7, 64, 10_000)
 

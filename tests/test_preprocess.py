@@ -17,10 +17,10 @@ import tensorflow as tf
 from PIL import Image
 
 from artifacts import dataset_format
-from beam_jobs import array_sources, mnist_idx, shard_plan
-from beam_jobs.image_transform import BadImage, ImageTransform
-from beam_jobs.preprocess import run_preprocess
-from beam_jobs.shard_plan import shard_of, split_of
+from beam_jobs.preprocess import run_preprocess, shard_plan
+from beam_jobs.preprocess.shard_plan import shard_of, split_of
+from beam_jobs.sources import array_sources, mnist_idx
+from beam_jobs.sources.image_transform import BadImage, ImageTransform
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",

@@ -17,9 +17,9 @@ from PIL import Image
 from test_preprocess import read_split
 
 from artifacts import dataset_format
-from beam_jobs.image_sources import plan_source
 from beam_jobs.preprocess import parse_args, run_preprocess
-from beam_jobs.shard_plan import assign_splits
+from beam_jobs.preprocess.shard_plan import assign_splits
+from beam_jobs.sources.registry import plan_source
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_MEMORY = ["--direct_running_mode=in_memory"]
@@ -102,7 +102,7 @@ def test_two_zips_give_train_and_test_splits_with_one_label_set(tmp_path, two_zi
 def test_tfds_pipeline_data_and_fid_read_the_test_split(tmp_path, two_zips):
     import tensorflow_datasets as tfds
 
-    from beam_jobs.fid_sources import TFRecordSource
+    from beam_jobs.fid.sources import TFRecordSource
     from pipeline import data as data_lib
 
     out = tmp_path / "out"

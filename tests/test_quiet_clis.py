@@ -179,9 +179,9 @@ def _cli_cases(missing: str) -> dict[str, list[tuple[list[str], list[str]]]]:
         "serving.export": [(["--helpshort"], []), (
             [f"--model_dir={missing}", f"--export_dir={missing}_x", "--model_name=m",
              "--nomlflow"], [absl_error.format(r"serving\.export") + ".*not a model directory"])],
-        "pipeline.train_classifier": [(["--help"], []), (
+        "beam_jobs.fid.train_classifier": [(["--help"], []), (
             [f"--data_dir={missing}", f"--output={missing}_o"],
-            [r"^python -m pipeline\.train_classifier: error: data directory .* does not exist"])],
+            [r"^python -m beam_jobs\.fid\.train_classifier: error: data directory .* does not exist"])],
         "pipeline.quickstart": [(["--help"], []), (
             ["--no_such_flag"], [USAGE, r"^quickstart\.py: error: unrecognized arguments"])],
         "pipeline.quickstart_check": [(["--help"], []), (
@@ -210,9 +210,9 @@ CLIS = [c if c in FAST_CLIS else pytest.param(c, marks=pytest.mark.slow)
 
 def test_every_cli_with_a_main_is_covered():
     """A new ``python -m`` entry point of the CLI packages must be added to the cases."""
-    found = {f"{package}.{path.stem}"
+    found = {".".join(path.relative_to(PROJECT_ROOT).with_suffix("").parts).removesuffix(".__main__")
              for package in ("pipeline", "beam_jobs", "serving", "artifacts")
-             for path in pathlib.Path(PROJECT_ROOT, package).glob("*.py")
+             for path in pathlib.Path(PROJECT_ROOT, package).rglob("*.py")
              if 'if __name__ == "__main__":' in path.read_text()}
     assert found == set(_cli_cases("x"))
 

@@ -72,7 +72,7 @@ def loaded(cqf_export):
 def _digits(n: int, offset: int = 0) -> np.ndarray:
     from PIL import Image
 
-    from beam_jobs.mnist_idx import load_mnist
+    from beam_jobs.sources.mnist_idx import load_mnist
 
     images, _ = load_mnist(os.path.join(PROJECT_ROOT, "..", "shared", "data", "mnist_test"))
     return np.stack([np.asarray(Image.fromarray(images[i]).resize((16, 16), Image.LANCZOS))

@@ -16,9 +16,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from artifacts import dataset_format
-from beam_jobs import tfds_source
-from beam_jobs.image_transform import ImageTransform
 from beam_jobs.preprocess import run_preprocess
+from beam_jobs.sources import tfds_source
+from beam_jobs.sources.image_transform import ImageTransform
 from pipeline import data as data_lib
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,5 +1,5 @@
-"""pipeline.train_classifier: a classifier trained on any labelled data set, exported as an
-FID/KID/IS extractor (beam_jobs.extractors, ``--extractor=classifier``)."""
+"""beam_jobs.fid.train_classifier: a classifier trained on any labelled data set, exported as an
+FID/KID/IS extractor (beam_jobs.fid.extractors, ``--extractor=classifier``)."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_jobs import extractors, identity
-from pipeline import train_classifier
+from beam_jobs.fid import airbench, extractors, identity, train_classifier
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("red", "green", "blue")
@@ -65,7 +64,7 @@ def test_airbench_trains_exports_and_reports(trained, colours):
         assert report["dataset_json_sha256"] == hashlib.sha256(f.read()).hexdigest()
     with open(os.path.join(out, train_classifier.REPORT_JSON)) as f:
         assert json.load(f) == report
-    # Loaded through beam_jobs.extractors: the contract and the identity.
+    # Loaded through beam_jobs.fid.extractors: the contract and the identity.
     info = extractors.resolve_extractor("classifier", out)
     assert info.name == "classifier" and info.feature_dim == 16 and info.num_classes == 3
     assert "RGB" in info.resize_protocol and "16x16" in info.resize_protocol
@@ -119,7 +118,7 @@ def test_fingerprint_is_stable_and_follows_the_weights(trained, tmp_path):
 def test_export_matches_the_trained_model(tmp_path):
     """The export's preprocessing (uint8 -> [0, 1]) is what the model was trained on."""
     x = np.random.default_rng(3).integers(0, 255, (40, 16, 16, 3), dtype=np.uint8)
-    model = train_classifier.build_airbench((16, 16, 3), 3, 4, x, seed=0)
+    model = airbench.build_airbench((16, 16, 3), 3, 4, x, seed=0)
     path = extractors.export_classifier(model, str(tmp_path / "e"))
     got = tf.saved_model.load(path).signatures["features"](images=tf.constant(x[:8]))
     pool, logits = model(x[:8].astype(np.float32) / 255.0, training=False)
@@ -131,7 +130,7 @@ def test_whitening_kernel_whitens_patches():
     rng = np.random.default_rng(4)
     images = (rng.normal(128, 30, (50, 8, 8, 3)) + rng.normal(0, 40, (50, 8, 8, 1))).clip(
         0, 255).astype(np.uint8)
-    kernel = train_classifier.whitening_kernel(images, 2, eps=0.0)
+    kernel = airbench.whitening_kernel(images, 2, eps=0.0)
     x = images.astype(np.float64) / 255.0
     patches = np.stack([x[:, i:7 + i, j:7 + j, :] for i in range(2) for j in range(2)],
                        axis=3).reshape(-1, 12)
@@ -158,7 +157,7 @@ def test_time_budget_stops_training(colours, tmp_path):
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
     env.pop("AD_TRACEBACK", None)
-    return subprocess.run([sys.executable, "-m", "pipeline.train_classifier", *args],
+    return subprocess.run([sys.executable, "-m", "beam_jobs.fid.train_classifier", *args],
                           capture_output=True, text=True, cwd=PROJECT_ROOT, env=env,
                           timeout=300)
 
@@ -167,7 +166,7 @@ def _one_error_line(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = [ln for ln in result.stderr.splitlines()
-             if ln.startswith("python -m pipeline.train_classifier: error:")]
+             if ln.startswith("python -m beam_jobs.fid.train_classifier: error:")]
     assert len(lines) == 1, result.stderr
     return lines[0]
 
