@@ -50,6 +50,11 @@ def _cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, list[str]]:
     return model, [f for f in ISA_FLAGS if f in flags]
 
 
+def cpu_isa() -> list[str]:
+    """The vector extensions of :data:`ISA_FLAGS` the first CPU has ([] where unknown)."""
+    return _cpuinfo()[1]
+
+
 def _version(module: str, distributions: tuple[str, ...]) -> str:
     """The version of ``module``: its ``__version__`` if it is imported already, else the
     first installed distribution of ``distributions`` ('' if none), so this never imports

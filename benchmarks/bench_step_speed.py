@@ -161,6 +161,17 @@ def ratio_line(blocks: dict, times: dict, slow: str, fast: str) -> str:
             f"median of per-repeat ratios {statistics.median(pairs):.3f}x")
 
 
+def break_even_line(first_call: dict, times: dict, plain: str, jit: str) -> str:
+    """The first calls (trace, XLA's compile, one step) of ``plain`` and ``jit`` and the
+    run length from which ``jit``'s faster steps repay its longer first call (if they do)."""
+    extra = first_call[jit] - first_call[plain]
+    saving = statistics.median(times[plain]) - statistics.median(times[jit])
+    verdict = (f"XLA pays from {extra / saving:.0f} steps on" if saving > 0 and extra > 0
+               else "XLA never pays" if saving <= 0 else "XLA pays from the first step")
+    return (f"  first call (trace + compile + 1 step): {jit} {first_call[jit]:.1f} s, {plain} "
+            f"{first_call[plain]:.1f} s; {verdict}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", default=",".join(CONFIGS))
@@ -183,9 +194,12 @@ def main() -> int:
             data[kind] = make_data(kind, tmp)
         model_config, cfg, steps, batches = build(name, data[kind], tmp, 8)
         flops = profiler_total(steps[DEFAULT].get_concrete_function(batches[0]).graph)
-        for step in steps.values():  # compile every variant before timing
-            for b in batches[:2]:
-                float(step(b))
+        first_call = {}  # trace (+ XLA compile) and one step, seconds
+        for v, step in steps.items():  # compile every variant before timing
+            start = time.perf_counter()
+            float(step(batches[0]))
+            first_call[v] = time.perf_counter() - start
+            float(step(batches[1]))
         times, blocks = time_interleaved(steps, batches, args.repeats, args.block_steps)
         loads.append(os.getloadavg()[0])
         gflops = flops / 1e9
@@ -200,8 +214,9 @@ def main() -> int:
                 f"{100 * gflops / sec / peak['conv bfloat16']:.0f} % of bf16 conv")
         lines += [ratio_line(blocks, times, BASELINE, v) for v in steps if v != BASELINE]
         lines += [ratio_line(blocks, times, "onednn_separate", "onednn_fused"),
+                  break_even_line(first_call, times, "onednn_separate", BASELINE),
                   f"  ({args.repeats} repeats of {args.block_steps}-step blocks per variant)"]
-        print("\n".join(lines[-(2 * len(steps) + 2):]), flush=True)
+        print("\n".join(lines[-(2 * len(steps) + 3):]), flush=True)
     cpus = os.cpu_count() or 1
     lines.append(f"1-minute load average {min(loads):.2f}-{max(loads):.2f} on {cpus} CPUs: "
                  f"machine {'idle' if max(loads) < 0.25 * cpus else 'NOT idle'}")

@@ -73,7 +73,7 @@ def minimal_step_fn(model: HybridModel, cfg, g_opt, d_opt, one_pass: bool = True
 
     jit = cfg.jit_compile
     if jit is None:  # the trainer's default for this device type
-        jit = default_jit_compile(tf.distribute.get_strategy())
+        jit = default_jit_compile(tf.distribute.get_strategy(), cfg.train_steps)
     return tf.function(step, jit_compile=jit)
 
 

@@ -107,9 +107,10 @@ class TrainConfig:
     show_progress: bool = dataclasses.field(default=True, metadata={
         "help": "Show a progress bar."})
     jit_compile: bool | None = dataclasses.field(default=None, metadata={
-        "help": "XLA-compile the training step (default: by device type, as measured: off on "
-                "CPU, where oneDNN's kernels beat XLA's, on for GPUs; "
-                "pipeline.train_step.DEFAULT_JIT_BY_DEVICE)."})
+        "help": "XLA-compile the training step (default: as measured by device type: on for "
+                "GPUs; on CPUs without AVX-512 for runs of >= 1000 steps, where XLA's "
+                "convolutions beat oneDNN's, else off; pipeline.train_step."
+                "DEFAULT_JIT_BY_DEVICE)."})
     deterministic: bool = dataclasses.field(default=False, metadata={
         "help": "TensorFlow op determinism (tf.config.experimental.enable_op_determinism, "
                 "set before the run's first op): with the same --seed, data, flags, TF "

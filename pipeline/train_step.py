@@ -17,6 +17,7 @@ import logging
 import keras
 import tensorflow as tf
 
+from artifacts import machine_info
 from pipeline.train_config import TrainConfig
 from tfp_models import flows
 from tfp_models.hybrid import HybridModel
@@ -26,18 +27,32 @@ log = logging.getLogger(__name__)
 
 
 # Whether XLA compiles the training step when --jit_compile is not given, by the type of
-# the strategy's devices. CPU: off. The issue's idle measurement on a 2-core AMD Zen 4 with
-# AVX-512 (minimal step, interleaved, medians): oneDNN without XLA 1.12x faster for the
-# quickstart step at batch 32, 1.22x at batch 64, 1.30x for the CIFAR-10 CPU step with 3x3
-# couplings. On the 2-core AVX2-only AMD EPYC development VM the answer is the other way
-# for the CIFAR steps (benchmarks/bench_step_speed.py, 2026-12-06, nothing else running,
-# load 0.7-2.4): oneDNN/XLA 1.03x for the quickstart (equal within noise), 0.88x for
-# configs/cifar10_cpu.cfg and 0.80x for the 3x3 CIFAR step: pass --jit_compile=true for
-# CIFAR runs on such a CPU. XLA's compile doubles the wall time of short runs (8 tiny
-# test trainings: 121 s vs 67 s), so the CPU default stays off until the choice is keyed
-# on the CPU's vector ISA with the test suite's cost measured. GPU: on, Keras' own default
-# for fit() there (not measured here: no GPU on the development machine).
-DEFAULT_JIT_BY_DEVICE = {"CPU": False, "GPU": True}
+# the strategy's devices (default_jit_compile). GPU: on, Keras' own default for fit() there
+# (not measured here: no GPU on the development machine). CPU: by the CPU's vector ISA and
+# the run's length, as measured on the training step (minimal step, interleaved, medians):
+# - AVX-512 (the issue's idle 2-core AMD Zen 4): oneDNN without XLA 1.12x faster for the
+#   quickstart step at batch 32, 1.22x at batch 64, 1.30x for the 3x3 CIFAR step: off.
+# - AVX2 only (the 2-core AMD EPYC development VM, benchmarks/bench_step_speed.py,
+#   results/bench_step_speed.txt): XLA 1.13x faster for configs/cifar10_cpu.cfg and 1.24x
+#   for the 3x3 CIFAR step, equal (oneDNN 1.03x) for the quickstart, whose config therefore
+#   pins --nojit_compile: on, for runs of at least JIT_MIN_TRAIN_STEPS steps. XLA's compile
+#   costs tens of seconds per process (8 tiny test trainings: 121 s with XLA vs 67 s
+#   without), which only a long run repays (the benchmark's break-even line: the extra
+#   first-call time over the per-step saving).
+DEFAULT_JIT_BY_DEVICE = {"CPU": None, "GPU": True}  # None: cpu_default_jit_compile
+CPU_ISA_WITHOUT_XLA = "avx512f"  # a CPU with this extension trains faster on oneDNN alone
+JIT_MIN_TRAIN_STEPS = 1000
+
+
+def cpu_default_jit_compile(train_steps: int | None = None,
+                            isa: list[str] | None = None) -> bool:
+    """XLA on this CPU by default: only without AVX-512 (:data:`CPU_ISA_WITHOUT_XLA`, from
+    /proc/cpuinfo unless ``isa`` is given) and for runs of at least
+    :data:`JIT_MIN_TRAIN_STEPS` steps (``train_steps`` None: a run of unknown length, taken
+    as long)."""
+    isa = machine_info.cpu_isa() if isa is None else isa
+    long_run = train_steps is None or train_steps >= JIT_MIN_TRAIN_STEPS
+    return CPU_ISA_WITHOUT_XLA not in isa and long_run
 
 
 # One decoder call for the posterior's and the prior's latents and one discriminator call
@@ -48,10 +63,12 @@ DEFAULT_JIT_BY_DEVICE = {"CPU": False, "GPU": True}
 FUSED_CALLS = False
 
 
-def default_jit_compile(strategy: tf.distribute.Strategy) -> bool:
+def default_jit_compile(strategy: tf.distribute.Strategy,
+                        train_steps: int | None = None) -> bool:
     """:data:`DEFAULT_JIT_BY_DEVICE` for the type of the strategy's worker devices (GPU if
-    any device is a GPU; unknown types: no XLA). The default strategy, which names no
-    devices, places ops on the first GPU if one is visible."""
+    any device is a GPU; unknown types: no XLA); CPUs: :func:`cpu_default_jit_compile` for a
+    run of ``train_steps``. The default strategy, which names no devices, places ops on the
+    first GPU if one is visible."""
     try:
         devices = list(strategy.extended.worker_devices)
     except (RuntimeError, NotImplementedError, AttributeError):  # the default strategy
@@ -60,7 +77,8 @@ def default_jit_compile(strategy: tf.distribute.Strategy) -> bool:
         devices = ["/device:GPU:0" if tf.config.list_logical_devices("GPU") else "/device:CPU:0"]
     kinds = {tf.DeviceSpec.from_string(d).device_type or "CPU" for d in devices}
     kind = "GPU" if "GPU" in kinds else ("CPU" if kinds <= {"CPU"} else sorted(kinds)[0])
-    return DEFAULT_JIT_BY_DEVICE.get(kind, False)
+    choice = DEFAULT_JIT_BY_DEVICE.get(kind, False)
+    return cpu_default_jit_compile(train_steps) if choice is None else choice
 
 
 def discriminator_updates(model: HybridModel, d_opt: keras.optimizers.Optimizer | None,
@@ -94,7 +112,8 @@ class StepFunctions:
         self.g_opt, self.d_opt, self.flow_opt = g_opt, d_opt, flow_opt
         # One replica only: XLA cannot reach a mirrored variable's copy on another device
         # from inside the compiled cluster (seen with 2 logical CPUs).
-        wanted = default_jit_compile(strategy) if cfg.jit_compile is None else cfg.jit_compile
+        wanted = (default_jit_compile(strategy, cfg.train_steps) if cfg.jit_compile is None
+                  else cfg.jit_compile)
         jit = wanted and strategy.num_replicas_in_sync == 1
         if wanted and not jit:
             log.info("jit_compile is off with %d replicas", strategy.num_replicas_in_sync)

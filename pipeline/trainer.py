@@ -228,6 +228,7 @@ class TrainTask:
                 self.tracker, run_id = tracker, tracker.run_id
                 tracker.log_params({**dataclasses.asdict(self.model_config),
                                     **dataclasses.asdict(cfg), **(self.params_to_log or {}),
+                                    "jit_compile_used": steps.jit_compile,  # the choice made
                                     **machine_info.as_params()})  # machine.*: what ran it
                 step, values = self.run_loop(state, steps, dataset, guard)
                 return self.finalize(state, run_id, step, values)
