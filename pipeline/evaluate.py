@@ -210,7 +210,7 @@ def evaluate_samples(model_dir: str, num_samples: int, extractor: str, extractor
     Precision/recall use at most ``pr_max_samples`` feature vectors per side (None: the
     job's default) and the reference file's ``pr_features``; without them they are None.
     Reference statistics of another extractor (fingerprint), protocol or image shape, or
-    without a fingerprint, raise ``beam_jobs.fid_math.StatisticsError`` before any sample
+    without a fingerprint, raise ``beam_jobs.fid.fid_math.StatisticsError`` before any sample
     is drawn."""
     from beam_jobs import fid
 
@@ -301,7 +301,7 @@ def _evaluate_samples(results: dict[str, Any]) -> None:
     if FLAGS.fid_samples > 0:
         if not (FLAGS.extractor_path and FLAGS.reference_stats):
             raise app.UsageError("--fid_samples needs --extractor_path and --reference_stats")
-        from beam_jobs.fid_math import StatisticsError
+        from beam_jobs.fid.fid_math import StatisticsError
 
         try:
             results["samples"] = evaluate_samples(

@@ -98,7 +98,7 @@ def digits16(tmp_path_factory, mnist_dir) -> str:
     from PIL import Image
 
     from beam_jobs import preprocess
-    from beam_jobs.mnist_idx import load_mnist
+    from beam_jobs.sources.mnist_idx import load_mnist
 
     images, labels = load_mnist(str(mnist_dir))
     folder = tmp_path_factory.mktemp("digits")
