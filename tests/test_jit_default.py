@@ -44,6 +44,7 @@ def test_the_run_records_the_choice_it_made(digits16, tmp_path, tracking_uri):
     from mlflow.tracking import MlflowClient
 
     from artifacts import tracking
+
     from conftest import train_tiny
 
     model_dir = train_tiny(digits16, tmp_path / "run", tracking_uri, "vae")  # 4 steps: short
