@@ -23,7 +23,7 @@ from sklearn.mixture import GaussianMixture
 
 from artifacts.model_io import load_trained_model
 from beam_jobs.fid.fid_math import frechet_distance
-from pipeline.evaluate import split_batches
+from pipeline.eval_harness import split_batches
 from tfp_models import flows
 
 

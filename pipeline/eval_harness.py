@@ -36,11 +36,8 @@ from tqdm import tqdm
 
 from pipeline import data as data_lib
 from tfp_models import flows, metrics
-from tfp_models.hybrid import HybridModel, row_noise
-
-# Row seeds of model samples: seed * SAMPLE_SEED_STRIDE + offset + i.
-SAMPLE_SEED_STRIDE = 1 << 31
-
+from tfp_models.hybrid import HybridModel
+from tfp_models.row_seeds import row_noise, sample_row_seeds
 
 # --------------------------------------------------------------------------- the model
 
@@ -208,11 +205,6 @@ def bits_per_dim(model: HybridModel, log_prob_nats):
 
 
 # --------------------------------------------------------------------------- samples
-
-def sample_row_seeds(seed: int, offset: int, num: int) -> np.ndarray:
-    """int64 row seeds [num]: seed * 2^31 + offset + i."""
-    return np.int64(seed) * SAMPLE_SEED_STRIDE + offset + np.arange(num, dtype=np.int64)
-
 
 def generate_rows(model: HybridModel, seeds: tf.Tensor, temperature: tf.Tensor) -> tf.Tensor:
     """``model.sample_rows(seeds, temperature)`` before quantization: float32

@@ -50,11 +50,6 @@ from tfp_models import metrics
 from tfp_models.hybrid import HybridModel
 
 log = logging.getLogger(__name__)
-# Harness functions under their names here, for the callers that know them by this module
-# (tests, benchmarks; summary_lines: the quickstart's summary of evaluate's JSON).
-dequantized_inputs = eval_harness.dequantized_inputs
-split_batches = eval_harness.split_batches
-summary_lines = eval_harness.summary_lines
 BINARIZATION = ("fixed: b_i = 1[u_i < x_i / 255], u_i ~ U[0,1)^D keyed on (image index i "
                 "in the split, seed)")
 

@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  refitted prior    {model_dir}  ({args.prior_components} Gaussians)")
     print(f"  MLflow run id     {summary.get('mlflow_run_id')}  (mlflow ui --backend-store-uri "
           f"sqlite:///{os.path.join(PROJECT_ROOT, 'mlflow.db')})")
-    from pipeline.evaluate import summary_lines  # every registered metric's summary line
+    from pipeline.eval_harness import summary_lines  # every registered metric's summary line
 
     for line in summary_lines(evaluation):
         print(line)

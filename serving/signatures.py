@@ -52,7 +52,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_models import flows, metrics
-from tfp_models.hybrid import HybridModel, row_noise
+from tfp_models.hybrid import HybridModel
+from tfp_models.row_seeds import row_noise
 
 SCORE_OUTPUTS = ("log_likelihood_nats", "bits_per_dim")
 IW_OUTPUTS = ("iw_bound_nats", "iw_bound_stderr_nats", "iw_bits_per_dim",

@@ -58,7 +58,7 @@ def test_split_is_the_first_images_in_file_order_with_labels(digits16):
     assert not np.array_equal(a, images)
     np.testing.assert_array_equal(np.sort(a.reshape(len(a), -1), axis=0),
                                   np.sort(images.reshape(len(a), -1), axis=0))
-    ds, total = evaluate.split_batches(model, digits16, "validation", 7, 20)
+    ds, total = eval_harness.split_batches(model, digits16, "validation", 7, 20)
     assert total == 20
     np.testing.assert_array_equal(np.concatenate(list(ds)), images[:20])
 
@@ -204,7 +204,7 @@ def test_a_registered_metric_appears_in_evaluate_mlflow_and_the_summary(
     assert logged["eval/validation/mean_pixel/count"] == 30
     assert logged["eval/validation/bpd"] == pytest.approx(results["bpd"]["bpd"])
     assert logged["eval/validation/latent/kl_mean"] == pytest.approx(results["latent"]["kl_mean"])
-    lines = evaluate.summary_lines(json.loads(json.dumps(results)))  # as the quickstart reads it
+    lines = eval_harness.summary_lines(json.loads(json.dumps(results)))  # as the quickstart reads it
     assert lines[-1] == f"  validation pixels mean {images.mean():.1f}"
     # a flow: no encoder, no latent, and the test's metric does not apply
     flow_results = eval_harness.run_metrics(_model("flow"), request)
@@ -217,11 +217,11 @@ def test_builtin_summary_lines_are_the_quickstarts():
                 "bpd_iw": 1.2, "importance_samples": 8},
         "latent": {"split": "validation", "kl_mean": 12.345, "active_units": 3, "latent_dim": 4},
         "samples": {"fid": 1.0}}
-    assert evaluate.summary_lines(results) == [
+    assert eval_harness.summary_lines(results) == [
         "  validation BPD    1.235 +- 0.012 (elbo_bound), IW-8 bound 1.200",
         "  latent            KL 12.3 nats, 3 of 4 units active"]
     binary = {"nll_binarized": {"split": "test", "nll_nats": 90.123, "nll_nats_stderr": 1.5,
                                 "kind": "elbo_bound_binarized"}}
-    assert evaluate.summary_lines(binary) == [
+    assert eval_harness.summary_lines(binary) == [
         "  test NLL          90.12 +- 1.50 nats per binarized image"]
-    assert evaluate.summary_lines({}) == []
+    assert eval_harness.summary_lines({}) == []

@@ -16,6 +16,7 @@ from artifacts import model_io
 from pipeline import data as data_lib
 from pipeline import evaluate
 from tfp_models import flows, metrics
+from tfp_models.row_seeds import sample_row_seeds
 
 from conftest import train_tiny
 
@@ -186,7 +187,7 @@ def test_model_dir_samples_are_the_exports_sample_rows(vae_dir, tmp_path):
     version_dir = export_model(vae_dir, str(tmp_path / "export"), "m", log_to_mlflow=False)
     n, seed, temperature = 11, 40, 0.7
     want = tf.saved_model.load(version_dir).signatures["sample"](
-        seed=tf.constant(np.arange(seed, seed + n), tf.int64),
+        seed=tf.constant(sample_row_seeds(seed, 0, n), tf.int64),
         temperature=tf.fill([n], np.float32(temperature)))["images"].numpy()
     with beam.Pipeline(options=fid.pipeline_options(None)) as p:
         images = p | fid.ReadImages(fid.ModelDirSampleSource(vae_dir, n, temperature, seed, 4))
@@ -194,3 +195,9 @@ def test_model_dir_samples_are_the_exports_sample_rows(vae_dir, tmp_path):
         assert_that(rows, equal_to([(i, "uint8", want[i].tobytes()) for i in range(n)]))
     with pytest.raises(FileNotFoundError, match="model_config.json"):
         fid.ModelDirSampleSource(str(tmp_path), 3).validate()
+    # ... and the rows pipeline.evaluate's harness draws for the same seed (one seed contract).
+    from artifacts.model_io import load_trained_model
+    from pipeline.eval_harness import draw_samples
+
+    model = load_trained_model(vae_dir)[0]
+    np.testing.assert_array_equal(draw_samples(model, n, temperature, seed, batch_size=5), want)

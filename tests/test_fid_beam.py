@@ -18,6 +18,7 @@ from beam_jobs import fid
 from beam_jobs.fid import extractors, fid_math, identity
 from beam_jobs.fid.fid_math import FeatureStatistics
 from beam_jobs.sources import mnist_idx
+from tfp_models.row_seeds import sample_row_seeds
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_REAL = 240
@@ -88,7 +89,7 @@ def _generate(generator_dir: str, seeds: np.ndarray) -> np.ndarray:
 
 def test_sample_source_yields_exactly_n_when_not_multiple_of_batch(generator_dir):
     n, batch, seed = 37, 16, 100
-    expected = _generate(generator_dir, np.arange(seed, seed + n))
+    expected = _generate(generator_dir, sample_row_seeds(seed, 0, n))  # pipeline.evaluate's rows
     with beam.Pipeline(options=fid.pipeline_options(None)) as p:
         images = p | fid.ReadImages(fid.SampleSource(generator_dir, n, 1.0, seed, batch))
         checksums = images | beam.MapTuple(lambda i, im: (i, im.shape, int(im.astype(np.int64).sum())))
@@ -126,7 +127,7 @@ def test_evaluate_samples_end_to_end(tmp_path, generator_dir, extractor_dir, mni
                         "resize_protocol", "extractor_fingerprint", "image_shape"}
     assert out["reference_num_samples"] == NUM_REAL and out["image_shape"] == "28x28x1"
     # The same numbers computed directly from the same images.
-    samples = _generate(generator_dir, np.arange(5, 5 + 37))
+    samples = _generate(generator_dir, sample_row_seeds(5, 0, 37))
     s_pool, s_logits = _direct_features(extractor_dir, samples)
     r_pool, _ = _direct_features(extractor_dir, images)
     s_stats, r_stats = (FeatureStatistics.from_features(s_pool),

@@ -141,7 +141,7 @@ def test_training_logs_nats_evaluation_reports_nats_with_a_fixed_binarization(
     from mlflow.tracking import MlflowClient
 
     from artifacts import model_io, tracking
-    from pipeline import evaluate, trainer
+    from pipeline import eval_harness, evaluate, trainer
 
     from conftest import tiny_train_config
 
@@ -171,10 +171,10 @@ def test_training_logs_nats_evaluation_reports_nats_with_a_fixed_binarization(
     with pytest.raises(ValueError, match="nats"):
         evaluate.evaluate_bpd(model, digits16, "validation", show_progress=False)
     # the held-out binarization is keyed on the image index: the same for any batch size
-    ds, _ = evaluate.split_batches(model, digits16, "validation", 48)
+    ds, _ = eval_harness.split_batches(model, digits16, "validation", 48)
     images = next(iter(ds))
-    whole = evaluate.dequantized_inputs(model, images, tf.constant(0), 48, 1)
-    parts = [evaluate.dequantized_inputs(model, images[i * 16:(i + 1) * 16], tf.constant(i), 16, 1)
+    whole = eval_harness.dequantized_inputs(model, images, tf.constant(0), 48, 1)
+    parts = [eval_harness.dequantized_inputs(model, images[i * 16:(i + 1) * 16], tf.constant(i), 16, 1)
              for i in range(3)]
     np.testing.assert_array_equal(binarize_dequantized(whole).numpy(),
                                   binarize_dequantized(tf.concat(parts, 0)).numpy())

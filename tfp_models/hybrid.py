@@ -59,6 +59,7 @@ from tfp_models.networks import (
 )
 from tfp_models.posteriors import make_posterior, standard_normal_log_prob
 from tfp_models.priors import make_prior
+from tfp_models.row_seeds import row_noise
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -67,17 +68,6 @@ def gaussian_log_prob(y: tf.Tensor, mu: tf.Tensor, log_sigma: tf.Tensor) -> tf.T
     """ln N(y; mu, diag exp(log_sigma)^2) summed over the trailing 3 axes (nats)."""
     per_dim = -0.5 * (((y - mu) * tf.exp(-log_sigma)) ** 2 + _LOG_2PI) - log_sigma
     return tf.reduce_sum(per_dim, axis=[-3, -2, -1])
-
-
-def row_noise(seeds: tf.Tensor, shape: tuple, stream: int,
-              draw=tf.random.stateless_normal) -> tf.Tensor:
-    """Noise [N, *shape] (standard normal unless ``draw`` says otherwise, e.g.
-    tf.random.stateless_uniform), row i keyed on (seeds[i], stream) only: the same as
-    ``draw((1,) + shape, seed=(seeds[i], stream))[0]``, whatever the batch."""
-    seeds = tf.cast(seeds, tf.int64)
-    return tf.map_fn(
-        lambda s: draw(shape, seed=tf.stack([s, tf.constant(stream, tf.int64)])),
-        seeds, fn_output_signature=tf.TensorSpec(shape, tf.float32))
 
 
 class HybridModel(keras.Model):

@@ -1,6 +1,7 @@
 """The FID job's generator sources: ``num_samples`` samples of a generator SavedModel
 (``--saved_model``) or of a trained model directory (``--model_dir``), sample ``i``
-drawn with seed ``seed + i`` and keyed by ``i``.
+drawn with row seed ``seed * 2^31 + i`` (:func:`tfp_models.row_seeds.sample_row_seeds`:
+the rows ``pipeline.evaluate`` draws for the same seed) and keyed by ``i``.
 """
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ from beam_jobs.fid.batch_inference import BatchInference
 from beam_jobs.fid.extractor_contract import SAMPLE_SIGNATURE, check_signature
 from beam_jobs.fid.inference_handlers import ModelDirSamplerHandler, sampler_model_handler
 from beam_jobs.fid.sources import DEFAULT_BATCH_SIZE, ImageSource
+from tfp_models.row_seeds import sample_row_seeds
 
 
 class _GeneratorSource(ImageSource):
-    """``num_samples`` samples at ``temperature``, sample i drawn with seed ``seed + i``
-    in batches of ``batch_size``; subclasses say where the generator is."""
+    """``num_samples`` samples at ``temperature``, sample i drawn with row seed
+    ``seed * 2^31 + i`` in batches of ``batch_size``; subclasses say where the generator
+    is."""
 
     num_samples: int
     temperature: float
@@ -52,8 +55,8 @@ class _GeneratorSource(ImageSource):
         return self.num_samples
 
     def _seeds(self) -> str:
-        return (f"seeds {self.seed}..{self.seed + self.num_samples - 1}, temperature "
-                f"{self.temperature}")
+        return (f"seed {self.seed}: row seeds {self.seed} * 2^31 + 0..{self.num_samples - 1}, "
+                f"temperature {self.temperature}")
 
     def transform(self) -> beam.PTransform:
         return ReadSampledImages(self)
@@ -127,6 +130,7 @@ class ReadSampledImages(beam.PTransform):
         s = self._source
         s.validate()
         return (pbegin | "Indices" >> beam.Create(range(s.num_samples))
-                | "Seeds" >> beam.Map(lambda i, base: (i, base + i), s.seed)
+                | "Seeds" >> beam.Map(lambda i, base: (i, base + i),
+                                      int(sample_row_seeds(s.seed, 0, 1)[0]))
                 | "Sample" >> BatchInference(s.model_handler(), s.batch_size, s.num_samples)
                 | "Images" >> beam.MapTuple(lambda i, result: (i, result.inference)))
