@@ -32,13 +32,14 @@ log = logging.getLogger(__name__)
 # the run's length, as measured on the training step (minimal step, interleaved, medians):
 # - AVX-512 (the issue's idle 2-core AMD Zen 4): oneDNN without XLA 1.12x faster for the
 #   quickstart step at batch 32, 1.22x at batch 64, 1.30x for the 3x3 CIFAR step: off.
-# - AVX2 only (the 2-core AMD EPYC development VM, benchmarks/bench_step_speed.py,
-#   results/bench_step_speed.txt): XLA 1.13x faster for configs/cifar10_cpu.cfg and 1.24x
-#   for the 3x3 CIFAR step, equal (oneDNN 1.03x) for the quickstart, whose config therefore
-#   pins --nojit_compile: on, for runs of at least JIT_MIN_TRAIN_STEPS steps. XLA's compile
-#   costs tens of seconds per process (8 tiny test trainings: 121 s with XLA vs 67 s
-#   without), which only a long run repays (the benchmark's break-even line: the extra
-#   first-call time over the per-step saving).
+# - AVX2 only (the 2-core AMD EPYC development VM, benchmarks/bench_step_speed.py, two
+#   runs with nothing else running, results/bench_step_speed.txt the second): XLA 1.13x /
+#   1.03x faster for configs/cifar10_cpu.cfg and 1.24x / 1.30x for the 3x3 CIFAR step;
+#   for the quickstart oneDNN 1.03x / 1.17x faster, so its config pins --nojit_compile.
+#   XLA's first call (trace + compile + one step) takes 15-19 s longer (second run:
+#   65.7 vs 46.7 s for cifar10_cpu.cfg, 54.2 vs 38.5 s for the 3x3 step), repaid after 556
+#   and 40 steps: on, for runs of at least JIT_MIN_TRAIN_STEPS steps (tests' tiny
+#   trainings stay off: 8 of them took 121 s with XLA vs 67 s without).
 DEFAULT_JIT_BY_DEVICE = {"CPU": None, "GPU": True}  # None: cpu_default_jit_compile
 CPU_ISA_WITHOUT_XLA = "avx512f"  # a CPU with this extension trains faster on oneDNN alone
 JIT_MIN_TRAIN_STEPS = 1000
@@ -57,9 +58,10 @@ def cpu_default_jit_compile(train_steps: int | None = None,
 
 # One decoder call for the posterior's and the prior's latents and one discriminator call
 # for real and fake (Objective(fused=True)) or separate calls: the same values, measured
-# (benchmarks/bench_step_speed.py, 2026-12-06, same run as above): fused/separate 0.99x
-# (quickstart), 0.99x (cifar10_cpu.cfg), 0.91x (3x3 CIFAR step) without XLA, 0.97x / 0.91x
-# / 0.93x with XLA: no gain anywhere on this CPU, a loss for the larger steps. Separate.
+# (benchmarks/bench_step_speed.py, the two runs above) without XLA: fused/separate 0.99x /
+# 0.90x (quickstart), 0.99x / 1.00x (cifar10_cpu.cfg), 0.91x / 1.05x (3x3 CIFAR step);
+# with XLA 0.97x / 0.91x / 0.93x in the first run, 0.91x / 0.94x / 0.94x in the second:
+# no consistent gain anywhere on this CPU, a loss with XLA. Separate.
 FUSED_CALLS = False
 
 
