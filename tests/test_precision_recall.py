@@ -15,6 +15,7 @@ from test_fid_beam import _direct_features, _generate, extractor_dir, generator_
 from beam_jobs import fid
 from beam_jobs.fid import fid_math
 from beam_jobs.fid.fid_math import FeatureStatistics, precision_recall
+from tfp_models.row_seeds import sample_row_seeds
 
 CHUNKS = (1, 2, 3, 7, 64, 10_000)
 
@@ -210,7 +211,7 @@ def test_beam_job_precision_recall_equals_numpy_on_the_same_features(
     job's numbers equal the numpy function on the features computed directly from the
     same images and the same subsets."""
     ref_path = str(tmp_path / "ref.npz")
-    ref = fid.evaluate(fid.SampleSource(generator_dir, 40, 1.0, 1000, 16), "mnist_classifier",
+    ref = fid.evaluate(fid.SampleSource(generator_dir, 40, 1.0, 1, 16), "mnist_classifier",
                        extractor_dir, kid_samples=0, output_stats=ref_path,
                        save_pr_features=True)
     assert ref["precision"] is None and "no reference features" in ref["pr_note"]
@@ -222,10 +223,10 @@ def test_beam_job_precision_recall_equals_numpy_on_the_same_features(
     # The same features directly: the 25 sample indices of smallest rank, in rank order.
     chosen = sorted(range(37), key=fid_math.subset_key)[:25]
     fn = tf.saved_model.load(generator_dir).signatures["sample"]
-    images = fn(seed=np.arange(37, dtype=np.int64),
+    images = fn(seed=sample_row_seeds(0, 0, 37),  # the job's row seeds for seed 0
                 temperature=np.full(37, 0.7, np.float32))["images"].numpy()
     gen, _ = _direct_features(extractor_dir, images[chosen])
-    real, _ = _direct_features(extractor_dir, _generate(generator_dir, np.arange(1000, 1040)))
+    real, _ = _direct_features(extractor_dir, _generate(generator_dir, sample_row_seeds(1, 0, 40)))
     ref_order = sorted(range(40), key=fid_math.subset_key)
     np.testing.assert_allclose(stored, real[ref_order], rtol=1e-5, atol=1e-6)
     expected = precision_recall(real[ref_order][:25], gen, k=3)
