@@ -50,7 +50,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 from bench_train_step import minimal_step_fn  # noqa: E402
-from paper_scale_flops import profiler_total  # noqa: E402
+from step_flops import profiler_total  # noqa: E402
 
 from beam_jobs.preprocess import run_preprocess  # noqa: E402
 from pipeline import config_flags  # noqa: E402

@@ -1,4 +1,4 @@
-"""benchmarks/ablation.py's paired-by-seed differences (the CIFAR-10 table's cqf - vae_f line)."""
+"""experiments/ablation.py's paired-by-seed differences (the CIFAR-10 table's cqf - vae_f line)."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _ablation(monkeypatch):
-    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "experiments"))
     sys.modules.pop("ablation", None)
     import ablation
     return ablation

@@ -106,7 +106,7 @@ def test_results_files_name_this_machine_and_the_training_machine(tmp_path, monk
     assert "trained on: Other CPU 9000" in md
 
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), "benchmarks"))
+        os.path.abspath(__file__))), "experiments"))
     sys.modules.pop("ablation", None)
     import ablation
 

@@ -1,6 +1,6 @@
 """How tight is the entropic-GAN surrogate log-likelihood where the exact value is known?
 
-    python benchmarks/surrogate_tightness.py [--out benchmarks/results/surrogate_tightness.md]
+    python experiments/surrogate_tightness.py [--out experiments/results/surrogate_tightness.md]
 
 The source's experiment (Balaji et al., 2019, Gaussian data and a linear generator), here
 with the generator exactly right, so the only gap is the surrogate's: data y = A x + n in
@@ -60,7 +60,7 @@ def main() -> None:
     lines = [
         "# Entropic-GAN surrogate log-likelihood vs the exact value (Gaussian data, linear generator)",
         "",
-        f"`python benchmarks/surrogate_tightness.py` (rank r = {args.rank}, lambda = "
+        f"`python experiments/surrogate_tightness.py` (rank r = {args.rank}, lambda = "
         f"{args.entropic_lambda:g}, N = {args.num_real} real points, M = "
         f"{args.num_generated} generator draws, seed {args.seed}). Mean log-density per point "
         "in nats. Source (Balaji et al. 2019, their own covariance): -16.38 vs -17.94 at "

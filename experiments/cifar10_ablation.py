@@ -2,10 +2,10 @@
 scale: every variant trained on CIFAR-10's 50,000 training images with the same budget
 and architecture (``configs/cifar10_cpu.cfg``), judged on the 10,000 test images.
 
-    python benchmarks/cifar10_ablation.py [--variants vae,vae_f,cq,cqf,gan,flow,flowgan] \
+    python experiments/cifar10_ablation.py [--variants vae,vae_f,cq,cqf,gan,flow,flowgan] \
         [--seeds 0] [--more_seeds 1,2 --more_seeds_variants vae_f,cqf,flow] \
         [--train_steps 1500] [--fid_samples 5000] [--eval_examples 2000] \
-        [--tag main] [--out benchmarks/results/cifar10_ablation.md]
+        [--tag main] [--out experiments/results/cifar10_ablation.md]
 
 Stages (each the project's real CLI in a subprocess, each skipped when its output exists,
 so the table is regenerated from stored results and any row can be re-judged):
@@ -91,7 +91,7 @@ def table(rows: dict[str, list[dict]], args, real: dict, report: dict) -> list[s
     lines = [
         f"# CIFAR-10 ablation at CPU scale: {args.train_steps} steps of batch 32 per run",
         "",
-        f"Command: `python benchmarks/cifar10_ablation.py {' '.join(sys.argv[1:])}`",
+        f"Command: `python experiments/cifar10_ablation.py {' '.join(sys.argv[1:])}`",
         "",
         f"Trained on the 50,000 training images, judged on the test images. Architecture and "
         f"optimizer: `{os.path.relpath(args.flagfile, PROJECT_ROOT)}` for every variant"
@@ -171,7 +171,7 @@ def main() -> int:
                         help="data set, classifier and reference statistics")
     parser.add_argument("--data_dir", default=None, help="default: <work_dir>/data")
     parser.add_argument("--no_export", action="store_true", help="skip the SavedModel exports")
-    parser.add_argument("--out", default=os.path.join(PROJECT_ROOT, "benchmarks", "results",
+    parser.add_argument("--out", default=os.path.join(PROJECT_ROOT, "experiments", "results",
                                                       "cifar10_ablation.md"))
     args = parser.parse_args()
     work = os.path.abspath(args.work_dir)

@@ -1,9 +1,9 @@
 """Markdown table of evaluated model directories (``ev_t0.json``/``ev_t1.json`` written by
-benchmarks/collapse_sweep.sh or benchmarks/prior_sweep.sh), with the posterior's scale next
+experiments/collapse_sweep.sh or experiments/prior_sweep.sh), with the posterior's scale next
 to the KL:
 
-    python benchmarks/summarize_runs.py work/sweep/* [--out benchmarks/results/collapse_sweep.md]
-    python benchmarks/summarize_runs.py --script benchmarks/prior_sweep.sh work/prior/*
+    python experiments/summarize_runs.py work/sweep/* [--out experiments/results/collapse_sweep.md]
+    python experiments/summarize_runs.py --script experiments/prior_sweep.sh work/prior/*
 
 Each row's flags and the base flagfile are read from the sweep script (``--script``).
 

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The diagnostic runs behind MODEL_CARD.md's "Why the hybrid failed" section: the quickstart
-# `cqf` as it was before the fix (benchmarks/collapse_sweep_base.cfg, 800 steps) with one change per row, each trained and then
-# evaluated exactly like benchmarks/ablation.py does (validation BPD with IW K=8, latent use,
+# `cqf` as it was before the fix (experiments/collapse_sweep_base.cfg, 800 steps) with one change per row, each trained and then
+# evaluated exactly like experiments/ablation.py does (validation BPD with IW K=8, latent use,
 # 1,000 samples at T=0 and T=1 in the MNIST classifier's features).
 #
-#   bash benchmarks/collapse_sweep.sh [ROW ...]      # default: every row; finished rows are kept
-#   python benchmarks/summarize_runs.py work/sweep/*  # the table
+#   bash experiments/collapse_sweep.sh [ROW ...]      # default: every row; finished rows are kept
+#   python experiments/summarize_runs.py work/sweep/*  # the table
 #
 # Needs the quickstart's data, classifier and reference statistics (make quickstart, or
-# python benchmarks/ablation.py creates them under work/quickstart).
+# python experiments/ablation.py creates them under work/quickstart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -54,7 +54,7 @@ for name in "${names[@]}"; do
   [ -f "$dir/ev_t1.json" ] && { echo "$name: done"; continue; }
   echo "=== $name: ${ROWS[$name]}"
   # shellcheck disable=SC2086
-  $PY -m pipeline.train --flagfile=benchmarks/collapse_sweep_base.cfg --data_dir=$D --model_dir=$dir \
+  $PY -m pipeline.train --flagfile=experiments/collapse_sweep_base.cfg --data_dir=$D --model_dir=$dir \
       --validation_every=100 --show_progress=false --experiment=sweep --run_name=$name ${ROWS[$name]}
   $PY -m pipeline.evaluate --model_dir=$dir --data_dir=$D --importance_samples=8 \
       --fid_samples=1000 --temperature=0 --extractor_path=$W/mnist_classifier \

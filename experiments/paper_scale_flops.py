@@ -1,8 +1,8 @@
-"""Benchmark: FLOPs, parameters and memory of one paper-scale training step, and its GPU time.
+"""FLOPs, parameters and memory of one paper-scale training step, and its GPU time.
 
-    python benchmarks/paper_scale_flops.py --flagfile configs/cifar10.cfg --batch_size 64 \
+    python experiments/paper_scale_flops.py --flagfile configs/cifar10.cfg --batch_size 64 \
         [--data_dir /work/scratch/cifar10] [--xla] [--measure_batches 16,64 --measure_steps 3] \
-        [--utilisation 0.3] [--out benchmarks/results/paper_scale_flops.txt]
+        [--utilisation 0.3] [--out experiments/results/paper_scale_flops.txt]
 
 The step is the one ``benchmarks/bench_train_step.py`` times as its baseline
 (``minimal_step_fn``: the trainer's losses and updates, D first, then G, Adam), built the
@@ -49,13 +49,14 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))  # its shared helpers (never the reverse)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 from bench_train_step import minimal_step_fn  # noqa: E402
+from step_flops import profiler_total  # noqa: E402
 from tensorflow.python.framework import ops as tf_ops  # noqa: E402
 
 from pipeline import config_flags  # noqa: E402
@@ -114,13 +115,6 @@ def build_step(flagfile: str, data_dir: str, batch_size: int, model_dir: str):
                                g_opt, d_opt)
 
     return model, model_config, cfg, spec, make_step
-
-
-def profiler_total(graph: tf.Graph) -> float:
-    """Total float operations of ``graph`` by tf.compat.v1.profiler (registered op stats)."""
-    builder = tf.compat.v1.profiler.ProfileOptionBuilder
-    options = builder(builder.float_operation()).with_empty_output().build()
-    return float(tf.compat.v1.profiler.profile(graph, options=options).total_float_ops)
 
 
 def graph_flops(graph: tf.Graph):

@@ -5,11 +5,11 @@
 # the quickstart evaluates (validation BPD with IW K=8, latent use, 2,000 samples at T=0
 # and T=1 in the MNIST classifier's features).
 #
-#   bash benchmarks/prior_sweep.sh [ROW ...]          # default: every row; finished rows are kept
-#   python benchmarks/summarize_runs.py --script benchmarks/prior_sweep.sh work/prior/*
+#   bash experiments/prior_sweep.sh [ROW ...]          # default: every row; finished rows are kept
+#   python experiments/summarize_runs.py --script experiments/prior_sweep.sh work/prior/*
 #
 # Needs the quickstart's data, classifier and reference statistics (make quickstart, or
-# python benchmarks/ablation.py creates them under work/quickstart).
+# python experiments/ablation.py creates them under work/quickstart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -1,8 +1,8 @@
 """Maximum likelihood vs WGAN-GP training of one Real NVP (Danihelka et al., 2017,
 "Comparison of maximum likelihood and GAN-based training of Real NVPs") at CPU scale on MNIST.
 
-    python benchmarks/flow_mle_vs_wgan.py [--train_steps 600] [--critic_steps 800] \
-        [--out benchmarks/results/flow_mle_vs_wgan.md]
+    python experiments/flow_mle_vs_wgan.py [--train_steps 600] [--critic_steps 800] \
+        [--out experiments/results/flow_mle_vs_wgan.md]
 
 The variants `flow` (Real NVP by maximum likelihood) and `flow_wgan` (the same Real NVP as
 the generator of a WGAN-GP, its log-likelihood only monitored) are trained with the same
@@ -246,7 +246,7 @@ def main() -> int:
     p.add_argument("--mnist_dir", default=DEFAULT_MNIST)
     p.add_argument("--mlflow_tracking_uri", default=None,
                    help="default: sqlite:///<work_dir>/mlflow.db")
-    p.add_argument("--out", default=os.path.join(PROJECT_ROOT, "benchmarks", "results",
+    p.add_argument("--out", default=os.path.join(PROJECT_ROOT, "experiments", "results",
                                                  "flow_mle_vs_wgan.md"))
     args = p.parse_args()
     args.work_dir = os.path.abspath(args.work_dir)
@@ -291,7 +291,7 @@ def main() -> int:
     lines = [
         "# Real NVP by maximum likelihood vs as a WGAN-GP generator (MNIST 28x28, CPU scale)",
         "",
-        f"Command: `python benchmarks/flow_mle_vs_wgan.py{' ' + cmd if cmd else ''}` "
+        f"Command: `python experiments/flow_mle_vs_wgan.py{' ' + cmd if cmd else ''}` "
         f"(this invocation: {total_minutes:.1f} min; trainings and critic runs already in "
         "`--work_dir` are reused, not redone: the 'train s' column is the training time of the "
         "run that did it).",

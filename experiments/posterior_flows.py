@@ -4,9 +4,9 @@ the diagonal Gaussian, planar flows (k = 4, 10, 20), IAF and Real NVP posteriors
 (k = 2, 5, 10, 20), every row with the Bernoulli decoder, the same architecture, budget
 and evaluation.
 
-    python benchmarks/posterior_flows.py [--rows diag,planar4,...] [--train_steps 3000] \
+    python experiments/posterior_flows.py [--rows diag,planar4,...] [--train_steps 3000] \
         [--seeds 0,1,2] [--importance_samples 100] [--heldout 500] \
-        [--out benchmarks/results/posterior_flows.md]
+        [--out experiments/results/posterior_flows.md]
 
 One seed of every row at the default 3,000 steps took about 35 min on the 2-core
 machine (2026-12-04); ``--seeds`` trains the whole table once per seed (mean ± std over seeds).
@@ -219,7 +219,7 @@ def table(rows: list[dict], args) -> list[str]:
     lines = [
         "# VAE posteriors with normalizing flows on dynamically binarized MNIST (CPU scale)",
         "",
-        f"Command: `python benchmarks/posterior_flows.py {' '.join(sys.argv[1:])}`",
+        f"Command: `python experiments/posterior_flows.py {' '.join(sys.argv[1:])}`",
         "",
         f"Every row: variant `vae` with `--decoder=bernoulli`, {args.latent_dim}-d latent, the "
         f"project's conv encoder/decoder with {args.channels} base channels (2 stride-2 stages), "
@@ -311,7 +311,7 @@ def main() -> int:
     parser.add_argument("--mlflow_tracking_uri", default=None,
                         help="default: sqlite:///<runs_dir>/mlflow.db")
     parser.add_argument("--progress", action="store_true", help="progress bars per row")
-    parser.add_argument("--out", default=os.path.join(PROJECT_ROOT, "benchmarks", "results",
+    parser.add_argument("--out", default=os.path.join(PROJECT_ROOT, "experiments", "results",
                                                       "posterior_flows.md"))
     args = parser.parse_args()
     if args.importance_samples < 1 or args.heldout < 2:

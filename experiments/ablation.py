@@ -2,10 +2,10 @@
 real data: every variant trained with the same budget and architecture (a flagfile,
 default configs/quickstart.cfg), then the same evaluation for every row.
 
-    python benchmarks/ablation.py [--variants vae,vae_f,cq,cqf,gan,flow,flow_wgan,flowgan] \
+    python experiments/ablation.py [--variants vae,vae_f,cq,cqf,gan,flow,flow_wgan,flowgan] \
         [--seeds 0] [--more_seeds 1,2 --more_seeds_variants vae_f,cqf] \
         [--train_steps 800] [--fid_samples 2000] [--extra_flags="--free_bits=1.0"] \
-        [--tag NAME] [--out benchmarks/results/ablation.md]
+        [--tag NAME] [--out experiments/results/ablation.md]
 
 Per run: validation bits/dim (ELBO bound, exact for flows; IW bound with K samples), the
 latent's use (mean KL in nats, active units), and for samples at temperature 0
@@ -388,7 +388,7 @@ def table(rows: dict[str, list[dict]], args, real: dict) -> list[str]:
     lines = [
         f"# Ablation on MNIST 28x28 (CPU scale): {args.train_steps} steps of batch 32 per run",
         "",
-        f"Command: `python benchmarks/ablation.py {' '.join(sys.argv[1:])}`",
+        f"Command: `python experiments/ablation.py {' '.join(sys.argv[1:])}`",
         "",
         f"Architecture and optimizer: `{os.path.relpath(args.flagfile, PROJECT_ROOT)}` for every "
         f"variant{', plus `' + args.extra_flags + '`' if args.extra_flags else ''}"
@@ -443,7 +443,7 @@ def main() -> int:
     parser.add_argument("--more_seeds_variants", default="vae_f,cqf")
     parser.add_argument("--work_dir", default=os.path.join(PROJECT_ROOT, "work", "quickstart"))
     parser.add_argument("--mnist_dir", default=DEFAULT_MNIST)
-    parser.add_argument("--out", default=os.path.join(PROJECT_ROOT, "benchmarks", "results", "ablation.md"))
+    parser.add_argument("--out", default=os.path.join(PROJECT_ROOT, "experiments", "results", "ablation.md"))
     args = parser.parse_args()
     args.runs_dir = args.runs_dir or os.path.join(PROJECT_ROOT, "work", "ablation", args.tag)
     jobs = jobs_of(args)

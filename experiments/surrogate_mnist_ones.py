@@ -2,8 +2,8 @@
 trained on MNIST digit "1" only should score held-out "1"s higher than other digits and
 than grey CIFAR-10 images.
 
-    python benchmarks/surrogate_mnist_ones.py [--work_dir work/surrogate_ones] \
-        [--train_steps 800] [--entropic_lambda 0.05] [--out benchmarks/results/surrogate_mnist_ones.md]
+    python experiments/surrogate_mnist_ones.py [--work_dir work/surrogate_ones] \
+        [--train_steps 800] [--entropic_lambda 0.05] [--out experiments/results/surrogate_mnist_ones.md]
 
 Steps, each a project command: the shared MNIST test digits split into a folder of "1"s
 and a folder of the other digits, the shared CIFAR-10 JPEGs, each through
@@ -101,7 +101,7 @@ def main() -> None:
     lines = [
         "# Surrogate log-likelihood of a generator trained on MNIST \"1\"s only",
         "",
-        f"`python benchmarks/surrogate_mnist_ones.py --train_steps {args.train_steps} "
+        f"`python experiments/surrogate_mnist_ones.py --train_steps {args.train_steps} "
         f"--entropic_lambda {args.entropic_lambda:g}`: `cqf` "
         f"with configs/quickstart.cfg for {args.train_steps} steps on the \"1\"s of the shared "
         f"MNIST test set (70 % of them); entropic lambda {args.entropic_lambda:g}, M = "

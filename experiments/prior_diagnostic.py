@@ -2,7 +2,7 @@
 x = f^-1(mu(z))) latents from different sources and judges them with the quickstart's
 MNIST classifier:
 
-    python benchmarks/prior_diagnostic.py --model_dir work/sweep/cqf_k1l10_1600
+    python experiments/prior_diagnostic.py --model_dir work/sweep/cqf_k1l10_1600
 
 Rows: the held-out digits themselves; their posterior means (reconstructions); z ~ the
 model's own prior; and z from densities fitted after training to posterior draws of the
