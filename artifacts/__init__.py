@@ -10,7 +10,8 @@
   here and in the ``__init__`` of every package with a command line.
 
 Imports run downward: ``tfp_models`` <- ``artifacts`` <- ``beam_jobs``, ``pipeline`` <-
-``serving`` <- ``benchmarks``. Nothing here imports ``beam_jobs``, ``pipeline`` or ``serving``.
+``serving`` <- ``benchmarks`` <- ``experiments``. Nothing here imports ``beam_jobs``,
+``pipeline`` or ``serving``.
 """
 from artifacts.quiet_start import install as _install_quiet_start
 

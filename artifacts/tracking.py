@@ -372,6 +372,13 @@ def log_results(model_dir: str, results: dict[str, Any], prefix: str) -> str | N
         return None
 
 
+def log_metrics_batched(client: MlflowClient, run_id: str, metrics: list) -> None:
+    """Logs ``metrics`` (``mlflow.entities.Metric``) on run ``run_id`` in as few
+    ``log_batch`` calls as MLflow's per-call limit allows (1,000 metrics a call)."""
+    for start in range(0, len(metrics), _MAX_BATCH_METRICS):
+        client.log_batch(run_id, metrics=metrics[start:start + _MAX_BATCH_METRICS])
+
+
 def _log_results(model_dir: str, results: dict[str, Any], prefix: str) -> str | None:
     # The client, not the fluent API: no run is started, so neither an active run nor an
     # active experiment of the caller's process (a training run in another experiment) is in
@@ -387,8 +394,7 @@ def _log_results(model_dir: str, results: dict[str, Any], prefix: str) -> str | 
     now_ms = int(time.time() * 1000)
     metrics = [Metric(f"{prefix}/{k}", float(v), now_ms, 0) for k, v in results.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
-    for start in range(0, len(metrics), _MAX_BATCH_METRICS):
-        client.log_batch(run_id, metrics=metrics[start:start + _MAX_BATCH_METRICS])
+    log_metrics_batched(client, run_id, metrics)
     client.log_dict(run_id, results, f"evaluation/{prefix.replace('/', '_')}.json")
     return run_id
 

@@ -3,7 +3,7 @@
     python benchmarks/bench_train_step.py [--flagfile configs/quickstart.cfg] \
         [--block_steps 40] [--repeats 5] [--warmup 3] [--out benchmarks/results/bench_train_step.txt]
 
-A (the trainer): ``pipeline.trainer.TrainTask`` on the flagfile's model and training
+A (the trainer): ``pipeline.trainer.TrainRunner`` on the flagfile's model and training
 settings (quickstart: ``cqf``, one replica, XLA as configured by ``--jit_compile``),
 including everything its loop does per step (distributed input, the strategy's step with
 its metrics and gradient norms, host copies of the metrics, the NaN check, the progress
@@ -40,7 +40,7 @@ from beam_jobs.preprocess import run_preprocess  # noqa: E402
 from pipeline import config_flags  # noqa: E402
 from pipeline import data as data_lib  # noqa: E402
 from pipeline.train_step import default_jit_compile, discriminator_updates  # noqa: E402
-from pipeline.trainer import TrainTask, make_train_dataset, model_config_for_data  # noqa: E402
+from pipeline.trainer import TrainRunner, make_train_dataset, model_config_for_data  # noqa: E402
 from tfp_models import flows  # noqa: E402
 from tfp_models.hybrid import HybridModel  # noqa: E402
 from tfp_models.objective import Objective  # noqa: E402
@@ -149,7 +149,7 @@ def main() -> None:
                       f"{statistics.median(a) / statistics.median(b):.3f}", flush=True)
 
     run_cfg = dataclasses.replace(cfg, train_steps=(args.repeats + 1) * args.block_steps)
-    TrainTask(model_config, run_cfg, info, on_step=on_step).run()
+    TrainRunner(model_config, run_cfg, info, on_step=on_step).run()
     timed = blocks[1:]
     trainer_times = [t for a, _ in timed for t in a]
     minimal_times = [t for _, b in timed for t in b]

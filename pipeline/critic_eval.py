@@ -203,8 +203,7 @@ def log_to_mlflow(model_dir: str, result: dict[str, Any], png: str) -> str | Non
     now_ms = int(time.time() * 1000)
     curve = [Metric(f"{prefix}/{name}_wasserstein_curve", float(c[name][i]), now_ms, int(step))
              for i, step in enumerate(c["step"]) for name in ("train", "validation")]
-    for start in range(0, len(curve), 1000):  # MLflow's limit of metrics per log_batch
-        client.log_batch(run_id, metrics=curve[start:start + 1000])
+    tracking.log_metrics_batched(client, run_id, curve)
     client.log_artifact(run_id, png, artifact_path="critic")
     client.log_dict(run_id, result, f"critic/{result['split']}.json")
     return run_id

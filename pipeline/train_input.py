@@ -106,3 +106,14 @@ class ValidationBound:
             log_p = self._bound(images, tf.constant(i, tf.int32))
             total += float(tf.reduce_sum(metrics.bits_per_dim(log_p, self.model.config.image_shape)))
         return total / self.num_examples
+
+
+def split_by_rows(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``dataset`` set to be auto-sharded by DATA: every worker reads the same global
+    batches and keeps its replicas' rows of each, so the job trains on exactly the
+    batches (and per-example noise) of a one-process run. (AUTO would shard by FILE:
+    other batches than one process, and an error with fewer shards than workers.)"""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    return dataset.with_options(options)

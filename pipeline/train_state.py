@@ -73,6 +73,36 @@ class WorkerLost(RuntimeError):
     checkpoint is kept and a restart of every worker resumes from it."""
 
 
+# What a collective raises when a peer is gone (aborted by the coordination service's
+# heartbeats or the strategy's health check, or a dropped connection).
+PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+               tf.errors.DeadlineExceededError, tf.errors.CancelledError)
+
+
+_TRACE_LINES = ("Graph execution error", "Detected at node", "File ", "[[", "Additional GRPC",
+                ":UNKNOWN", "Traceback")
+
+
+def _cause_line(err: BaseException) -> str:
+    """A TensorFlow error's cause on one line: the first line of its message that is not
+    part of the graph-node trace TF adds (at most 300 characters)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    causes = [ln for ln in lines if not ln.startswith(_TRACE_LINES)
+              and not ln.endswith("(most recent call last):")]
+    return (causes or lines or [type(err).__name__])[0][:300]
+
+
+def worker_lost(task: str, step: int, err: BaseException, model_dir: str) -> WorkerLost:
+    """The :class:`WorkerLost` of worker ``task`` after step ``step``, when a collective
+    raised ``err`` (one of :data:`PEER_ERRORS`); names the chief's last checkpoint."""
+    last_good = tf.train.latest_checkpoint(model_dir)  # what the chief did write
+    return WorkerLost(
+        f"{task}: a worker of the multi-worker job is gone, stopped after step "
+        f"{step} ({type(err).__name__}: {_cause_line(err)}); "
+        f"restart every worker with the same flags to resume from the chief's "
+        f"checkpoint ({last_good or 'none written yet'})")
+
+
 def _bound_cluster_start(timeout_s: int) -> None:
     """Configures TensorFlow's coordination service as MultiWorkerMirroredStrategy would
     (leader: the chief, or worker 0; the 'chief' and 'worker' jobs of TF_CONFIG) plus a

@@ -4,13 +4,15 @@ checkpoints, resumption, MLflow tracking, progress and sample grids.
 `python -m pipeline.train` parses flags into a :class:`TrainConfig` and the
 :class:`HybridConfig` fields and calls :func:`train`; tests call :func:`train` directly.
 
-A run is a :class:`TrainTask` in the manner of a TF Model Garden ``Task``:
-:meth:`~TrainTask.build_state` (strategy, model, optimizers, checkpoint manager, restore:
-:mod:`pipeline.train_state`), :meth:`~TrainTask.run_loop` (the compiled step of
-:mod:`pipeline.train_step` on the batches of :mod:`pipeline.train_input`, until
-``train_steps`` or a signal: :mod:`pipeline.preemption`) and :meth:`~TrainTask.finalize`
-(final sample grid, MLflow artifacts, summary). The settings are in
-:mod:`pipeline.train_config`.
+The duties of a TF Model Garden ``Task`` live where their math does: the model and its
+objective (generator and discriminator losses of every variant) in
+:class:`tfp_models.objective.Objective`, the inputs in :mod:`pipeline.train_input`,
+the compiled step in :mod:`pipeline.train_step`. This module is the runner (Model Garden's
+trainer/controller): a :class:`TrainRunner` builds the state (strategy, model, optimizers,
+checkpoint manager, restore: :mod:`pipeline.train_state`), runs the loop
+(:meth:`~TrainRunner.run_loop`, until ``train_steps`` or a signal:
+:mod:`pipeline.preemption`) and finalizes (sample grid, MLflow artifacts, summary). The
+settings are in :mod:`pipeline.train_config`.
 
 Multi-worker (``--strategy=multi_worker``): every worker runs the same program (steps,
 validation, samples, checkpoint saves: all that may hold collectives); only the chief writes
@@ -51,8 +53,10 @@ from pipeline.train_input import (
     data_image_shape,
     kl_weight,
     make_train_dataset,
+    split_by_rows,
 )
 from pipeline.train_state import (
+    PEER_ERRORS,
     TrainState,
     WorkerLost,
     build_state,
@@ -60,13 +64,14 @@ from pipeline.train_state import (
     make_strategy,
     remove_worker_copies,
     save_checkpoint,
+    worker_lost,
 )
 from pipeline.train_step import StepFunctions
 from tfp_models import metrics
 from tfp_models.hybrid import HybridConfig
 
 __all__ = [  # the trainer's public names, wherever they are defined
-    "LR_SCHEDULES", "STRATEGIES", "StepFunctions", "TrainConfig", "TrainState", "TrainTask",
+    "LR_SCHEDULES", "STRATEGIES", "StepFunctions", "TrainConfig", "TrainState", "TrainRunner",
     "TrainingDiverged", "TrainingInterrupted", "ValidationBound", "WorkerLost", "add_step_noise",
     "data_image_shape", "generator_learning_rate", "kl_weight", "make_strategy",
     "make_train_dataset", "model_config_for_data", "op_determinism", "train"]
@@ -74,25 +79,6 @@ __all__ = [  # the trainer's public names, wherever they are defined
 
 class TrainingDiverged(FloatingPointError):
     """A loss became NaN or Inf; the last good checkpoint is kept."""
-
-
-# What a collective raises when a peer is gone (aborted by the coordination service's
-# heartbeats or the strategy's health check, or a dropped connection).
-_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
-                tf.errors.DeadlineExceededError, tf.errors.CancelledError)
-
-
-_TRACE_LINES = ("Graph execution error", "Detected at node", "File ", "[[", "Additional GRPC",
-                ":UNKNOWN", "Traceback")
-
-
-def _cause_line(err: BaseException) -> str:
-    """A TensorFlow error's cause on one line: the first line of its message that is not
-    part of the graph-node trace TF adds (at most 300 characters)."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    causes = [ln for ln in lines if not ln.startswith(_TRACE_LINES)
-              and not ln.endswith("(most recent call last):")]
-    return (causes or lines or [type(err).__name__])[0][:300]
 
 
 def _check_finite(values: dict[str, float], step: int, last_checkpoint: str | None) -> None:
@@ -171,7 +157,7 @@ def _train(model_config: HybridConfig | Mapping[str, Any], cfg: TrainConfig,
     if "train" not in info.split_counts:
         raise ValueError(f"data set {cfg.data_dir!r} has no 'train' split "
                          f"(splits: {sorted(info.split_counts)})")
-    task = TrainTask(model_config_for_data(model_config, cfg, info), cfg, info, params_to_log,
+    task = TrainRunner(model_config_for_data(model_config, cfg, info), cfg, info, params_to_log,
                      on_step)
     with data_lib.damaged_data_errors(info), \
             fs_errors.disk_errors(f"training in {cfg.model_dir!r}"):  # one line, not traces
@@ -181,7 +167,7 @@ def _train(model_config: HybridConfig | Mapping[str, Any], cfg: TrainConfig,
             return task.run()
 
 
-class TrainTask:
+class TrainRunner:
     """One training run of ``model_config`` (on the data's image shape) under ``cfg``.
 
     :meth:`run` = :meth:`build_state`, then, inside the MLflow run (which ends FINISHED,
@@ -215,8 +201,8 @@ class TrainTask:
             steps = StepFunctions(state.model, state.strategy, cfg, state.g_opt, state.d_opt,
                                   state.flow_opt)
             dataset = state.strategy.experimental_distribute_dataset(
-                self._split_by_rows(make_train_dataset(self.info, cfg, state.start_step,
-                                                       state.noise_shapes)))
+                split_by_rows(make_train_dataset(self.info, cfg, state.start_step,
+                                                 state.noise_shapes)))
             if state.is_chief:  # calls are sent in the background, never fatal
                 run = tracking.background_run(cfg.model_dir, cfg.experiment,
                                               cfg.run_name or None,
@@ -234,17 +220,6 @@ class TrainTask:
                 return self.finalize(state, run_id, step, values)
         finally:
             remove_worker_copies(state)
-
-    @staticmethod
-    def _split_by_rows(dataset: tf.data.Dataset) -> tf.data.Dataset:
-        """``dataset`` set to be auto-sharded by DATA: every worker reads the same global
-        batches and keeps its replicas' rows of each, so the job trains on exactly the
-        batches (and per-example noise) of a one-process run. (AUTO would shard by FILE:
-        other batches than one process, and an error with fewer shards than workers.)"""
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.DATA)
-        return dataset.with_options(options)
 
     def run_loop(self, state: TrainState, steps: StepFunctions, dataset: Any,
                  guard: SignalGuard) -> tuple[int, dict[str, float]]:
@@ -288,15 +263,10 @@ class TrainTask:
                 save_interrupted(state.manager, step, state.start_step,
                                  save=lambda n: save_checkpoint(state, n))
                 raise TrainingInterrupted(stop.signum(), step)
-        except _PEER_ERRORS as err:
+        except PEER_ERRORS as err:
             if cfg.strategy != "multi_worker":
                 raise
-            last_good = tf.train.latest_checkpoint(cfg.model_dir)  # what the chief did write
-            raise WorkerLost(
-                f"{state.task}: a worker of the multi-worker job is gone, stopped after step "
-                f"{step} ({type(err).__name__}: {_cause_line(err)}); "
-                f"restart every worker with the same flags to resume from the chief's "
-                f"checkpoint ({last_good or 'none written yet'})") from err
+            raise worker_lost(state.task, step, err, cfg.model_dir) from err
         finally:
             bar.close()
         return step, values

@@ -82,7 +82,7 @@ def test_strict_tracking_is_one_error_line_before_any_work(digits16, tmp_path, c
     def no_work(self):
         raise AssertionError("the model was built before the store was checked")
 
-    monkeypatch.setattr(trainer.TrainTask, "build_state", no_work)
+    monkeypatch.setattr(trainer.TrainRunner, "build_state", no_work)
     cfg = tiny_train_config(digits16, tmp_path / "m", _corrupt_store(tmp_path),
                             strict_tracking=True)
     main = cli.user_errors("python -m pipeline.train")(lambda: trainer.train(_model_cfg(), cfg))

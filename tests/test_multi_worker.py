@@ -24,7 +24,7 @@ import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
 from artifacts import model_io
-from pipeline import preemption, train_state, trainer
+from pipeline import preemption, train_input, train_state, trainer
 from tfp_models.hybrid import HybridConfig
 
 from conftest import PROJECT_ROOT, TINY, TINY_SHAPE, tiny_train_config
@@ -197,7 +197,7 @@ def test_each_worker_gets_its_rows_of_the_one_process_batch(digits_4_shards):
     whole = list(train_dataset().take(3))
     for index in (0, 1):
         rows = input_ops.auto_shard_dataset(
-            trainer.TrainTask._split_by_rows(train_dataset()).rebatch([4, 4]), 2, index, 2)
+            train_input.split_by_rows(train_dataset()).rebatch([4, 4]), 2, index, 2)
         for batch, part in zip(whole, rows.take(3)):
             for key in ("images", "dequant", "posterior"):
                 np.testing.assert_array_equal(batch[key][4 * index:4 * index + 4], part[key])

@@ -63,3 +63,27 @@ def test_a_caller_experiment_does_not_block_logging_results(tracking_uri, tmp_pa
     assert fluent._active_experiment_id == notebook
     with mlflow.start_run() as run:  # the notebook's own runs still go to its experiment
         assert run.info.experiment_id == notebook
+
+
+def test_metrics_over_the_batch_limit_are_all_logged(tracking_uri, tmp_path):
+    """2,500 metrics (a long critic curve) exceed MLflow's 1,000 per ``log_batch``: all
+    arrive, in three calls, each step with its value."""
+    from mlflow.entities import Metric
+
+    mlflow.set_tracking_uri(tracking_uri)
+    os.makedirs(tmp_path / "m")
+    run_id = tracking._start_run(str(tmp_path / "m"), "exp-track-batch", "m", None)
+    client = MlflowClient(tracking_uri)
+    calls = []
+    real_log_batch = client.log_batch
+
+    def counting_log_batch(rid, metrics=(), **kw):
+        calls.append(len(metrics))
+        return real_log_batch(rid, metrics=metrics, **kw)
+
+    client.log_batch = counting_log_batch
+    metrics = [Metric("curve", float(i) / 2, 0, i) for i in range(2500)]
+    tracking.log_metrics_batched(client, run_id, metrics)
+    assert calls == [1000, 1000, 500]
+    history = sorted(client.get_metric_history(run_id, "curve"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in history] == [(i, i / 2) for i in range(2500)]
