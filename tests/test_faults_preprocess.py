@@ -151,7 +151,9 @@ def test_verify_mode_checks_a_written_data_set(tmp_path, capsys):
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     shard.write_bytes(bytes(raw))
-    assert preprocess.main(["--verify", f"--output_dir={out}"]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # user_errors: one line, exit code 2
+        preprocess.main(["--verify", f"--output_dir={out}"])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"{PROG}: error: shard {shard.name}"), err
 

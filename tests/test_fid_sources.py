@@ -12,6 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from artifacts import dataset_format
+from artifacts.cli import parse_flags
 from beam_jobs import fid
 from beam_jobs.fid import cli
 from beam_jobs.fid.source_registry import source_from_args
@@ -68,19 +69,17 @@ def test_fid_takes_every_input_kind_of_preprocess():
     """--source=KIND --input=PATH (or --tfds_name) chooses the raw source of that kind."""
     for kind in SOURCE_KINDS:
         flags = ["--tfds_name=cifar10"] if kind == "tfds" else ["--input=/data/x,/data/y"]
-        parser = cli._parser()
-        args, _ = parser.parse_known_args([f"--source={kind}", *flags])
-        check_source_flags(parser, args)
+        args, _ = cli.parse_args([f"--source={kind}", *flags])  # check_source_flags included
         source = source_from_args(args)
         assert isinstance(source, fid.RawImageSource) and source.kind == kind
         assert (dict(source.options) == {"name": "cifar10"} if kind == "tfds"
                 else source.input_path == ("/data/x", "/data/y"))
-    parser = cli._parser()
-    args, _ = parser.parse_known_args(["--image_folder=/data/x"])
-    check_source_flags(parser, args)
+    args, _ = cli.parse_args(["--image_folder=/data/x"])
+    check_source_flags(args)
     assert source_from_args(args) == fid.ImageFolderSource("/data/x")
+    two, _ = parse_flags(cli.define_flags(), ["--image_folder=a", "--data_dir=b"], cli.PROG, "")
     with pytest.raises(SystemExit, match="exactly one source"):
-        source_from_args(parser.parse_known_args(["--image_folder=a", "--data_dir=b"])[0])
+        source_from_args(two)
 
 
 @pytest.mark.parametrize("kind", ["image_zip", "imagenet64_npz"])

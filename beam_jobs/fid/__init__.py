@@ -57,8 +57,10 @@ or that record no fingerprint (files of older versions, plain TTUR mu/sigma file
 refused with a one-line error. Regenerate old files; ``--allow_unverified_stats`` uses a
 file without a fingerprint anyway (what both sides record is still checked).
 
-Unknown flags are passed to Beam (``--runner``, ``--direct_running_mode``, ...); the
-default is ``--runner=FnApiRunner`` (DirectRunner's Prism path needs the network).
+The flags are absl flags (``--help`` lists them; ``--flagfile=FILE`` works for every
+flag). Unknown flags are passed to Beam (``--runner``, ``--direct_running_mode``, ...),
+also from a flagfile; the default is ``--runner=FnApiRunner`` (DirectRunner's Prism path
+needs the network).
 Data sets, image folders and statistics files are read and written through Beam's
 FileSystems (local, mounted, ``gs://``, ...); the pipeline's combined results go under
 ``--temp_location`` (required on a distributed runner; a local temporary directory

@@ -6,9 +6,9 @@ the rows ``pipeline.evaluate`` draws for the same seed) and keyed by ``i``.
 from __future__ import annotations
 
 import abc
-import argparse
 import dataclasses
 import os
+from types import SimpleNamespace
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
@@ -31,7 +31,7 @@ class _GeneratorSource(ImageSource):
     batch_size: int
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "_GeneratorSource":
+    def from_args(cls, args: SimpleNamespace) -> "_GeneratorSource":
         """The source of the CLI's ``--<FLAG>``, ``--num_samples``, ``--temperature``,
         ``--seed`` and ``--batch_size``."""
         return cls(getattr(args, cls.FLAG), args.num_samples, args.temperature, args.seed,

@@ -12,9 +12,9 @@ here as in the preprocessing job (16-bit images keep their high byte in both).
 from __future__ import annotations
 
 import abc
-import argparse
 import dataclasses
 import logging
+from types import SimpleNamespace
 from typing import Any, ClassVar, Iterator
 
 import apache_beam as beam
@@ -44,7 +44,7 @@ class ImageSource(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def from_args(cls, args: argparse.Namespace) -> "ImageSource":
+    def from_args(cls, args: SimpleNamespace) -> "ImageSource":
         """The source the CLI's flags describe (``args.<FLAG>`` is set)."""
 
     @abc.abstractmethod
@@ -73,7 +73,7 @@ class TFRecordSource(ImageSource):
     split: str
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "TFRecordSource":
+    def from_args(cls, args: SimpleNamespace) -> "TFRecordSource":
         return cls(args.data_dir, args.split)
 
     def _split_files(self) -> tuple[dict[str, int], dict[str, list[str]]]:
@@ -173,7 +173,7 @@ class RawImageSource(ImageSource):
     options: tuple[tuple[str, Any], ...] = ()  # planner options, e.g. (("name", "cifar10"),)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "RawImageSource":
+    def from_args(cls, args: SimpleNamespace) -> "RawImageSource":
         path = args.input if args.input is None or isinstance(args.input, str) else tuple(args.input)
         options = tuple(sorted((k, v) for k, v in (source_options(args) or {}).items()
                                if v is not None))
@@ -207,7 +207,7 @@ class ImageFolderSource(RawImageSource):
         super().__init__("image_folder", directory, max_member_bytes)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "ImageFolderSource":
+    def from_args(cls, args: SimpleNamespace) -> "ImageFolderSource":
         return cls(args.image_folder, args.max_member_bytes)
 
     @property

@@ -45,18 +45,26 @@ rate. Without a budget the run is deterministic for ``--seed``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
+from absl import flags
 
 from artifacts import dataset_format
-from artifacts.cli import setup_logging, user_errors
+from artifacts.cli import (
+    UsageError,
+    define_choice,
+    flag_values,
+    parse_flags,
+    require,
+    setup_logging,
+    user_errors,
+)
 from beam_jobs.fid.airbench import DEFAULT_WIDTH
 from beam_jobs.fid.classifier_fit import (
     ARCHS,
@@ -211,33 +219,47 @@ def train_classifier(data_dir: str, output: str, *, train_split: str = "train",
     return report
 
 
+def define_flags() -> flags.FlagValues:
+    """The command's flags on a new private FlagValues."""
+    fv = flag_values()
+    flags.DEFINE_string("data_dir", None, "a labelled data set written by "
+                        "beam_jobs.preprocess", flag_values=fv)
+    flags.DEFINE_string("output", None, "extractor SavedModel directory to write",
+                        flag_values=fv)
+    flags.DEFINE_string("train_split", "train", "split to train on", flag_values=fv)
+    flags.DEFINE_string("eval_split", "test", "split the accuracy is measured on",
+                        flag_values=fv)
+    define_choice("arch", "auto", ARCHS, "auto: small for 1-channel images, else airbench", fv)
+    flags.DEFINE_float("epochs", None, "default: small 4, airbench 5", flag_values=fv)
+    flags.DEFINE_integer("batch_size", None, "default: small 32, airbench 512", flag_values=fv)
+    flags.DEFINE_integer("width", DEFAULT_WIDTH, "airbench base width w: groups of w, 4w, 4w "
+                         "filters (airbench94: 64)", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "random seed (weights, shuffling, augmentation)",
+                         flag_values=fv)
+    flags.DEFINE_float("time_budget_minutes", None, "finish the whole command within this "
+                       "wall time (the schedule is compressed when training runs slower "
+                       "than planned)", flag_values=fv)
+    flags.DEFINE_integer("max_steps", None, "stop after this many training steps (tests)",
+                         flag_values=fv)
+    flags.DEFINE_float("min_accuracy", None, "fail (exit 1, after exporting) below this eval "
+                       "accuracy", flag_values=fv)
+    return fv
+
+
+DOC = __doc__.split("\n\n")[0] + f"""
+
+usage: {PROG} --data_dir=DIR --output=DIR [flags]   (or --flagfile=FILE)"""
+
+
 @user_errors(PROG)
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """The CLI; prints the report of :func:`train_classifier` as JSON, exit code 1 below
     ``--min_accuracy``, 2 on a user error (one ``error:`` line)."""
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_dir", required=True,
-                        help="a labelled data set written by beam_jobs.preprocess")
-    parser.add_argument("--output", required=True, help="extractor SavedModel directory to write")
-    parser.add_argument("--train_split", default="train")
-    parser.add_argument("--eval_split", default="test")
-    parser.add_argument("--arch", default="auto", choices=ARCHS,
-                        help="auto: small for 1-channel images, else airbench")
-    parser.add_argument("--epochs", type=float, default=None,
-                        help="default: small 4, airbench 5")
-    parser.add_argument("--batch_size", type=int, default=None,
-                        help="default: small 32, airbench 512")
-    parser.add_argument("--width", type=int, default=DEFAULT_WIDTH,
-                        help="airbench base width w: groups of w, 4w, 4w filters (airbench94: 64)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--time_budget_minutes", type=float, default=None,
-                        help="finish the whole command within this wall time (the schedule "
-                             "is compressed when training runs slower than planned)")
-    parser.add_argument("--max_steps", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("-v", "--verbosity", type=int, default=0, help="1: TF/Beam start-up noise")
-    parser.add_argument("--min_accuracy", type=float, default=None,
-                        help="fail (exit 1, after exporting) below this eval accuracy")
-    args = parser.parse_args(argv)
+    args, rest = parse_flags(define_flags(), sys.argv[1:] if argv is None else list(argv),
+                             PROG, DOC)
+    if rest:
+        raise UsageError(f"unrecognized arguments: {' '.join(rest)}")
+    require(args, "data_dir", "output")
     setup_logging()
     try:
         report = train_classifier(

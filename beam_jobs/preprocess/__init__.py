@@ -13,6 +13,11 @@
         --input=../shared/data/cifar10_train_jpg/cifar10_train_jpg.zip,../shared/data/cifar10_test_jpg/cifar10_test_jpg.zip \\
         --split_by=top_folder --output_dir=data/cifar10 --image_size=32
 
+The flags are absl flags (``--help`` lists them): ``--flagfile=FILE`` (one ``--flag=value``
+per line) works for every flag, and any flag the job does not define is a Beam pipeline
+option, on the command line or in a flagfile. ``--verify --output_dir=DIR`` checks a
+written data set against its dataset.json instead.
+
 Several inputs: ``--input`` takes a comma-separated list of inputs of one kind
 (``image_folder``, ``image_zip``) read as one data set: record keys must be unique across
 the inputs, labels are the sorted union of the inputs' class folder names, and
@@ -69,7 +74,7 @@ below are loaded on first use, so importing one module of the package stays chea
 import importlib
 
 _API = {"run_preprocess": "job", "code_version": "job", "dangling_links": "job",
-        "main": "cli", "parse_args": "cli", "verify_main": "cli", "PROG": "cli",
+        "main": "cli", "parse_args": "cli", "verify": "cli", "PROG": "cli",
         "COMMIT_MARKER": "work_dir", "OWNER_FILE": "work_dir", "STALE_WORK_AGE_S": "work_dir",
         "remove_stale_work_dirs": "work_dir"}
 __all__ = sorted(_API)

@@ -1,74 +1,79 @@
 """The command-line flags that choose a raw source (``--source``, ``--input``, the
 ``--tfds_*`` options), shared by ``python -m beam_jobs.preprocess`` and
-``python -m beam_jobs.fid``.
+``python -m beam_jobs.fid`` (absl flags on the CLI's private FlagValues,
+:func:`artifacts.cli.flag_values`).
 """
 from __future__ import annotations
 
-import argparse
+from types import SimpleNamespace
 
+from absl import flags
+
+from artifacts.cli import UsageError, define_choice
 from beam_jobs.sources.registry import SOURCE_KINDS
 
 TFDS_FLAGS = ("tfds_name", "tfds_data_dir", "tfds_split", "tfds_image_key", "tfds_label_key")
 
 
-def add_source_flags(p: argparse.ArgumentParser, *, required: bool = True,
-                     group: argparse._ActionsContainer | None = None) -> None:
-    """Adds ``--source`` (required unless ``required`` is False), ``--input`` (to
-    ``group``, default ``p``) and the ``--tfds_*`` group to ``p``."""
-    g = group or p
-    g.add_argument("--source", required=required, choices=SOURCE_KINDS,
-                   help="raw input kind (lsun_lmdb and imagenet64_npz: local or mounted paths; "
-                        "the others: any Beam filesystem path)")
-    g.add_argument("--input", help="raw input path (for --source=tfds: a prepared TFDS "
-                   "directory holding dataset_info.json, or use --tfds_name); for "
-                   "image_folder and image_zip a comma-separated list of inputs is read as "
-                   "one data set (keys unique across them, labels on the union of their "
-                   "class folders)")
+def add_source_flags(fv: flags.FlagValues) -> None:
+    """Defines ``--source`` and ``--input`` on ``fv`` (both default None; whether
+    ``--source`` is required is the CLI's :func:`artifacts.cli.require`)."""
+    define_choice("source", None, SOURCE_KINDS,
+                  "raw input kind (lsun_lmdb and imagenet64_npz: local or mounted paths; the "
+                  "others: any Beam filesystem path)", fv)
+    flags.DEFINE_string(
+        "input", None, "raw input path (for --source=tfds: a prepared TFDS directory holding "
+        "dataset_info.json, or use --tfds_name); for image_folder and image_zip a "
+        "comma-separated list of inputs is read as one data set (keys unique across them, "
+        "labels on the union of their class folders)", flag_values=fv)
 
 
 PREPROCESS_SPLIT_NOTE = "; the output's train/validation split is --validation_fraction's"
+TFDS_NOTE = " (--source=tfds: a TFDS data set already prepared locally; nothing is downloaded)"
 
 
-def add_tfds_flags(p: argparse.ArgumentParser, split_note: str = "") -> None:
-    """Adds the ``--tfds_*`` options of ``--source=tfds`` as their own group
-    (``split_note`` ends the help of ``--tfds_split``)."""
-    t = p.add_argument_group("--source=tfds (a TFDS data set already prepared locally; "
-                             "nothing is downloaded)")
-    t.add_argument("--tfds_name", help="TFDS name, e.g. cifar10, cifar10:3.0.2, "
-                   "lsun/church_outdoor (instead of --input)")
-    t.add_argument("--tfds_data_dir", help="the TFDS data_dir it was prepared in (default: "
-                   "TFDS's, $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    t.add_argument("--tfds_split", default=None, help="TFDS split(s) to read, joined by '+', "
-                   "e.g. train+test (default train)" + split_note)
-    t.add_argument("--tfds_image_key", default=None, help="image feature (default image)")
-    t.add_argument("--tfds_label_key", default=None, help="label feature (default label if "
-                   "present; '' for none)")
+def add_tfds_flags(fv: flags.FlagValues, split_note: str = "") -> None:
+    """Defines the ``--tfds_*`` options of ``--source=tfds`` on ``fv`` (``split_note``
+    ends the help of ``--tfds_split``)."""
+    flags.DEFINE_string("tfds_name", None, "TFDS name, e.g. cifar10, cifar10:3.0.2, "
+                        "lsun/church_outdoor (instead of --input)" + TFDS_NOTE, flag_values=fv)
+    flags.DEFINE_string("tfds_data_dir", None, "the TFDS data_dir it was prepared in "
+                        "(default: TFDS's, $TFDS_DATA_DIR or ~/tensorflow_datasets)",
+                        flag_values=fv)
+    flags.DEFINE_string("tfds_split", None, "TFDS split(s) to read, joined by '+', e.g. "
+                        "train+test (default train)" + split_note, flag_values=fv)
+    flags.DEFINE_string("tfds_image_key", None, "image feature (default image)",
+                        flag_values=fv)
+    flags.DEFINE_string("tfds_label_key", None, "label feature (default label if present; "
+                        "'' for none)", flag_values=fv)
 
 
-def check_source_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Splits a comma-separated ``--input`` into a list (one input stays a str) and exits
-    through ``p.error`` for a source without its input or with another kind's options."""
+def check_source_flags(args: SimpleNamespace) -> None:
+    """Splits a comma-separated ``--input`` into a list (one input stays a str); raises
+    :class:`~artifacts.cli.UsageError` for a source without its input or with another
+    kind's options."""
     tfds_flags = [n for n in TFDS_FLAGS if getattr(args, n) is not None]
     if args.input is not None:
         inputs = [part.strip() for part in args.input.split(",")]
         if len(inputs) > 1 and not all(inputs):
-            p.error(f"--input={args.input!r}: an empty entry in the comma-separated list")
+            raise UsageError(f"--input={args.input!r}: an empty entry in the comma-separated "
+                             "list")
         args.input = inputs[0] if len(inputs) == 1 else inputs
     if args.source is None:
         given = ["input"] * (args.input is not None) + tfds_flags
         if given:
-            p.error(f"--{given[0]} needs --source (one of {', '.join(SOURCE_KINDS)})")
+            raise UsageError(f"--{given[0]} needs --source (one of {', '.join(SOURCE_KINDS)})")
     elif args.source == "tfds":
         if bool(args.input) == bool(args.tfds_name):
-            p.error("--source=tfds needs exactly one of --input and --tfds_name")
+            raise UsageError("--source=tfds needs exactly one of --input and --tfds_name")
     else:
         if not args.input:
-            p.error(f"--source={args.source} needs --input")
+            raise UsageError(f"--source={args.source} needs --input")
         if tfds_flags:
-            p.error(f"--{tfds_flags[0]} applies only to --source=tfds")
+            raise UsageError(f"--{tfds_flags[0]} applies only to --source=tfds")
 
 
-def source_options(args: argparse.Namespace) -> dict | None:
+def source_options(args: SimpleNamespace) -> dict | None:
     """The planner options of the flags (``--source=tfds``; None for other kinds)."""
     if args.source != "tfds":
         return None
