@@ -6,7 +6,8 @@ One image source per run:
 * ``--data_dir=DIR --split=S``: the TFRecords written by ``beam_jobs.preprocess``;
 * ``--saved_model=PATH --num_samples=N [--temperature=1.0] [--seed=0]``: a generator
   SavedModel with signature ``sample(seed int64 [B], temperature float32 [B]) ->
-  {"images": uint8 [B, H, W, C]}``; sample i uses seed ``seed + i``;
+  {"images": uint8 [B, H, W, C]}``; sample i uses row seed ``seed * 2^31 + i``
+  (:func:`tfp_models.row_seeds.sample_row_seeds`, as ``pipeline.evaluate`` draws them);
 * ``--model_dir=DIR --num_samples=N [...]``: a trained model directory (pipeline.train),
   sampled without an export (the same rows as its export's ``sample`` signature);
 * ``--image_folder=DIR``: image files under DIR (the extensions of
