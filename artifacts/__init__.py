@@ -4,6 +4,9 @@
   DatasetInfo, which raw files are images);
 * :mod:`artifacts.model_io`: model directories (model_config.json + checkpoints);
 * :mod:`artifacts.tracking`: the MLflow run a model directory belongs to;
+* :mod:`artifacts.store_creation`: an MLflow store and experiment created safely by
+  processes that start together;
+* :mod:`artifacts.run_tracker`: a training run's tracking, never stopped by its store;
 * :mod:`artifacts.images`: sample grids as PNG;
 * :mod:`artifacts.cli`: what every command line shares (one-line user errors, logging);
 * :mod:`artifacts.quiet_start`: no TensorFlow/CUDA/Beam start-up noise on stderr, installed

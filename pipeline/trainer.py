@@ -141,7 +141,7 @@ def train(model_config: HybridConfig | Mapping[str, Any], cfg: TrainConfig,
     dataset.json, at start or when a corrupt record is met
     (:class:`~artifacts.dataset_format.DataSetDamaged`), a full or read-only disk
     (:class:`~artifacts.fs_errors.DiskError`); an unusable MLflow store only turns
-    tracking off (:mod:`artifacts.tracking`; ``cfg.strict_tracking``: an error first).
+    tracking off (:mod:`artifacts.run_tracker`; ``cfg.strict_tracking``: an error first).
 
     ``cfg.deterministic`` turns TensorFlow's op determinism on first, before any op of the
     run (:func:`op_determinism`), and off again at the end if it was off.
@@ -180,9 +180,10 @@ class TrainRunner:
         self.model_config, self.cfg, self.info = model_config, cfg, info
         self.params_to_log, self.on_step = params_to_log, on_step
         self.grid_dir = os.path.join(cfg.model_dir, "samples")
-        from artifacts import tracking  # mlflow import is slow; keep it off tfp_models' path
-        self.tracking = tracking
-        self.tracker = tracking.NO_TRACKING  # the chief's RunTracker while the run is on
+        # mlflow import is slow; keep it off tfp_models' path
+        from artifacts import run_tracker, tracking
+        self.tracking, self.run_tracker = tracking, run_tracker
+        self.tracker = run_tracker.NO_TRACKING  # the chief's RunTracker while the run is on
 
     def build_state(self) -> TrainState:
         """Strategy, model, optimizers, checkpoint manager; restored or data-initialized."""
@@ -190,12 +191,12 @@ class TrainRunner:
 
     def run(self) -> dict[str, Any]:
         """Trains to ``cfg.train_steps``; returns the summary of :meth:`finalize`."""
-        cfg, tracking = self.cfg, self.tracking
+        cfg, tracking, run_tracker = self.cfg, self.tracking, self.run_tracker
         chief = cfg.strategy != "multi_worker" or model_lock.is_chief()
         store_error = None
         if chief:  # before any work: a broken store is one warning (or, strict, one error)
             tracking.configure(cfg.mlflow_tracking_uri or None, cfg.model_dir)
-            store_error = tracking.check_store(cfg.experiment, strict=cfg.strict_tracking)
+            store_error = run_tracker.check_store(cfg.experiment, strict=cfg.strict_tracking)
         state = self.build_state()
         try:
             steps = StepFunctions(state.model, state.strategy, cfg, state.g_opt, state.d_opt,
@@ -204,12 +205,12 @@ class TrainRunner:
                 split_by_rows(make_train_dataset(self.info, cfg, state.start_step,
                                                  state.noise_shapes)))
             if state.is_chief:  # calls are sent in the background, never fatal
-                run = tracking.background_run(cfg.model_dir, cfg.experiment,
-                                              cfg.run_name or None,
-                                              tags={"variant": self.model_config.variant},
-                                              store_error=store_error)
+                run = run_tracker.background_run(cfg.model_dir, cfg.experiment,
+                                                 cfg.run_name or None,
+                                                 tags={"variant": self.model_config.variant},
+                                                 store_error=store_error)
             else:  # one MLflow run per job: the chief's
-                run = contextlib.nullcontext(tracking.NO_TRACKING)
+                run = contextlib.nullcontext(run_tracker.NO_TRACKING)
             with run as tracker, SignalGuard() as guard:
                 self.tracker, run_id = tracker, tracker.run_id
                 tracker.log_params({**dataclasses.asdict(self.model_config),

@@ -143,3 +143,5 @@ def test_beam_s_reports_of_a_disk_error_are_recognized_and_dropped():
     drop = fs_errors._DropFailureRecords()
     assert not drop.filter(record("apache_beam.runners.common"))
     assert drop.filter(record("artifacts.tracking"))
+    assert drop.filter(record("artifacts.run_tracker"))
+    assert drop.filter(record("artifacts.store_creation"))

@@ -16,7 +16,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from artifacts import cli, tracking
+from artifacts import cli, run_tracker, tracking
 from pipeline import trainer
 from tfp_models.hybrid import HybridConfig
 
@@ -40,13 +40,17 @@ def _closed_port() -> int:
 
 
 def _unsent(model_dir) -> list[dict]:
-    path = model_dir / tracking.UNSENT_FILE
+    path = model_dir / run_tracker.UNSENT_FILE
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# The project's MLflow modules: store creation, runs, a training run's tracker.
+TRACKING_LOGGERS = ("artifacts.store_creation", "artifacts.tracking", "artifacts.run_tracker")
 
 
 def _warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records
-            if r.levelno >= logging.WARNING and r.name == "artifacts.tracking"]
+            if r.levelno >= logging.WARNING and r.name in TRACKING_LOGGERS]
 
 
 @pytest.fixture
@@ -62,10 +66,10 @@ def test_unreachable_server_at_start_is_one_warning_and_tracking_off(tmp_path, c
     model_dir = tmp_path / "m"
     tracking.configure(f"http://127.0.0.1:{_closed_port()}", str(model_dir))
     start = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="artifacts.tracking"):
-        error = tracking.check_store("faults")
+    with caplog.at_level(logging.WARNING, logger="artifacts"):
+        error = run_tracker.check_store("faults")
         assert error and "Connection" in error, error
-        with tracking.background_run(str(model_dir), "faults", store_error=error) as tracker:
+        with run_tracker.background_run(str(model_dir), "faults", store_error=error) as tracker:
             tracker.log_metrics({"train/loss": 1.5}, 1)
             tracker.log_params({"lr": 0.1})
     assert time.monotonic() - start < 15
@@ -101,7 +105,7 @@ def test_corrupt_store_at_start_trains_and_a_later_run_sends_the_metrics(
     """A corrupt sqlite file at start: one warning, 2 steps trained, their metrics kept in
     the model dir; the resume on a working store sends them to its run (steps 1-3)."""
     model_dir = tmp_path / "m"
-    with caplog.at_level(logging.WARNING, logger="artifacts.tracking"):
+    with caplog.at_level(logging.WARNING, logger="artifacts"):
         summary = trainer.train(_model_cfg(), tiny_train_config(
             digits16, model_dir, _corrupt_store(tmp_path), train_steps=2))
     assert summary["step"] == 2 and summary["mlflow_run_id"] is None
@@ -114,7 +118,7 @@ def test_corrupt_store_at_start_trains_and_a_later_run_sends_the_metrics(
     run_id = summary["mlflow_run_id"]
     assert client.get_run(run_id).info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == [1, 2, 3]
-    assert not (model_dir / tracking.UNSENT_FILE).exists()
+    assert not (model_dir / run_tracker.UNSENT_FILE).exists()
 
 
 @pytest.mark.slow
@@ -136,7 +140,7 @@ def test_a_hanging_store_mid_run_never_blocks_training(digits16, tmp_path, monke
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(MlflowClient, "log_batch", log_batch)
-    monkeypatch.setattr(tracking, "CLOSE_GRACE_MIN_S", 120.0)  # the store is back by then
+    monkeypatch.setattr(run_tracker, "CLOSE_GRACE_MIN_S", 120.0)  # the store is back by then
     stamps: dict[int, float] = {}
 
     def on_step(step, values):
@@ -164,7 +168,7 @@ def test_a_store_dead_to_the_end_leaves_the_calls_in_the_model_dir(tmp_path, cap
     """The store dies after the run starts and never comes back: closing waits at most
     the grace time, writes the unsent calls to the model dir with one warning, and the next
     run of the directory on a working store sends them."""
-    monkeypatch.setattr(tracking, "CLOSE_GRACE_MIN_S", 0.5)
+    monkeypatch.setattr(run_tracker, "CLOSE_GRACE_MIN_S", 0.5)
     model_dir = tmp_path / "m"
     tracking.configure(restore_uri)
     real = MlflowClient.log_batch
@@ -173,20 +177,21 @@ def test_a_store_dead_to_the_end_leaves_the_calls_in_the_model_dir(tmp_path, cap
         raise ConnectionError("tracking server is gone")
 
     monkeypatch.setattr(MlflowClient, "log_batch", dead)
-    with caplog.at_level(logging.WARNING, logger="artifacts.tracking"):
-        with tracking.background_run(str(model_dir), "faults") as tracker:
+    with caplog.at_level(logging.WARNING, logger="artifacts"):
+        with run_tracker.background_run(str(model_dir), "faults") as tracker:
             for step in (1, 2, 3):
                 tracker.log_metrics({"train/loss": float(step)}, step)
             start = time.monotonic()
         assert time.monotonic() - start < 5
     lines = _warnings(caplog)
     assert len(lines) == 2 and "retrying in the background" in lines[0], lines
-    assert "still failing" in lines[1] and tracking.UNSENT_FILE in lines[1], lines
+    assert "still failing" in lines[1] and run_tracker.UNSENT_FILE in lines[1], lines
     assert [i["step"] for i in _unsent(model_dir) if i["kind"] == "metrics"] == [1, 2, 3]
     monkeypatch.setattr(MlflowClient, "log_batch", real)
-    monkeypatch.setattr(tracking, "CLOSE_GRACE_MIN_S", 120.0)  # a slow (loaded) store is no dead one
-    with tracking.background_run(str(model_dir), "faults") as again:
+    # a slow (loaded) store is no dead one
+    monkeypatch.setattr(run_tracker, "CLOSE_GRACE_MIN_S", 120.0)
+    with run_tracker.background_run(str(model_dir), "faults") as again:
         assert again.run_id == tracker.run_id
     history = MlflowClient(restore_uri).get_metric_history(tracker.run_id, "train/loss")
     assert sorted(m.step for m in history) == [1, 2, 3]
-    assert not (model_dir / tracking.UNSENT_FILE).exists()
+    assert not (model_dir / run_tracker.UNSENT_FILE).exists()

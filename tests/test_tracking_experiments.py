@@ -8,7 +8,7 @@ import os
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from artifacts import tracking
+from artifacts import run_tracker, store_creation, tracking
 
 
 def test_runs_of_other_experiments_stay_open_to_logging(tracking_uri, tmp_path):
@@ -16,15 +16,15 @@ def test_runs_of_other_experiments_stay_open_to_logging(tracking_uri, tmp_path):
     dir_a, dir_b, dir_c = (str(tmp_path / name) for name in ("a", "b", "c"))
     for d in (dir_a, dir_b):
         os.makedirs(d)
-    run_a = tracking._start_run(dir_a, "exp-track-a", "a", None)
-    run_b = tracking._start_run(dir_b, "exp-track-b", "b", None)  # a second experiment
+    run_a = run_tracker._start_run(dir_a, "exp-track-a", "a", None)
+    run_b = run_tracker._start_run(dir_b, "exp-track-b", "b", None)  # a second experiment
     with tracking.tracked_run(dir_c, "exp-track-c") as run_c:  # a third, fluent
         pass
     client = MlflowClient(tracking_uri)
     names = {client.get_experiment(client.get_run(r).info.experiment_id).name
              for r in (run_a, run_b, run_c)}
     assert names == {"exp-track-a", "exp-track-b", "exp-track-c"}
-    assert tracking.experiment_id("exp-track-a") == client.get_run(run_a).info.experiment_id
+    assert store_creation.experiment_id("exp-track-a") == client.get_run(run_a).info.experiment_id
 
     # Evaluations of run a, then of run b, in the same process.
     assert tracking.log_results(dir_a, {"bpd": 1.5, "note": "x", "bad": float("nan")},
@@ -52,7 +52,7 @@ def test_a_caller_experiment_does_not_block_logging_results(tracking_uri, tmp_pa
     monkeypatch.setattr(fluent, "_active_experiment_id", None)  # restored after the test
     model_dir = str(tmp_path / "m")
     os.makedirs(model_dir)
-    run_id = tracking._start_run(model_dir, "exp-track-model", "m", None)
+    run_id = run_tracker._start_run(model_dir, "exp-track-model", "m", None)
     notebook = mlflow.set_experiment("exp-track-notebook").experiment_id
     assert tracking.log_results(model_dir, {"fid": 12.0}, "eval/test") == run_id
     with tracking.attached_run(model_dir) as attached:
@@ -72,7 +72,7 @@ def test_metrics_over_the_batch_limit_are_all_logged(tracking_uri, tmp_path):
 
     mlflow.set_tracking_uri(tracking_uri)
     os.makedirs(tmp_path / "m")
-    run_id = tracking._start_run(str(tmp_path / "m"), "exp-track-batch", "m", None)
+    run_id = run_tracker._start_run(str(tmp_path / "m"), "exp-track-batch", "m", None)
     client = MlflowClient(tracking_uri)
     calls = []
     real_log_batch = client.log_batch

@@ -13,7 +13,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from artifacts import tracking
+from artifacts import run_tracker, tracking
 from pipeline import trainer
 from tfp_models.hybrid import HybridConfig
 
@@ -65,11 +65,12 @@ def test_a_store_that_breaks_mid_run_costs_warnings_not_the_run(digits16, tmp_pa
         if step == 4:
             db.write_bytes(saved["db"])
 
-    monkeypatch.setattr(tracking, "CLOSE_GRACE_MIN_S", 120.0)  # mended by the end: no early give-up
+    # mended by the end: no early give-up
+    monkeypatch.setattr(run_tracker, "CLOSE_GRACE_MIN_S", 120.0)
     model_cfg = HybridConfig(variant="vae_f", image_shape=TINY_SHAPE, **TINY)
     cfg = tiny_train_config(digits16, tmp_path / "m", uri, train_steps=7, checkpoint_every=3)
     try:
-        with caplog.at_level(logging.WARNING, logger="artifacts.tracking"):
+        with caplog.at_level(logging.WARNING, logger="artifacts.run_tracker"):
             summary = trainer.train(model_cfg, cfg, on_step=break_and_mend)
         assert summary["step"] == 7 and summary["checkpoint"].endswith("ckpt-7")
         failed = [r for r in caplog.records if "retrying in the background" in r.getMessage()]
@@ -83,7 +84,7 @@ def test_a_store_that_breaks_mid_run_costs_warnings_not_the_run(digits16, tmp_pa
         # step 2 (the sender is a background thread), and then the snapshot restored at
         # step 4 does not hold it: that is the test's restore, not a lost call.
         assert set(range(2, 8)) <= set(logged) and set(logged) <= set(range(1, 8)), logged
-        assert not (tmp_path / "m" / tracking.UNSENT_FILE).exists()
+        assert not (tmp_path / "m" / run_tracker.UNSENT_FILE).exists()
     finally:
         mlflow.set_tracking_uri(tracking_uri)  # the session's store for the other tests
 
