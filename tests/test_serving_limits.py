@@ -15,7 +15,7 @@ import tensorflow as tf
 from test_serving import PROJECT_ROOT, _digits, write_untrained
 
 from serving import client as client_lib
-from serving import export
+from serving import export, server_files
 
 LIMIT = 4
 
@@ -57,10 +57,10 @@ def test_batching_parameters_sit_next_to_models_config(limited, tmp_path):
     for field in ("batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
         assert re.search(rf"^{field} \{{ value: \d+ \}}$", text, re.M), field
     # A second model exported with a larger limit keeps the server batch at the smaller one.
-    assert export.write_batching_parameters(export_dir, 1024)
+    assert server_files.write_batching_parameters(export_dir, 1024)
     assert f"max_batch_size {{ value: {LIMIT} }}" in open(
         os.path.join(export_dir, "batching_parameters.txt")).read()
-    fresh = export.write_batching_parameters(str(tmp_path), 1024)
+    fresh = server_files.write_batching_parameters(str(tmp_path), 1024)
     assert "max_batch_size { value: 1024 }" in open(fresh).read()
 
 
