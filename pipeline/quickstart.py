@@ -21,20 +21,36 @@
 Every stage runs the project's real command line in a subprocess, shows its progress and
 is skipped when its output already exists (training resumes), so an interrupted
 quickstart continues where it stopped. MLflow uses its default local store (./mlflow.db).
+
+Flags (absl, :mod:`artifacts.cli`): ``--flagfile=F`` here names the *training* config
+passed on to ``pipeline.train`` (default ``configs/quickstart.cfg``; a relative path is
+from the project root), as in ``python -m pipeline.quickstart
+--flagfile=experiments/quickstart_cosine.cfg``. It is an alias of ``--train_flagfile``,
+rewritten before absl parses the command line, so absl's own ``--flagfile`` (a file of
+the command's flags) is not available for the quickstart's few flags: give them on the
+command line. A usage error is one line ``python -m pipeline.quickstart: error: ...``,
+exit code 2; a failed stage exits 1 naming it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import sys
 import time
+from types import SimpleNamespace
+from typing import Sequence
 
+from absl import flags
+
+from artifacts.cli import UsageError, flag_values, parse_flags, user_errors
 from pipeline.stage_output import run_filtered
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MNIST = os.path.join(os.path.dirname(PROJECT_ROOT), "shared", "data", "mnist_test")
+DEFAULT_TRAIN_FLAGFILE = os.path.join(PROJECT_ROOT, "configs", "quickstart.cfg")
+PROG = "python -m pipeline.quickstart"
+COMMON_FLAGS = ("help", "helpshort", "helpfull", "verbosity")
 
 
 def run_stage(index: int, total: int, title: str, argv: list[str], capture: bool = False) -> str:
@@ -121,22 +137,67 @@ def write_results(path_stem: str, results: dict) -> tuple[str, str]:
     return path_stem + ".json", path_stem + ".md"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mnist_dir", default=DEFAULT_MNIST)
-    parser.add_argument("--work_dir", default=os.path.join(PROJECT_ROOT, "work", "quickstart"))
-    parser.add_argument("--flagfile", default=os.path.join(PROJECT_ROOT, "configs", "quickstart.cfg"))
-    parser.add_argument("--variant", default="cqf")
-    parser.add_argument("--fid_samples", type=int, default=2000)
-    parser.add_argument("--train_steps", type=int, default=None, help="override the flagfile")
-    parser.add_argument("--prior_components", type=int, default=50,
-                        help="refit the prior after training to a mixture of this many "
-                             "Gaussians (pipeline.fit_prior; a deviation from the paper); 0: "
-                             "keep the trained N(0, I)")
-    args = parser.parse_args(argv)
+def define_flags() -> flags.FlagValues:
+    """The quickstart's flags on a new private FlagValues."""
+    fv = flag_values()
+    flags.DEFINE_string("mnist_dir", DEFAULT_MNIST, "folder with the MNIST IDX files "
+                        "(t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)", flag_values=fv)
+    flags.DEFINE_string("work_dir", os.path.join(PROJECT_ROOT, "work", "quickstart"),
+                        "where every stage writes (rerun to continue)", flag_values=fv)
+    flags.DEFINE_string("train_flagfile", DEFAULT_TRAIN_FLAGFILE, "the training config "
+                        "passed to pipeline.train (relative: from the project root); "
+                        "--flagfile=F on this command line means --train_flagfile=F",
+                        flag_values=fv)
+    flags.DEFINE_string("variant", "cqf", "the model variant to train", flag_values=fv)
+    flags.DEFINE_integer("fid_samples", 2000, "samples per FID evaluation", flag_values=fv)
+    flags.DEFINE_integer("train_steps", None, "override the training config's --train_steps",
+                         flag_values=fv)
+    flags.DEFINE_integer("prior_components", 50, "refit the prior after training to a "
+                         "mixture of this many Gaussians (pipeline.fit_prior; a deviation "
+                         "from the paper); 0: keep the trained N(0, I)", flag_values=fv)
+    return fv
+
+
+def train_flagfile_alias(argv: Sequence[str]) -> list[str]:
+    """``--flagfile=F`` / ``--flagfile F`` (also with one dash) -> ``--train_flagfile=F``:
+    the quickstart's ``--flagfile`` is the training config, not absl's flagfile."""
+    out, args = [], list(argv)
+    while args:
+        arg = args.pop(0)
+        name, eq, value = arg.partition("=")
+        if name in ("--flagfile", "-flagfile"):
+            if not eq:
+                if not args:
+                    raise UsageError(f"{arg}: expected --flagfile=TRAINING_CONFIG")
+                value = args.pop(0)
+            arg = f"--train_flagfile={value}"
+        elif arg == "--":
+            out += [arg, *args]
+            break
+        out.append(arg)
+    return out
+
+
+@user_errors(PROG)
+def parse_args(argv: Sequence[str]) -> SimpleNamespace:
+    """The command line -> the flags' values by name; a usage error (unknown flag, bad
+    value, missing --mnist_dir or training config) is one line and SystemExit(2)."""
+    args, rest = parse_flags(define_flags(), train_flagfile_alias(argv), PROG,
+                             __doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[-1])
+    if rest:
+        raise UsageError(f"unrecognized arguments: {' '.join(rest)}")
     if not os.path.isdir(args.mnist_dir):
-        raise SystemExit(f"--mnist_dir={args.mnist_dir!r} does not exist; expected the folder "
-                         "with t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
+        raise FileNotFoundError(f"--mnist_dir={args.mnist_dir!r} does not exist; expected the "
+                                "folder with t10k-images-idx3-ubyte.gz and "
+                                "t10k-labels-idx1-ubyte.gz")
+    if not os.path.isfile(os.path.join(PROJECT_ROOT, args.train_flagfile)):
+        raise FileNotFoundError(f"--flagfile={args.train_flagfile!r}: no such training config "
+                                f"(a relative path is from {PROJECT_ROOT})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     py = sys.executable
     work = os.path.abspath(args.work_dir)
     data_dir = os.path.join(work, "data", "mnist28")
@@ -186,11 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(real, f)
     with open(real_fid_file) as f:
         real_fid = json.load(f)
-    train_cmd = [py, "-m", "pipeline.train", f"--flagfile={args.flagfile}",
+    train_cmd = [py, "-m", "pipeline.train", f"--flagfile={args.train_flagfile}",
                  f"--data_dir={data_dir}", f"--model_dir={model_dir}", f"--variant={args.variant}"]
     if args.train_steps:
         train_cmd.append(f"--train_steps={args.train_steps}")
-    summary = last_json(run_stage(4, total, f"training {args.variant} ({args.flagfile})",
+    summary = last_json(run_stage(4, total, f"training {args.variant} ({args.train_flagfile})",
                                   train_cmd, capture=True))
     trained_dir = model_dir
     if args.prior_components > 0:  # derived from the trained model: made anew every run
@@ -230,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         "minutes": round((time.time() - started) / 60, 1),
         "command": " ".join(["python -m pipeline.quickstart", *(
             sys.argv[1:] if argv is None else argv)]),
-        "train_command": " ".join(["python", *train_cmd[1:]]), "args": vars(args),
+        "train_command": " ".join(["python", *train_cmd[1:]]),
+        "args": {k: v for k, v in vars(args).items() if k not in COMMON_FLAGS},
         "machine": machine_info.machine_info(),
         "train_run_machine": machine_info.of_mlflow_run(
             summary.get("mlflow_run_id"), tracking.tracking_uri_of(trained_dir)),

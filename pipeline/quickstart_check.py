@@ -1,33 +1,55 @@
 """Uses an exported SavedModel as a deployment would: scores held-out images with the
 ``score`` signature and writes grids of ``sample`` signature outputs at each temperature
 (last quickstart stage). Prints JSON {"bits_per_dim": [...], "log_likelihood_nats": [...],
-"grids": {temperature: path}}."""
+"grids": {temperature: path}}. Flags are absl's (``--flagfile`` works); a usage error is one
+line ``python -m pipeline.quickstart_check: error: ...``, exit code 2."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
+from types import SimpleNamespace
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
+from absl import flags
 
 from artifacts import images as images_lib
+from artifacts.cli import UsageError, flag_values, parse_flags, require, user_errors
 from pipeline import data as data_lib
+
+PROG = "python -m pipeline.quickstart_check"
+
+
+def define_flags() -> flags.FlagValues:
+    """The command's flags on a new private FlagValues."""
+    fv = flag_values()
+    flags.DEFINE_string("saved_model", None, "export version directory (required)",
+                        flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "data set directory (required)", flag_values=fv)
+    flags.DEFINE_string("split", "validation", "split of the images to score", flag_values=fv)
+    flags.DEFINE_integer("num_score", 8, "images to score", flag_values=fv)
+    flags.DEFINE_integer("num_samples", 64, "samples per grid", flag_values=fv)
+    flags.DEFINE_string("grid", None, "PNG path of the sample grids (required); _t<T> is "
+                        "added before .png", flag_values=fv)
+    flags.DEFINE_string("temperatures", "0,1", "comma-separated temperatures", flag_values=fv)
+    return fv
+
+
+@user_errors(PROG)
+def parse_args(argv: Sequence[str]) -> SimpleNamespace:
+    """The command line -> the flags' values by name; a usage error is one line and
+    SystemExit(2)."""
+    args, rest = parse_flags(define_flags(), argv, PROG, __doc__)
+    if rest:
+        raise UsageError(f"unrecognized arguments: {' '.join(rest)}")
+    require(args, "saved_model", "data_dir", "grid")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--saved_model", required=True, help="export version directory")
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--split", default="validation")
-    parser.add_argument("--num_score", type=int, default=8)
-    parser.add_argument("--num_samples", type=int, default=64)
-    parser.add_argument("--grid", required=True,
-                        help="PNG path of the sample grids; _t<T> is added before .png")
-    parser.add_argument("--temperatures", default="0,1", help="comma-separated temperatures")
-    parser.add_argument("-v", "--verbosity", type=int, default=0, help="1: TF/Beam start-up noise")
-    args = parser.parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     loaded = tf.saved_model.load(args.saved_model)
     out: dict = {}
     if "score" in loaded.signatures:

@@ -8,24 +8,29 @@ Trains on the first 9,000 images of the given IDX files, reports accuracy on the
 :mod:`beam_jobs.fid.extractors`) that accepts uint8 [B, H, W, 1 or 3] images. It is one use of
 the generic trainer ``python -m beam_jobs.fid.train_classifier`` (its ``small`` architecture),
 which reads any preprocessed labelled data set; this command reads the IDX files directly.
+Flags are absl's (``--flagfile`` works); a user error (a usage error, a missing or too
+small ``--mnist_dir``) is one line ``python -m pipeline.train_mnist_classifier: error:
+...``, exit code 2; an accuracy below ``--min_accuracy`` exits 1.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
+from typing import Sequence
 
 import numpy as np
+from absl import flags
 
-from artifacts.cli import setup_logging
+from artifacts.cli import UsageError, flag_values, parse_flags, require, setup_logging, user_errors
 from beam_jobs.fid import extractors
 from beam_jobs.sources import mnist_idx
 
 log = logging.getLogger(__name__)
 
 NUM_TRAIN = 9000
+PROG = "python -m pipeline.train_mnist_classifier"
 
 
 def train_classifier(mnist_dir: str, output: str, epochs: int = 4, batch_size: int = 32,
@@ -66,20 +71,30 @@ def train_classifier(mnist_dir: str, output: str, epochs: int = 4, batch_size: i
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def define_flags() -> flags.FlagValues:
+    """The command's flags on a new private FlagValues."""
+    fv = flag_values()
+    flags.DEFINE_string("mnist_dir", None, "folder with t10k-images-idx3-ubyte.gz and "
+                        "t10k-labels-idx1-ubyte.gz (required)", flag_values=fv)
+    flags.DEFINE_string("output", None, "SavedModel directory to write (required)",
+                        flag_values=fv)
+    flags.DEFINE_integer("epochs", 4, "training epochs", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 32, "images per step", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "initialization and shuffling seed", flag_values=fv)
+    flags.DEFINE_float("min_accuracy", 0.97, "fail (exit 1) below this held-out accuracy",
+                       flag_values=fv)
+    return fv
+
+
+@user_errors(PROG)
+def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; prints the result of :func:`train_classifier` as JSON, exit code 1 below
-    ``--min_accuracy``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mnist_dir", required=True,
-                        help="folder with t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
-    parser.add_argument("--output", required=True, help="SavedModel directory to write")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("-v", "--verbosity", type=int, default=0, help="1: TF/Beam start-up noise")
-    parser.add_argument("--min_accuracy", type=float, default=0.97,
-                        help="fail (exit 1) below this held-out accuracy")
-    args = parser.parse_args(argv)
+    ``--min_accuracy``; a user error is one line on stderr and SystemExit(2)."""
+    args, rest = parse_flags(define_flags(), sys.argv[1:] if argv is None else list(argv),
+                             PROG, __doc__)
+    if rest:
+        raise UsageError(f"unrecognized arguments: {' '.join(rest)}")
+    require(args, "mnist_dir", "output")
     setup_logging()
     try:
         result = train_classifier(args.mnist_dir, args.output, epochs=args.epochs,

@@ -1,12 +1,8 @@
 """Clients for an exported model served by TF Serving (REST or gRPC) or by
-`mlflow models serve` (its /invocations endpoint).
-
-    python -m serving.client --target=rest --address=localhost:8501 --model_name=cqf \
-        sample --n 16 --out grid.png [--seed 0] [--temperature 1.0]
-    python -m serving.client --target=grpc --address=localhost:8500 --model_name=cqf \
-        score a.png b.png            # bits/dim per image (point estimate; IW bound if exported)
-    python -m serving.client --target=mlflow --address=127.0.0.1:5001 sample --n 4 --out g.png
-    python -m serving.client --target=local --address=exports/cqf/1 score a.png   # no server
+`mlflow models serve` (its /invocations endpoint), or run in this process (``local``).
+``python -m serving.client ... sample|score ...`` is their command line
+(:mod:`serving.client_cli`). No TensorFlow import here (a thin client); the gRPC and local
+clients import it when made.
 
 Every client has the same methods: ``score(images uint8 [N, H, W, C]) -> {"log_likelihood_nats":
 [N], "bits_per_dim": [N]}`` (a deterministic point estimate, not a bound; an export made
@@ -24,7 +20,6 @@ because each row's result depends only on that row.
 from __future__ import annotations
 
 import abc
-import argparse
 import json
 import sys
 import urllib.error
@@ -34,8 +29,6 @@ from typing import Any, Sequence
 import numpy as np
 
 DEFAULT_MAX_BATCH = 1024  # serving.signatures.DEFAULT_MAX_BATCH (not imported: no TF here)
-MAX_IMAGE_PIXELS = 4096 * 4096  # pixels of an image to score (the models' are far smaller)
-MAX_SAMPLES = 10000  # sample --n: a grid of 10,000 images; 100,000 took 1.4 GB and minutes
 _OUTPUT_DTYPES = {"images": np.uint8, "log_likelihood_nats": np.float32,
                   "bits_per_dim": np.float32, "iw_bound_nats": np.float32,
                   "iw_bound_stderr_nats": np.float32, "iw_bits_per_dim": np.float32,
@@ -275,99 +268,7 @@ def make_client(target: str, address: str, model_name: str | None = None, fmt: s
     return client
 
 
-def load_images(paths: Sequence[str], channels: int | None = None,
-                max_pixels: int = MAX_IMAGE_PIXELS) -> list[np.ndarray]:
-    """PNG/JPEG files -> uint8 [H, W, C] arrays (C from the file, or forced to 1 or 3).
-    An image whose header declares more than ``max_pixels`` pixels (or that PIL calls a
-    decompression bomb) is a ValueError naming it, raised before it is decoded."""
-    from PIL import Image
+if __name__ == "__main__":  # python -m serving.client: the command line's module runs it
+    from serving.client_cli import main
 
-    out = []
-    for path in paths:
-        try:
-            img = Image.open(path)
-        except Image.DecompressionBombError as err:
-            raise ValueError(f"{path}: refused, {err}") from None
-        with img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ValueError(f"{path}: {width}x{height} = {width * height} pixels, over the "
-                                 f"limit of {max_pixels} (--max_pixels); the model scores "
-                                 "images of its own size")
-            if channels == 1 or (channels is None and img.mode in ("L", "LA", "I", "1")):
-                arr = np.asarray(img.convert("L"))[..., None]
-            else:
-                arr = np.asarray(img.convert("RGB"))
-        out.append(arr.astype(np.uint8))
-    return out
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__.split("\n")[0])
-    p.add_argument("-v", "--verbosity", type=int, default=0, help="1: TF/Beam start-up noise")
-    p.add_argument("--target", choices=("rest", "grpc", "mlflow", "local"), default="rest")
-    p.add_argument("--address", default="localhost:8501",
-                   help="host:port (TF Serving REST 8501, gRPC 8500), the MLflow server URL, "
-                        "or (--target=local) an export's version directory")
-    p.add_argument("--model_name", help="TF Serving model name (rest/grpc)")
-    p.add_argument("--version", type=int, default=None, help="TF Serving model version")
-    p.add_argument("--format", dest="fmt", choices=("row", "columnar"), default="row",
-                   help="REST request format: row (instances) or columnar (inputs)")
-    p.add_argument("--timeout", type=float, default=60.0)
-    p.add_argument("--max_batch", type=int, default=DEFAULT_MAX_BATCH,
-                   help="most rows per request (the export's --max_batch); larger jobs are "
-                        "sent in chunks")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("sample", help="sample images and write them as a PNG grid")
-    s.add_argument("--n", type=int, default=16, help=f"samples, 1 to {MAX_SAMPLES}")
-    s.add_argument("--out", required=True)
-    s.add_argument("--seed", type=int, default=0, help="row i uses seed + i")
-    s.add_argument("--temperature", type=float, default=1.0)
-    c = sub.add_parser("score", help="print each image's bits/dim: the deterministic point "
-                       "estimate, and the IW bound +- its standard error if the export has one")
-    c.add_argument("images", nargs="+")
-    c.add_argument("--channels", type=int, choices=(1, 3), default=None,
-                   help="convert images to grey (1) or RGB (3); default: as stored")
-    c.add_argument("--max_pixels", type=int, default=MAX_IMAGE_PIXELS,
-                   help="refuse images of more pixels (checked from the header, before "
-                        f"decoding; default {MAX_IMAGE_PIXELS})")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "sample" and not 1 <= args.n <= MAX_SAMPLES:
-            raise ValueError(f"--n={args.n}: expected 1 to {MAX_SAMPLES} samples (one grid; "
-                             "draw more with several calls and --seed)")
-        if args.command == "score":  # the files first: a bad one costs no connection
-            images = load_images(args.images, args.channels, args.max_pixels)
-        client = make_client(args.target, args.address, args.model_name, args.fmt, args.version,
-                             args.timeout, args.max_batch)
-        if args.command == "sample":
-            from artifacts.images import save_grid
-
-            images = client.sample(np.arange(args.seed, args.seed + args.n), args.temperature)
-            print(save_grid(images, args.out))
-            return 0
-        shapes = {im.shape for im in images}
-        if len(shapes) == 1:  # one request for the batch (chunked above max_batch)
-            results = client.score(np.stack(images))
-            rows = [{k: v[i] for k, v in results.items()} for i in range(len(images))]
-        else:
-            rows = [{k: v[0] for k, v in client.score(im[None]).items()} for im in images]
-        for path, r in zip(args.images, rows):
-            line = (f"{path}\t{float(r['bits_per_dim']):.4f} bits/dim\t"
-                    f"{float(r['log_likelihood_nats']):.2f} nats (point estimate)")
-            if "iw_bits_per_dim" in r:
-                line += (f"\tIW bound {float(r['iw_bits_per_dim']):.4f} +- "
-                         f"{float(r['iw_bits_per_dim_stderr']):.4f} bits/dim")
-            print(line)
-        return 0
-    except (ServingError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
     sys.exit(main())

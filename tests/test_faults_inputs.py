@@ -15,7 +15,7 @@ import zlib
 import pytest
 
 from pipeline import train_config
-from serving import client
+from serving import client_cli
 
 from conftest import train_tiny
 
@@ -42,8 +42,8 @@ def test_client_refuses_huge_images_in_one_line(tmp_path, capsys, side, expected
     an upload (5000^2). Refused before any connection is made (no server here)."""
     path = tmp_path / "big.png"
     _png_header_only(path, side, side)
-    code = client.main(["--target=rest", "--address=127.0.0.1:9", "--model_name=m", "score",
-                        str(path)])
+    code = client_cli.main(["--target=rest", "--address=127.0.0.1:9", "--model_name=m",
+                            "score", str(path)])
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {path}: ") and expected in err[0], err
@@ -52,12 +52,12 @@ def test_client_refuses_huge_images_in_one_line(tmp_path, capsys, side, expected
 def test_client_sample_n_has_an_upper_limit(tmp_path, capsys):
     """Before: n = 1,000,000 ran past 90 s (100,000 took 1.4 GB)."""
     start = time.monotonic()
-    code = client.main(["--target=rest", "--address=127.0.0.1:9", "--model_name=m", "sample",
-                        "--n=1000000", f"--out={tmp_path / 'g.png'}"])
+    code = client_cli.main(["--target=rest", "--address=127.0.0.1:9", "--model_name=m",
+                            "sample", "--n=1000000", f"--out={tmp_path / 'g.png'}"])
     assert code == 1 and time.monotonic() - start < 5
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: --n=1000000: expected 1 to {client.MAX_SAMPLES} samples (one grid; "
-                   "draw more with several calls and --seed)"]
+    assert err == [f"error: --n=1000000: expected 1 to {client_cli.MAX_SAMPLES} samples (one "
+                   "grid; draw more with several calls and --seed)"]
 
 
 @pytest.mark.parametrize("name", ["learning_rate", "disc_learning_rate", "flow_learning_rate",

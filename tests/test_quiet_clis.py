@@ -182,12 +182,15 @@ def _cli_cases(missing: str) -> dict[str, list[tuple[list[str], list[str]]]]:
         "beam_jobs.fid.train_classifier": [(["--help"], []), (
             [f"--data_dir={missing}", f"--output={missing}_o"],
             [r"^python -m beam_jobs\.fid\.train_classifier: error: data directory .* does not exist"])],
-        "pipeline.quickstart": [(["--help"], []), (
-            ["--no_such_flag"], [USAGE, r"^quickstart\.py: error: unrecognized arguments"])],
-        "pipeline.quickstart_check": [(["--help"], []), (
-            ["--saved_model=x"], [USAGE, r"^quickstart_check\.py: error: .* required: "])],
-        "pipeline.train_mnist_classifier": [(["--help"], []), (
-            ["--output=x"], [USAGE, r"^train_mnist_classifier\.py: error: .* --mnist_dir"])],
+        "pipeline.quickstart": [(["--helpshort"], []), (
+            ["--no_such_flag"],
+            [r"^python -m pipeline\.quickstart: error: unrecognized arguments: --no_such_flag$"])],
+        "pipeline.quickstart_check": [(["--helpshort"], []), (
+            ["--saved_model=x"],
+            [r"^python -m pipeline\.quickstart_check: error: .* required: --data_dir, --grid$"])],
+        "pipeline.train_mnist_classifier": [(["--helpshort"], []), (
+            ["--output=x"],
+            [r"^python -m pipeline\.train_mnist_classifier: error: .* required: --mnist_dir$"])],
         "beam_jobs.preprocess": [(["--help"], []), (
             ["--source=image_folder", f"--input={missing}", f"--output_dir={missing}_o",
              "--image_size=8"],
@@ -195,7 +198,7 @@ def _cli_cases(missing: str) -> dict[str, list[tuple[list[str], list[str]]]]:
         "beam_jobs.fid": [(["--help"], []), (
             [f"--data_dir={missing}", f"--extractor_path={missing}", f"--output_stats={missing}"],
             [r"^error: extractor SavedModel directory .*" + m + ".* does not exist"])],
-        "serving.client": [(["--help"], []), (
+        "serving.client": [(["--helpshort"], []), (
             ["--target=local", f"--address={missing}", "score", "x.png"],
             # the client reads its image argument before it connects: a missing image is
             # the first user error it meets

@@ -12,8 +12,7 @@ import tensorflow as tf
 from test_serving import _digits, write_untrained
 
 from artifacts import model_io
-from serving import client as client_lib
-from serving import export
+from serving import client_cli, export
 from serving.signatures import IW_OUTPUTS, importance_weighted_score
 
 K = 8
@@ -92,7 +91,7 @@ def test_client_labels_the_point_estimate_and_prints_the_bound(exported, tmp_pat
     _, _, version_dir = exported
     path = tmp_path / "digit.png"
     Image.fromarray(_digits(1)[0, ..., 0]).save(path)
-    assert client_lib.main(["--target=local", f"--address={version_dir}", "score", str(path)]) == 0
+    assert client_cli.main(["--target=local", f"--address={version_dir}", "score", str(path)]) == 0
     line = capsys.readouterr().out.strip()
     assert "(point estimate)" in line and "IW bound" in line and "+-" in line
 
