@@ -5,7 +5,10 @@ its help. The flag type follows the field's annotation: bool -> DEFINE_boolean, 
 DEFINE_integer, float -> DEFINE_float, str -> DEFINE_enum if ``metadata["choices"]`` is
 given, else DEFINE_string; tuple -> DEFINE_list (read back as a tuple); ``T | None`` -> the
 flag of T whose default may be None ("not given": the code decides). A field without a
-default is a required flag.
+default is a required flag (absl refuses a command line without it), unless its
+``metadata["required"]`` is False: then the flag's default is None and the dataclass
+refuses a missing value itself, with its own message. ``metadata["lower_bound"]`` of an int
+or float field is the flag's lower bound (absl refuses a smaller value).
 
 The flags belong to the module that calls :func:`define_flags` (this module disclaims
 them, absl's ``disclaim_key_flags``), so ``python -m pipeline.train --help`` lists them.
@@ -55,11 +58,14 @@ def define_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS,
         text = field.metadata.get("help")
         if not text:
             raise ValueError(f"{cls.__name__}.{field.name} has no metadata['help']")
-        required = (field.default is dataclasses.MISSING
-                    and field.default_factory is dataclasses.MISSING)
-        default = (None if required else field.default_factory()
+        no_default = (field.default is dataclasses.MISSING
+                      and field.default_factory is dataclasses.MISSING)
+        required = no_default and field.metadata.get("required", True)
+        default = (None if no_default else field.default_factory()
                    if field.default is dataclasses.MISSING else field.default)
         kw = dict(flag_values=flag_values, required=required)
+        if "lower_bound" in field.metadata:
+            kw["lower_bound"] = field.metadata["lower_bound"]
         if "choices" in field.metadata:
             flags.DEFINE_enum(field.name, default, list(field.metadata["choices"]), text, **kw)
         elif kind is tuple:

@@ -39,8 +39,9 @@ import tensorflow as tf
 from absl import app, flags
 from tqdm import tqdm
 
+from pipeline import config_flags, eval_harness
 from pipeline import data as data_lib
-from pipeline import eval_harness
+from pipeline.eval_configs import CriticEvalConfig
 from tfp_models import critic as critic_lib
 from tfp_models import flows
 from tfp_models.hybrid import HybridModel
@@ -212,56 +213,38 @@ def log_to_mlflow(model_dir: str, result: dict[str, Any], png: str) -> str | Non
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
-    """The CLI's flags (defined only when run as a program)."""
-    flags.DEFINE_string("model_dir", None, "Model directory written by pipeline.train.")
-    flags.DEFINE_string("data_dir", None, "Preprocessed data set: the critic trains on its "
-                        "'train' split and is evaluated on --split.")
-    flags.DEFINE_string("split", "validation", "Held-out split of --data_dir the Wasserstein "
-                        "estimate is reported on (validation or test; not train).")
-    flags.DEFINE_integer("critic_steps", 2000, "Critic updates (Adam), one minibatch each.")
-    flags.DEFINE_integer("batch_size", 64, "Real and generated images per critic update.")
-    flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate of the critic "
-                       "(beta_1 = 0.5, beta_2 = 0.9, as in WGAN-GP).")
-    flags.DEFINE_float("gp_weight", 10.0, "Weight of the WGAN-GP gradient penalty "
-                       "(||grad D|| - 1)^2 at random interpolates of real and generated images.")
-    flags.DEFINE_integer("critic_channels", 32, "Base channels of the critic's convolutions.")
-    flags.DEFINE_float("temperature", 1.0, "Sampling temperature of the model's samples "
-                       "(1 = the model's distribution).")
-    flags.DEFINE_integer("seed", 0, "Seed of the critic's init, data order and the samples.")
-    flags.DEFINE_integer("train_samples", 10000, "Model samples in the critic's training pool.")
-    flags.DEFINE_integer("eval_every", 100, "Critic steps between points of the curves.")
-    flags.DEFINE_integer("max_eval_examples", None, "Use at most this many held-out images "
-                         "(and as many fresh samples); default all of --split.")
-    flags.DEFINE_string("output_json", None, "Also write the JSON summary (with curves) here.")
-    flags.DEFINE_string("output_png", None, "Curves PNG (default "
-                        "<model_dir>/critic/critic_<split>.png).")
-    flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = the one recorded "
-                        "in --model_dir, else MLflow's default).")
-    flags.DEFINE_boolean("show_progress", True, "Progress bars.")
-    flags.mark_flags_as_required(["model_dir", "data_dir"])
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """The CLI's flags, one per :class:`CriticEvalConfig` field (--model_dir and --data_dir
+    required; defined only when run as a program)."""
+    config_flags.define_flags(CriticEvalConfig, flag_values)
+
+
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> CriticEvalConfig:
+    """The parsed flags as a :class:`CriticEvalConfig`."""
+    return CriticEvalConfig(**config_flags.values_from_flags(CriticEvalConfig, flag_values))
 
 
 def main(argv):
-    model, step = eval_harness.start_cli(argv, FLAGS.model_dir, FLAGS.mlflow_tracking_uri,
-                                         FLAGS.data_dir)
+    cfg = config_from_flags()
+    model, step = eval_harness.start_cli(argv, cfg.model_dir, cfg.mlflow_tracking_uri,
+                                         cfg.data_dir)
     result = critic_eval(
-        model, FLAGS.data_dir, FLAGS.split, critic_steps=FLAGS.critic_steps,
-        batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-        gp_weight=FLAGS.gp_weight, critic_channels=FLAGS.critic_channels,
-        temperature=FLAGS.temperature, seed=FLAGS.seed, train_samples=FLAGS.train_samples,
-        eval_every=FLAGS.eval_every, max_eval_examples=FLAGS.max_eval_examples,
-        show_progress=FLAGS.show_progress)
-    png = plot_curves(result, FLAGS.output_png or os.path.join(
-        FLAGS.model_dir, "critic", f"critic_{FLAGS.split}.png"),
-        f"{model.spec.name} (step {step}): independent critic, {FLAGS.split}")
-    run_id = log_to_mlflow(FLAGS.model_dir, result, png)
-    payload = {"model_dir": os.path.abspath(FLAGS.model_dir), "step": step,
-               "variant": model.spec.name, "data_dir": os.path.abspath(FLAGS.data_dir),
+        model, cfg.data_dir, cfg.split, critic_steps=cfg.critic_steps,
+        batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+        gp_weight=cfg.gp_weight, critic_channels=cfg.critic_channels,
+        temperature=cfg.temperature, seed=cfg.seed, train_samples=cfg.train_samples,
+        eval_every=cfg.eval_every, max_eval_examples=cfg.max_eval_examples,
+        show_progress=cfg.show_progress)
+    png = plot_curves(result, cfg.output_png or os.path.join(
+        cfg.model_dir, "critic", f"critic_{cfg.split}.png"),
+        f"{model.spec.name} (step {step}): independent critic, {cfg.split}")
+    run_id = log_to_mlflow(cfg.model_dir, result, png)
+    payload = {"model_dir": os.path.abspath(cfg.model_dir), "step": step,
+               "variant": model.spec.name, "data_dir": os.path.abspath(cfg.data_dir),
                "png": os.path.abspath(png), "mlflow_run_id": run_id, **result}
-    if FLAGS.output_json:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output_json)), exist_ok=True)
-        with open(FLAGS.output_json, "w") as f:
+    if cfg.output_json:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.output_json)), exist_ok=True)
+        with open(cfg.output_json, "w") as f:
             json.dump(payload, f, indent=2)
     print(json.dumps(payload, indent=2))
 

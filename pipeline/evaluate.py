@@ -43,8 +43,9 @@ from absl import app, flags
 
 from artifacts import model_io
 from artifacts.cli import setup_logging
+from pipeline import config_flags, eval_harness
 from pipeline import data as data_lib
-from pipeline import eval_harness
+from pipeline.eval_configs import EvalConfig
 from pipeline.eval_harness import EvalRequest
 from tfp_models import metrics
 from tfp_models.hybrid import HybridModel
@@ -219,28 +220,15 @@ def evaluate_samples(model_dir: str, num_samples: int, extractor: str, extractor
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
-    """The CLI's flags (defined only when run as a program)."""
-    flags.DEFINE_string("model_dir", None, "Model directory written by pipeline.train.")
-    flags.DEFINE_string("data_dir", None, "Preprocessed data set (for BPD).")
-    flags.DEFINE_string("split", "validation", "Split to score.")
-    flags.DEFINE_integer("importance_samples", 1, "K of the importance-weighted bound (VAE variants).")
-    flags.DEFINE_integer("batch_size", 100, "Images per batch.")
-    flags.DEFINE_integer("max_examples", None, "Score at most this many images of the split.")
-    flags.DEFINE_integer("seed", 0, "Seed of the dequantization noise (for a Bernoulli-decoder "
-                         "model: of the fixed binarization of the split), the posterior noise "
-                         "and the samples.")
-    flags.DEFINE_integer("fid_samples", 0, "If > 0, FID/KID/IS/precision/recall of this many "
-                         "samples.")
-    flags.DEFINE_integer("pr_max_samples", 10000, "Feature vectors per side for precision/"
-                         "recall (a deterministic subset if more; 0: none).")
-    flags.DEFINE_string("extractor", "mnist_classifier", "Feature extractor (beam_jobs.extractors).")
-    flags.DEFINE_string("extractor_path", None, "Local path of the extractor.")
-    flags.DEFINE_string("reference_stats", None, ".npz reference statistics (mu, sigma; "
-                        "pr_features for precision/recall: beam_jobs.fid --save_pr_features).")
-    flags.DEFINE_float("temperature", 1.0, "Sampling temperature for FID.")
-    flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = the one recorded "
-                        "in --model_dir, else MLflow's default).")
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """The CLI's flags, one per :class:`EvalConfig` field (defined only when run as a
+    program)."""
+    config_flags.define_flags(EvalConfig, flag_values)
+
+
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> EvalConfig:
+    """The parsed flags as an :class:`EvalConfig` (app.UsageError without --model_dir)."""
+    return EvalConfig(**config_flags.values_from_flags(EvalConfig, flag_values))
 
 
 def main(argv):
@@ -248,21 +236,20 @@ def main(argv):
     setup_logging()
     from artifacts import tracking
 
-    if not FLAGS.model_dir:
-        raise app.UsageError("--model_dir is required")
-    tracking.configure(FLAGS.mlflow_tracking_uri or None, FLAGS.model_dir)
-    model, step = model_io.load_trained_model(FLAGS.model_dir)
-    results: dict[str, Any] = {"model_dir": os.path.abspath(FLAGS.model_dir), "step": step,
+    cfg = config_from_flags()
+    tracking.configure(cfg.mlflow_tracking_uri or None, cfg.model_dir)
+    model, step = model_io.load_trained_model(cfg.model_dir)
+    results: dict[str, Any] = {"model_dir": os.path.abspath(cfg.model_dir), "step": step,
                                "variant": model.spec.name}
     checked = contextlib.nullcontext()
-    if FLAGS.data_dir:  # the shards against dataset.json; a corrupt record: one line
-        checked = data_lib.damaged_data_errors(data_lib.read_checked_dataset_info(FLAGS.data_dir))
+    if cfg.data_dir:  # the shards against dataset.json; a corrupt record: one line
+        checked = data_lib.damaged_data_errors(data_lib.read_checked_dataset_info(cfg.data_dir))
     with checked:
-        if FLAGS.data_dir:
-            results.update(evaluate_data(model, FLAGS.model_dir, EvalRequest(
-                FLAGS.data_dir, FLAGS.split, FLAGS.batch_size, FLAGS.importance_samples,
-                FLAGS.seed, FLAGS.max_examples)))
-    _evaluate_samples(results)
+        if cfg.data_dir:
+            results.update(evaluate_data(model, cfg.model_dir, EvalRequest(
+                cfg.data_dir, cfg.split, cfg.batch_size, cfg.importance_samples,
+                cfg.seed, cfg.max_examples)))
+    _evaluate_samples(cfg, results)
     print(json.dumps(results, indent=2, default=str))
 
 
@@ -289,25 +276,24 @@ def evaluate_data(model: HybridModel, model_dir: str | None,
     return results
 
 
-def _evaluate_samples(results: dict[str, Any]) -> None:
+def _evaluate_samples(cfg: EvalConfig, results: dict[str, Any]) -> None:
     """FID/KID/IS/precision/recall of --fid_samples samples, if asked for."""
     from artifacts.tracking import log_results
 
-    if FLAGS.fid_samples > 0:
-        if not (FLAGS.extractor_path and FLAGS.reference_stats):
+    if cfg.fid_samples > 0:
+        if not (cfg.extractor_path and cfg.reference_stats):
             raise app.UsageError("--fid_samples needs --extractor_path and --reference_stats")
         from beam_jobs.fid.fid_math import StatisticsError
 
         try:
             results["samples"] = evaluate_samples(
-                FLAGS.model_dir, FLAGS.fid_samples, FLAGS.extractor, FLAGS.extractor_path,
-                FLAGS.reference_stats, FLAGS.temperature, FLAGS.seed,
-                pr_max_samples=FLAGS.pr_max_samples)
+                cfg.model_dir, cfg.fid_samples, cfg.extractor, cfg.extractor_path,
+                cfg.reference_stats, cfg.temperature, cfg.seed,
+                pr_max_samples=cfg.pr_max_samples)
         except StatisticsError as e:  # a user error: one line, no traceback
             raise SystemExit(f"error: {e}") from None
-        results["samples"]["temperature"] = FLAGS.temperature
-        log_results(FLAGS.model_dir, results["samples"],
-                    f"eval/samples_t{FLAGS.temperature:g}")
+        results["samples"]["temperature"] = cfg.temperature
+        log_results(cfg.model_dir, results["samples"], f"eval/samples_t{cfg.temperature:g}")
 
 
 if __name__ == "__main__":

@@ -26,21 +26,25 @@ from absl import app, flags
 
 from artifacts import model_io
 from artifacts.cli import setup_logging, user_errors
+from pipeline import config_flags
+from pipeline.eval_configs import FitPriorConfig
 
 log = logging.getLogger(__name__)
 
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
-    """The CLI's flags; defined only when run as a program, so that importing this module
-    next to another CLI's (pipeline.evaluate defines --model_dir too) is safe."""
-    flags.DEFINE_string("model_dir", None, "Trained model directory (pipeline.train).")
-    flags.DEFINE_string("output_model_dir", None, "New model directory for the refitted model.")
-    flags.DEFINE_string("data_dir", None, "Data set (default: the one recorded at training).")
-    flags.DEFINE_integer("components", 50, "Mixture components K.")
-    flags.DEFINE_integer("max_examples", None, "Fit on at most this many training images.")
-    flags.DEFINE_integer("seed", 0, "Seed of the dequantization/posterior noise and of EM.")
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """The CLI's flags, one per :class:`FitPriorConfig` field; defined only when run as a
+    program, so that importing this module next to another CLI's (pipeline.evaluate
+    defines --model_dir too) is safe."""
+    config_flags.define_flags(FitPriorConfig, flag_values)
+
+
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> FitPriorConfig:
+    """The parsed flags as a :class:`FitPriorConfig` (ValueError without --model_dir or
+    --output_model_dir)."""
+    return FitPriorConfig(**config_flags.values_from_flags(FitPriorConfig, flag_values))
 
 
 def posterior_draws(model, data_dir: str, split: str = "train", batch_size: int = 500,
@@ -130,10 +134,9 @@ def _copy_weights(source, target, checkpoint_path: str) -> None:
 def main(argv):
     del argv
     setup_logging()
-    if not FLAGS.model_dir or not FLAGS.output_model_dir:
-        raise ValueError("--model_dir and --output_model_dir are required")
-    summary = fit_mixture_prior(FLAGS.model_dir, FLAGS.output_model_dir, FLAGS.components,
-                                FLAGS.data_dir, FLAGS.seed, FLAGS.max_examples)
+    cfg = config_from_flags()
+    summary = fit_mixture_prior(cfg.model_dir, cfg.output_model_dir, cfg.components,
+                                cfg.data_dir, cfg.seed, cfg.max_examples)
     print(json.dumps(summary, indent=2))
 
 

@@ -32,7 +32,8 @@ import tensorflow as tf
 from absl import app, flags
 from tqdm import tqdm
 
-from pipeline import eval_harness
+from pipeline import config_flags, eval_harness
+from pipeline.eval_configs import SurrogateConfig
 from tfp_models import metrics, surrogate
 from tfp_models.hybrid import HybridModel
 
@@ -102,48 +103,38 @@ def summarize(scores: dict[str, Any]) -> dict[str, Any]:
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
-    """The CLI's flags (defined only when run as a program)."""
-    flags.DEFINE_string("model_dir", None, "Model directory written by pipeline.train.")
-    flags.DEFINE_string("data_dir", None, "Preprocessed data set of the images to score.")
-    flags.DEFINE_string("split", "validation", "Split of --data_dir to score.")
-    flags.DEFINE_integer("num_generated", 2000, "Generator draws M coupled with each batch.")
-    flags.DEFINE_float("entropic_lambda", 5.0,
-                       "lambda of the entropic model (squared-distance loss on [0, 1] pixels; "
-                       "the model's per-pixel noise variance is lambda / 2).")
-    flags.DEFINE_integer("batch_size", 500, "Real images coupled at once (larger: tighter).")
-    flags.DEFINE_integer("max_examples", None, "Score at most this many images.")
-    flags.DEFINE_float("temperature", 0.0, "Temperature of the generator draws.")
-    flags.DEFINE_integer("seed", 0, "Seed of the generator draws.")
-    flags.DEFINE_integer("sinkhorn_iters", 1000, "Most Sinkhorn iterations per batch.")
-    flags.DEFINE_float("sinkhorn_tolerance", 1e-6, "Stop when N * row sums are within this of 1.")
-    flags.DEFINE_string("output_npz", None, "Write per-image values (nats, bits/dim, labels).")
-    flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI ('' = the one recorded "
-                        "in --model_dir, else MLflow's default).")
-    flags.DEFINE_boolean("show_progress", True, "Progress bar.")
-    flags.mark_flags_as_required(["model_dir", "data_dir"])
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """The CLI's flags, one per :class:`SurrogateConfig` field (--model_dir and --data_dir
+    required; defined only when run as a program)."""
+    config_flags.define_flags(SurrogateConfig, flag_values)
+
+
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> SurrogateConfig:
+    """The parsed flags as a :class:`SurrogateConfig`."""
+    return SurrogateConfig(**config_flags.values_from_flags(SurrogateConfig, flag_values))
 
 
 def main(argv):
     from artifacts import tracking
 
-    model, step = eval_harness.start_cli(argv, FLAGS.model_dir, FLAGS.mlflow_tracking_uri)
+    cfg = config_from_flags()
+    model, step = eval_harness.start_cli(argv, cfg.model_dir, cfg.mlflow_tracking_uri)
     scores = surrogate_scores(
-        model, FLAGS.data_dir, FLAGS.split, num_generated=FLAGS.num_generated,
-        entropic_lambda=FLAGS.entropic_lambda, batch_size=FLAGS.batch_size,
-        temperature=FLAGS.temperature, seed=FLAGS.seed, max_examples=FLAGS.max_examples,
-        max_iters=FLAGS.sinkhorn_iters, tolerance=FLAGS.sinkhorn_tolerance,
-        show_progress=FLAGS.show_progress)
+        model, cfg.data_dir, cfg.split, num_generated=cfg.num_generated,
+        entropic_lambda=cfg.entropic_lambda, batch_size=cfg.batch_size,
+        temperature=cfg.temperature, seed=cfg.seed, max_examples=cfg.max_examples,
+        max_iters=cfg.sinkhorn_iters, tolerance=cfg.sinkhorn_tolerance,
+        show_progress=cfg.show_progress)
     summary = summarize(scores)
-    if FLAGS.output_npz:
-        np.savez(FLAGS.output_npz, log_likelihood_nats=scores["log_likelihood_nats"],
+    if cfg.output_npz:
+        np.savez(cfg.output_npz, log_likelihood_nats=scores["log_likelihood_nats"],
                  bits_per_dim=scores["bits_per_dim"], labels=scores["labels"])
-    tracking.log_results(FLAGS.model_dir, summary, f"surrogate/{FLAGS.split}")
+    tracking.log_results(cfg.model_dir, summary, f"surrogate/{cfg.split}")
     if not math.isfinite(summary["log_likelihood_nats"]):
         log.warning("non-finite surrogate: try a larger --entropic_lambda")
-    print(json.dumps({"model_dir": os.path.abspath(FLAGS.model_dir), "step": step,
-                      "variant": model.spec.name, "data_dir": os.path.abspath(FLAGS.data_dir),
-                      "split": FLAGS.split, **summary}, indent=2))
+    print(json.dumps({"model_dir": os.path.abspath(cfg.model_dir), "step": step,
+                      "variant": model.spec.name, "data_dir": os.path.abspath(cfg.data_dir),
+                      "split": cfg.split, **summary}, indent=2))
 
 
 if __name__ == "__main__":

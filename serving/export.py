@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from artifacts import fs_errors, model_io
 from artifacts.cli import setup_logging
+from serving.export_config import ExportConfig
 from serving.server_files import (
     BATCHING_PARAMETERS,
     MODELS_CONFIG,
@@ -264,50 +265,37 @@ def _write_version(module: ServingModule, signatures: dict[str, Any], tmp_dir: s
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
-
     del argv
-    f = flags.FLAGS
-    tracking_uri = f.mlflow_tracking_uri or None
-    if f.mlflow:  # default: the store recorded in the model directory
+    cfg = config_from_flags()
+    tracking_uri = cfg.mlflow_tracking_uri or None
+    if cfg.mlflow:  # default: the store recorded in the model directory
         from artifacts import tracking
-        tracking_uri = tracking.configure(tracking_uri, f.model_dir)
+        tracking_uri = tracking.configure(tracking_uri, cfg.model_dir)
     version_dir = export_model(
-        f.model_dir, f.export_dir, f.model_name, f.version, f.score_importance_samples,
-        f.score_seed, f.serving_base_path or None, f.mlflow, tracking_uri, f.max_batch,
-        f.importance_samples, f.mlflow_alias)
+        cfg.model_dir, cfg.export_dir, cfg.model_name, cfg.version, cfg.score_importance_samples,
+        cfg.score_seed, cfg.serving_base_path or None, cfg.mlflow, tracking_uri, cfg.max_batch,
+        cfg.importance_samples, cfg.mlflow_alias)
     print(json.dumps({"version_dir": version_dir}))
 
 
-def define_flags() -> None:
+def define_flags(flag_values=None) -> None:
+    """The CLI's flags, one per :class:`ExportConfig` field (in absl's global FLAGS unless
+    ``flag_values`` is given; defined only when run as a program)."""
     from absl import flags
 
-    flags.DEFINE_string("model_dir", None, "Model directory written by pipeline.train.")
-    flags.DEFINE_string("export_dir", None, "TF Serving model root (writes NAME/VERSION/ in it).")
-    flags.DEFINE_string("model_name", None, "Model name for TF Serving and the MLflow registry.")
-    flags.DEFINE_integer("version", None, "Version number (default: 1 + highest existing).",
-                         lower_bound=1)
-    flags.DEFINE_integer("score_importance_samples", 1,
-                         "K fixed posterior draws of score's deterministic point estimate "
-                         "(1: one draw). Not a bound; see --importance_samples.", lower_bound=1)
-    flags.DEFINE_integer("importance_samples", 0,
-                         "If K > 0, score also returns the importance-weighted bound "
-                         "(iw_bound_nats, iw_bits_per_dim) with its standard error, from K "
-                         "dequantization and posterior draws per image seeded per row.",
-                         lower_bound=0)
-    flags.DEFINE_integer("score_seed", DEFAULT_SCORE_SEED, "Seed of score's fixed posterior noise.")
-    flags.DEFINE_string("serving_base_path", "", "base_path in models.config (default: the "
-                        "absolute export path; '/models/NAME' inside the tensorflow/serving image).")
-    flags.DEFINE_integer("max_batch", DEFAULT_MAX_BATCH,
-                         "Most rows (images, seeds, latents) per request; larger requests are "
-                         "refused inside the graph (clients split them).", lower_bound=1)
-    flags.DEFINE_bool("mlflow", True, "Log to the model dir's MLflow run and register the model "
-                      "(one registered model per signature, see serving/mlflow_model.py).")
-    flags.DEFINE_string("mlflow_alias", "last_export", "Registry alias pointed at the new "
-                        "versions: mlflow models serve -m models:/NAME@ALIAS ('' = none).")
-    flags.DEFINE_string("mlflow_tracking_uri", "", "MLflow tracking URI (default: the one "
-                        "recorded in --model_dir, else MLflow's).")
-    flags.mark_flags_as_required(["model_dir", "export_dir", "model_name"])
+    from pipeline import config_flags
+
+    config_flags.define_flags(ExportConfig, flags.FLAGS if flag_values is None else flag_values)
+
+
+def config_from_flags(flag_values=None) -> ExportConfig:
+    """The parsed flags (absl's global FLAGS unless ``flag_values``) as an ExportConfig."""
+    from absl import flags
+
+    from pipeline import config_flags
+
+    return ExportConfig(**config_flags.values_from_flags(
+        ExportConfig, flags.FLAGS if flag_values is None else flag_values))
 
 
 if __name__ == "__main__":

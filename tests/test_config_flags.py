@@ -156,3 +156,48 @@ def test_optional_bool_flag_defaults_to_none_and_parses_both_ways():
     assert _train_flags(REQUIRED)["jit_compile"].value is None  # not given: by device type
     assert _train_flags(REQUIRED + ["--jit_compile"])["jit_compile"].value is True
     assert _train_flags(REQUIRED + ["--nojit_compile"])["jit_compile"].value is False
+
+
+def test_a_field_without_default_but_required_false_is_an_optional_flag_of_default_none():
+    """``metadata["required"] = False``: absl accepts a command line without the flag (the
+    dataclass then refuses the missing value with its own message)."""
+    @dataclasses.dataclass(frozen=True)
+    class Checked:
+        name: str = dataclasses.field(metadata={"help": "a name", "required": False})
+        must: str = dataclasses.field(metadata={"help": "required by absl"})
+
+        def __post_init__(self):
+            if not self.name:
+                raise ValueError("--name is required")
+
+    values = flags.FlagValues()
+    config_flags.define_flags(Checked, values)
+    assert values["name"].default is None and values["must"].default is None
+    with pytest.raises(flags.IllegalFlagValueError, match="--must must have a value"):
+        values(["prog"])
+    values(["prog", "--must=m"])  # no --name: absl accepts it ...
+    assert config_flags.values_from_flags(Checked, values) == {"name": None, "must": "m"}
+    with pytest.raises(ValueError, match="--name is required"):  # ... the dataclass does not
+        Checked(**config_flags.values_from_flags(Checked, values))
+    values(["prog", "--must=m", "--name=n"])
+    assert Checked(**config_flags.values_from_flags(Checked, values)) == Checked("n", "m")
+
+
+def test_lower_bound_metadata_bounds_int_and_optional_int_flags():
+    @dataclasses.dataclass(frozen=True)
+    class Bounded:
+        count: int = dataclasses.field(default=1, metadata={"help": "n", "lower_bound": 1})
+        version: int | None = dataclasses.field(default=None, metadata={
+            "help": "v", "lower_bound": 1})
+        scale: float = dataclasses.field(default=0.5, metadata={"help": "s", "lower_bound": 0.0})
+
+    values = flags.FlagValues()
+    config_flags.define_flags(Bounded, values)
+    values(["prog"])
+    assert config_flags.values_from_flags(Bounded, values) == {
+        "count": 1, "version": None, "scale": 0.5}
+    for bad in ("--count=0", "--version=0", "--scale=-0.1"):
+        with pytest.raises(flags.IllegalFlagValueError, match="is not"):
+            values(["prog", bad])
+    values(["prog", "--count=2", "--version=3", "--scale=0"])
+    assert Bounded(**config_flags.values_from_flags(Bounded, values)) == Bounded(2, 3, 0.0)
