@@ -206,23 +206,15 @@ def bits_per_dim(model: HybridModel, log_prob_nats):
 
 # --------------------------------------------------------------------------- samples
 
-def generate_rows(model: HybridModel, seeds: tf.Tensor, temperature: tf.Tensor) -> tf.Tensor:
-    """``model.sample_rows(seeds, temperature)`` before quantization: float32
-    [N, H, W, C] in [0, 1], row i from the noise of row seed ``seeds[i]`` alone."""
-    z = row_noise(seeds, model.prior_noise_shape(), 1)
-    eps = row_noise(seeds, model.config.image_shape, 2) if model.spec.latent else None
-    return model.generate(z, temperature, eps)
-
-
 def draw_samples(model: HybridModel, num: int, temperature: float, seed: int,
                  offset: int = 0, batch_size: int = 250, show_progress: bool = False,
                  desc: str = "samples", quantize: bool = True) -> np.ndarray:
     """``num`` model samples [num, H, W, C]; row i from row seed seed * 2^31 + offset + i
     (reproducible whatever ``batch_size``): uint8, the rows of ``model.sample_rows`` (the
     export's ``sample`` signature), or with ``quantize=False`` the same rows before
-    quantization, float32 in [0, 1] (:func:`generate_rows`)."""
+    quantization, float32 in [0, 1] (``model.generate_rows``)."""
     row_seeds = sample_row_seeds(seed, offset, num)
-    draw = model.sample_rows if quantize else (lambda s, t: generate_rows(model, s, t))
+    draw = model.sample_rows if quantize else model.generate_rows
     out = []
     with tqdm(total=num, unit="img", desc=desc, disable=not show_progress) as bar:
         for start in range(0, num, batch_size):

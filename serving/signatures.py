@@ -66,9 +66,9 @@ def score_noise(model: HybridModel, num_samples: int, seed: int = DEFAULT_SCORE_
                 ) -> tf.Tensor | None:
     """The fixed posterior noise of ``score``: standard normal [K, d] (None for the flow
     variants, which need none). Every image of a batch uses the same [K, d] draw."""
-    if not model.spec.latent:
+    if not model.posterior_noise_dim:
         return None
-    return tf.random.stateless_normal((num_samples, model.config.latent_dim),
+    return tf.random.stateless_normal((num_samples, model.posterior_noise_dim),
                                       seed=tf.constant([seed, 0], tf.int64))
 
 
@@ -150,12 +150,9 @@ def importance_weighted_score(model: HybridModel, images: tf.Tensor, num_samples
         dequant = row_noise(row_seeds, (k,) + shape, seed, tf.random.stateless_uniform)
     x = flows.dequantize_images(
         tf.repeat(images, k, axis=0), tf.reshape(dequant, (-1,) + shape))  # [N*K, ...]
-    if model.spec.latent:
-        eps = row_noise(row_seeds, (k, model.config.latent_dim), seed + 1)
-        log_w = model.log_weights(x, 1, tf.reshape(eps, (-1, 1, model.config.latent_dim)))["log_w"]
-    else:
-        log_w = model.log_prob_bound(x)  # exact ln p(x~_k) of each dequantized copy
-    log_w = tf.cast(tf.reshape(log_w, (n, k)), tf.float64)
+    d = model.posterior_noise_dim  # 0 for flows: their ln w is the exact ln p(x~_k)
+    eps = tf.reshape(row_noise(row_seeds, (k, d), seed + 1), [n * k, d])  # [N*K, d]
+    log_w = tf.cast(tf.reshape(model.single_draw_log_weights(x, eps), (n, k)), tf.float64)
     bound = tf.reduce_logsumexp(log_w, axis=1) - tf.math.log(tf.cast(k, tf.float64))
     stderr = jackknife_stderr(log_w) if k > 1 else tf.fill([n], tf.constant(math.nan, tf.float64))
     dims = float(np.prod(shape))
@@ -196,8 +193,7 @@ class ServingModule(tf.Module):
         self.importance_samples = int(importance_samples)
         self.model = model
         self.image_shape = tuple(int(d) for d in model.config.image_shape)
-        self.latent_size = (model.config.latent_dim if model.spec.latent
-                            else int(np.prod(self.image_shape)))
+        self.latent_size = model.latent_code_size
         self.num_samples = int(score_importance_samples)
         self.score_seed = int(score_seed)
         self.has_score = model.spec.has_likelihood
@@ -275,12 +271,7 @@ class ServingModule(tf.Module):
     def _sample_latent(self, latent: tf.Tensor) -> dict[str, tf.Tensor]:
         latent = self._check_latent(latent)
         latent = self._check_rows(tf.shape(latent)[0], latent, "latents")
-        if self.model.spec.latent:  # f^-1(mu(z)); the Bernoulli means for binary data
-            images = self.model.decode_to_images(latent, 0.0)
-        else:
-            y = tf.reshape(latent, (-1,) + self.image_shape)
-            images = self.model.features_to_images(y)
-        return {"images": flows.quantize_images(images)}
+        return {"images": flows.quantize_images(self.model.latent_codes_to_images(latent))}
 
     # ------------------------------------------------------------------ export
 

@@ -319,3 +319,37 @@ def test_decoder_data_init_matches_the_feature_mean_and_std():
     flow_model = HybridModel(HybridConfig(variant="vae_f", **SMALL))
     flow_model.data_init(x, z)
     np.testing.assert_allclose(flow_model.decoder(z)[1].numpy().mean(), 0.0, atol=0.3)
+
+
+def test_one_importance_draw_and_latent_codes_work_for_every_kind_of_variant():
+    """single_draw_log_weights is the latent variants' one-sample log-weight and the flows'
+    exact ln p(x); latent codes invert the flow's features for flows (a round trip) and are
+    decoder means for latent variants."""
+    x = images(3)
+    hybrid = HybridModel(HybridConfig(variant="vae_f", **SMALL))
+    assert hybrid.posterior_noise_dim == 3 and hybrid.latent_code_size == 3
+    eps = tf.random.stateless_normal((3, 3), seed=(4, 2))
+    np.testing.assert_allclose(hybrid.single_draw_log_weights(x, eps).numpy(),
+                               hybrid.log_weights(x, 1, eps[:, None])["log_w"][0].numpy(),
+                               rtol=1e-6)
+    z = tf.random.stateless_normal((2, 3), seed=(5, 2))
+    np.testing.assert_allclose(hybrid.latent_codes_to_images(z).numpy(),
+                               hybrid.decode_to_images(z, 0.0).numpy())
+
+    flow = HybridModel(HybridConfig(variant="flow", **SMALL))
+    assert flow.posterior_noise_dim == 0 and flow.latent_code_size == 64
+    np.testing.assert_allclose(flow.single_draw_log_weights(x, tf.zeros((3, 0))).numpy(),
+                               flow.log_prob_bound(x).numpy(), rtol=1e-6)
+    y, _ = flow.flow.forward_and_log_det(x)
+    back = flow.latent_codes_to_images(tf.reshape(y, (3, -1)))
+    np.testing.assert_allclose(back.numpy(), x.numpy(), atol=1e-4)
+
+
+def test_generate_rows_is_sample_rows_before_quantization():
+    model = HybridModel(HybridConfig(variant="cqf", **SMALL))
+    seeds = tf.constant([3, 1 << 33, 7], tf.int64)
+    t = tf.constant([1.0, 0.0, 0.5])
+    np.testing.assert_array_equal(flows.quantize_images(model.generate_rows(seeds, t)).numpy(),
+                                  model.sample_rows(seeds, t).numpy())
+    np.testing.assert_array_equal(model.sample_rows(seeds[1:2], t[1:2]).numpy(),
+                                  model.sample_rows(seeds, t)[1:2].numpy())

@@ -252,6 +252,20 @@ class HybridModel(HybridSampling, keras.Model):
                 "extra_decoded": terms["extra_decoded"]}
 
     @property
+    def posterior_noise_dim(self) -> int:
+        """Dimensions of one posterior draw's standard normal noise: the latent dimension,
+        0 for the flow variants (no posterior)."""
+        return self.config.latent_dim if self.spec.latent else 0
+
+    def single_draw_log_weights(self, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+        """ln w [N] nats of one importance draw per image: ln p(x, z) - ln q(z|x) with z from
+        the posterior noise ``eps`` [N, :attr:`posterior_noise_dim`]; for the flow variants
+        the exact ln p(x) (``eps`` is [N, 0] and unused)."""
+        if not self.spec.latent:
+            return self.log_prob_bound(x)
+        return self.log_weights(x, 1, eps[:, None, :])["log_w"][0]
+
+    @property
     def has_analytic_kl(self) -> bool:
         """Whether KL(q(z|x) || p(z)) is computed in closed form (a diagonal posterior
         against the standard prior) rather than by one Monte Carlo draw."""

@@ -86,12 +86,33 @@ class HybridSampling:
         eps = tf.random.stateless_normal((num,) + self.config.image_shape, seed=(seed, 2))
         return flows.quantize_images(self.generate(z, temperature, eps))
 
+    def generate_rows(self, seeds: tf.Tensor, temperature: tf.Tensor) -> tf.Tensor:
+        """:meth:`sample_rows` before quantization: float32 [N, H, W, C] in [0, 1], row i
+        from the noise of row seed ``seeds[i]`` alone."""
+        z = row_noise(seeds, self.prior_noise_shape(), 1)
+        eps = row_noise(seeds, self.config.image_shape, 2) if self.spec.latent else None
+        return self.generate(z, temperature, eps)
+
     def sample_rows(self, seeds: tf.Tensor, temperature: tf.Tensor) -> tf.Tensor:
         """uint8 [N, H, W, C] from int64 seeds [N] and float32 temperatures [N]: row i equals
         ``sample(1, temperature[i], seeds[i])`` whatever the batch it is drawn in."""
-        z = row_noise(seeds, self.prior_noise_shape(), 1)
-        eps = row_noise(seeds, self.config.image_shape, 2) if self.spec.latent else None
-        return flows.quantize_images(self.generate(z, temperature, eps))
+        return flows.quantize_images(self.generate_rows(seeds, temperature))
+
+    @property
+    def latent_code_size(self) -> int:
+        """Entries of one row of :meth:`latent_codes_to_images`' input: the latent dimension
+        (latent variants), or H * W * C (the flow variants: a flattened feature map)."""
+        if self.spec.latent:
+            return self.config.latent_dim
+        return int(math.prod(self.config.image_shape))
+
+    def latent_codes_to_images(self, codes: tf.Tensor) -> tf.Tensor:
+        """Images in [0, 1] [N, H, W, C] from codes [N, :attr:`latent_code_size`]: the decoder
+        mean f^-1(mu(z)) of latents z (the Bernoulli means for binary data), or f^-1(y) of
+        flattened features y for the flow variants."""
+        if self.spec.latent:
+            return self.decode_to_images(codes, 0.0)
+        return self.features_to_images(tf.reshape(codes, (-1,) + tuple(self.config.image_shape)))
 
     def encode_mean(self, x: tf.Tensor) -> tf.Tensor:
         """A point latent per image [N, d] (posterior mean pushed through its flow)."""
