@@ -26,8 +26,11 @@ PREFIX = "machine."
 ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
              "amx_tile", "amx_bf16", "neon", "asimd", "sve")
 # Environment variables that change TensorFlow's kernels or thread pools.
-ENV_VARS = ("TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
-            "TF_NUM_INTEROP_THREADS", "TF_DETERMINISTIC_OPS", "CUDA_VISIBLE_DEVICES")
+# ONEDNN_MAX_CPU_ISA caps oneDNN's vector ISA: SSE41 on an AVX2 machine moved the quickstart's
+# FID by 1.7 (experiments/results/kernel_spread.md).
+ENV_VARS = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS",
+            "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_DETERMINISTIC_OPS",
+            "CUDA_VISIBLE_DEVICES")
 
 
 def _cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, list[str]]:

@@ -18,6 +18,7 @@ from conftest import TINY, TINY_SHAPE, tiny_train_config
 def test_machine_info_fields_and_types(monkeypatch):
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "SSE41")  # caps oneDNN's kernels: recorded
     info = machine_info.machine_info()
     assert isinstance(info["cpu_model"], str) and info["cpu_model"]
     assert isinstance(info["cpu_isa"], str)
@@ -32,6 +33,7 @@ def test_machine_info_fields_and_types(monkeypatch):
     assert info["tensorflow_probability"].count(".") >= 1 and info["keras"].count(".") >= 1
     assert info["python"] == platform.python_version()
     assert info["env.TF_ENABLE_ONEDNN_OPTS"] == "0" and info["env.OMP_NUM_THREADS"] == "unset"
+    assert info["env.ONEDNN_MAX_CPU_ISA"] == "SSE41"
     for value in info.values():
         assert value is None or isinstance(value, (str, int, bool))
 
