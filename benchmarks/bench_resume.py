@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+from artifacts.tfrecord_dataset import make_image_dataset  # noqa: E402
 from beam_jobs.preprocess import run_preprocess  # noqa: E402
 from pipeline import data as data_lib  # noqa: E402
 from pipeline.train_config import TrainConfig  # noqa: E402
@@ -65,7 +66,7 @@ def main() -> None:
             return lambda: make_train_dataset(info, cfg, step, NOISE_SHAPES)
 
         def replayed(step):
-            return lambda: data_lib.make_image_dataset(
+            return lambda: make_image_dataset(
                 info, "train", args.batch, seed=0).skip(step)
 
         cases = {"epoch-seeded k=10": epoch_seeded(10),

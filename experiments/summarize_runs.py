@@ -25,14 +25,14 @@ def posterior_scale(model_dir: str, data_dir: str) -> tuple[float, float]:
     """(mean posterior sigma, mean SNR) on the first 500 validation images, mid-bin."""
 
     from artifacts import model_io
-    from pipeline import data as data_lib
+    from artifacts.tfrecord_dataset import make_image_dataset
     from tfp_models import flows
 
     model, _ = model_io.load_trained_model(model_dir)
     if model.encoder is None or model.config.posterior != "diag":
         return float("nan"), float("nan")
-    images = next(iter(data_lib.make_image_dataset(data_dir, "validation", 500, shuffle=False,
-                                                   repeat=False)))
+    images = next(iter(make_image_dataset(data_dir, "validation", 500, shuffle=False,
+                                          repeat=False)))
     mu, sigma = model.posterior.base(model.encoder(flows.dequantize_images(images)))
     mu, sigma = mu.numpy(), sigma.numpy()
     return float(sigma.mean()), float((mu.var(axis=0) / (sigma ** 2).mean(axis=0)).mean())

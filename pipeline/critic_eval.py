@@ -39,6 +39,7 @@ import tensorflow as tf
 from absl import app, flags
 from tqdm import tqdm
 
+from artifacts.tfrecord_dataset import make_image_dataset
 from pipeline import config_flags, eval_harness
 from pipeline import data as data_lib
 from pipeline.eval_configs import CriticEvalConfig
@@ -126,8 +127,8 @@ def critic_eval(model: HybridModel, data_dir: str, split: str = "validation", *,
                            name="independent_critic")
     critic(tf.zeros((1,) + model.config.image_shape))
     trainer = critic_lib.CriticTrainer(critic, learning_rate, gp_weight)
-    reals = iter(data_lib.make_image_dataset(train.info, "train", batch_size, shuffle=True,
-                                             repeat=True, seed=seed))
+    reals = iter(make_image_dataset(train.info, "train", batch_size, shuffle=True,
+                                    repeat=True, seed=seed))
     rng = np.random.default_rng(seed)
     curves: dict[str, list] = {"step": [], "train": [], "validation": [], "batch": []}
     batch_values: list[float] = []

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from artifacts.tfrecord_dataset import make_image_dataset
 from pipeline import data as data_lib
 from tfp_models import flows, metrics
 from tfp_models.hybrid import HybridModel
@@ -94,7 +95,7 @@ class EvalSplit:
         """uint8 batches [B, H, W, C] (or (images, int64 labels [B]), -1 where unknown) of
         the ``count`` images: in file order, or the first ``count`` of a shuffle seeded
         by ``shuffle_seed``; the last batch may be short."""
-        ds = data_lib.make_image_dataset(
+        ds = make_image_dataset(
             self.info, self.split, batch_size, shuffle=shuffle_seed is not None, repeat=False,
             seed=shuffle_seed or 0, drop_remainder=False, with_labels=with_labels)
         return ds.unbatch().take(self.count).batch(batch_size)

@@ -17,7 +17,7 @@ from absl import flags
 
 from artifacts import images as images_lib
 from artifacts.cli import UsageError, flag_values, parse_flags, require, user_errors
-from pipeline import data as data_lib
+from artifacts.tfrecord_dataset import make_image_dataset
 
 PROG = "python -m pipeline.quickstart_check"
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = tf.saved_model.load(args.saved_model)
     out: dict = {}
     if "score" in loaded.signatures:
-        images = next(iter(data_lib.make_image_dataset(
+        images = next(iter(make_image_dataset(
             args.data_dir, args.split, args.num_score, shuffle=False, repeat=False)))
         scores = loaded.signatures["score"](images=images)
         out["bits_per_dim"] = [float(v) for v in scores["bits_per_dim"].numpy()]

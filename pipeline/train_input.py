@@ -6,12 +6,13 @@ WGAN-GP mixing weights) is drawn here with stateless ops keyed on (seed, step), 
 per example, so a batch split across replicas sees the same noise as on one device and a
 resumed run replays exactly the data and noise it would have seen (without re-reading the
 steps before it: epochs are shuffled with seeds of (seed, epoch), see
-:func:`pipeline.data.make_image_dataset`).
+:func:`artifacts.tfrecord_dataset.make_image_dataset`).
 """
 from __future__ import annotations
 
 import tensorflow as tf
 
+from artifacts.tfrecord_dataset import make_image_dataset
 from pipeline import data as data_lib
 from pipeline.train_config import TrainConfig
 from tfp_models import flows, metrics
@@ -55,9 +56,9 @@ def make_train_dataset(info: data_lib.DatasetInfo, cfg: TrainConfig, start_step:
     Resuming at ``start_step`` = k gives exactly the batches k, k+1, ... of a run from 0
     at the cost of at most one epoch of record reads (``make_image_dataset(start_batch=k)``:
     epochs are shuffled with seeds of (seed, epoch), so the start epoch is computed)."""
-    ds = data_lib.make_image_dataset(info, "train", cfg.batch_size, shuffle=True, repeat=True,
-                                     seed=cfg.seed, random_flip=cfg.random_flip,
-                                     start_batch=start_step)
+    ds = make_image_dataset(info, "train", cfg.batch_size, shuffle=True, repeat=True,
+                            seed=cfg.seed, random_flip=cfg.random_flip,
+                            start_batch=start_step)
     if cfg.resize_with_crop_or_pad:
         size = cfg.resize_with_crop_or_pad
         ds = ds.map(lambda x: tf.image.resize_with_crop_or_pad(x, size, size))
@@ -85,8 +86,8 @@ class ValidationBound:
         if count == 0:
             raise ValueError(f"--validation_every needs a {split!r} split in {info.data_dir!r} "
                              f"(it has {sorted(info.split_counts)}; see --validation_split)")
-        ds = data_lib.make_image_dataset(info, split, batch_size, shuffle=False,
-                                         repeat=False, drop_remainder=False)
+        ds = make_image_dataset(info, split, batch_size, shuffle=False,
+                                repeat=False, drop_remainder=False)
         self.batches = list(ds.unbatch().take(count).batch(batch_size))
         self.num_examples, self.seed = count, seed
         self._bound = tf.function(self._batch_bound)

@@ -12,10 +12,11 @@ import pytest
 import tensorflow as tf
 
 from artifacts import dataset_format
+from artifacts.tfrecord_dataset import make_image_dataset, shuffled_epoch_records
 from beam_jobs.preprocess import run_preprocess
 from beam_jobs.preprocess.shard_plan import split_of
 from beam_jobs.sources import mnist_idx
-from pipeline.data import DatasetInfo, make_image_dataset, read_dataset_info, shuffled_epoch_records
+from pipeline.data import DatasetInfo, read_dataset_info
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 
 from artifacts import dataset_format
 from artifacts.dataset_format import DatasetInfo, read_dataset_info, write_dataset_json
+from artifacts.tfrecord_dataset import make_image_dataset
 from beam_jobs import fid
 from pipeline import data as data_lib
 
@@ -77,7 +78,7 @@ def test_malformed_dataset_json_is_a_clear_error(tmp_path, case, reader):
     text, expected = MALFORMED[case]
     (tmp_path / "dataset.json").write_text(text)
     read = {"dataset_format": lambda: read_dataset_info(str(tmp_path)),
-            "pipeline.data": lambda: data_lib.make_image_dataset(str(tmp_path), "train", 1),
+            "pipeline.data": lambda: make_image_dataset(str(tmp_path), "train", 1),
             "beam_jobs.fid": lambda: fid.TFRecordSource(str(tmp_path), "train").files()}[reader]
     with pytest.raises(ValueError, match=expected) as err:
         read()

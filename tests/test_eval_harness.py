@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from artifacts import model_io
+from artifacts.tfrecord_dataset import make_image_dataset
 from pipeline import data as data_lib
 from pipeline import eval_harness, evaluate
 from serving.signatures import to_bits_per_dim
@@ -32,8 +33,8 @@ def _model(variant: str = "vae", shape=TINY_SHAPE, **overrides) -> HybridModel:
 
 def _file_order(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """All images and labels of a split in file order, straight from pipeline.data."""
-    batches = list(data_lib.make_image_dataset(data_dir, split, 50, shuffle=False, repeat=False,
-                                               drop_remainder=False, with_labels=True))
+    batches = list(make_image_dataset(data_dir, split, 50, shuffle=False, repeat=False,
+                                      drop_remainder=False, with_labels=True))
     return (np.concatenate([b[0].numpy() for b in batches]),
             np.concatenate([b[1].numpy() for b in batches]))
 

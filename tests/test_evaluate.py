@@ -13,6 +13,7 @@ import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
 from artifacts import model_io
+from artifacts.tfrecord_dataset import make_image_dataset
 from pipeline import data as data_lib
 from pipeline import evaluate
 from tfp_models import flows, metrics
@@ -43,7 +44,7 @@ def test_flow_bpd_is_the_exact_mean_over_the_split(flow_dir, digits16):
     assert result["num_examples"] == info.split_counts["validation"]  # 7 does not divide it
     assert result["kind"] == "exact" and "bpd_iw" not in result
     # Brute force: the same noise per batch, log p from the model, averaged by hand.
-    images = np.concatenate(list(data_lib.make_image_dataset(
+    images = np.concatenate(list(make_image_dataset(
         digits16, "validation", 7, shuffle=False, repeat=False, drop_remainder=False)))
     expected = []
     for i in range(0, len(images), 7):
@@ -134,7 +135,7 @@ def test_latent_use_matches_brute_force(vae_dir, digits16):
     model, _ = model_io.load_trained_model(vae_dir)
     result = evaluate.evaluate_latent(model, digits16, "validation", batch_size=9, seed=2,
                                       show_progress=False)
-    images = np.concatenate(list(data_lib.make_image_dataset(
+    images = np.concatenate(list(make_image_dataset(
         digits16, "validation", 9, shuffle=False, repeat=False, drop_remainder=False)))
     kls, means = [], []
     for i in range(0, len(images), 9):

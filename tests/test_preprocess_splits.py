@@ -102,8 +102,8 @@ def test_two_zips_give_train_and_test_splits_with_one_label_set(tmp_path, two_zi
 def test_tfds_pipeline_data_and_fid_read_the_test_split(tmp_path, two_zips):
     import tensorflow_datasets as tfds
 
+    from artifacts.tfrecord_dataset import make_image_dataset
     from beam_jobs.fid.sources import TFRecordSource
-    from pipeline import data as data_lib
 
     out = tmp_path / "out"
     run_preprocess("image_zip", two_zips, str(out), 6, split_by="top_folder",
@@ -116,7 +116,7 @@ def test_tfds_pipeline_data_and_fid_read_the_test_split(tmp_path, two_zips):
     for key, (img, label) in by_tfds.items():
         assert label == NAMES.index(key.split("/")[1])
         assert np.array_equal(img, expected_pixels(TEST[key]))
-    images, labels = next(iter(data_lib.make_image_dataset(
+    images, labels = next(iter(make_image_dataset(
         str(out), "test", 3, shuffle=False, repeat=False, with_labels=True)))
     assert images.shape == (3, 6, 6, 3) and sorted(labels.numpy().tolist()) == [1, 2, 2]
     source = TFRecordSource(str(out), "test")

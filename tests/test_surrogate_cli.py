@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from artifacts import model_io
-from pipeline import data as data_lib
+from artifacts.tfrecord_dataset import make_image_dataset
 from pipeline import surrogate_likelihood as sl
 from tfp_models import surrogate
 
@@ -32,7 +32,7 @@ def test_scores_are_the_bound_recomputed_by_hand(gan_dir, digits16):
     scores = sl.surrogate_scores(model, digits16, "validation", num_generated=64,
                                  entropic_lambda=2.0, batch_size=20, seed=3,
                                  show_progress=False)
-    images = np.concatenate(list(data_lib.make_image_dataset(
+    images = np.concatenate(list(make_image_dataset(
         digits16, "validation", 20, shuffle=False, repeat=False, drop_remainder=False)))
     assert len(scores["log_likelihood_nats"]) == len(images) and len(images) % 20  # a last short batch
     fake = sl.generator_draws(model, 64, 0.0, 3)

@@ -16,10 +16,10 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from artifacts import dataset_format
+from artifacts.tfrecord_dataset import make_image_dataset
 from beam_jobs.preprocess import run_preprocess
 from beam_jobs.sources import tfds_source
 from beam_jobs.sources.image_transform import ImageTransform
-from pipeline import data as data_lib
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_MEMORY = ["--direct_running_mode=in_memory"]
@@ -45,8 +45,8 @@ def tfds_records(data_dir, split: str) -> dict[str, tuple[np.ndarray, int]]:
 
 
 def pipeline_records(data_dir, split: str) -> list[tuple[bytes, int]]:
-    ds = data_lib.make_image_dataset(str(data_dir), split, 7, shuffle=False, repeat=False,
-                                     drop_remainder=False, with_labels=True)
+    ds = make_image_dataset(str(data_dir), split, 7, shuffle=False, repeat=False,
+                            drop_remainder=False, with_labels=True)
     return sorted((img.tobytes(), int(lab)) for images, labels in tfds.as_numpy(ds)
                   for img, lab in zip(images, labels))
 

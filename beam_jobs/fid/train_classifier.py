@@ -5,8 +5,8 @@
         [--arch=auto] [--epochs=N] [--time_budget_minutes=20]
 
 Reads both splits of a data set written by ``beam_jobs.preprocess`` with the project's
-tf.data reader (:mod:`pipeline.data`; every record must carry a label), decodes them once
-into memory, trains a Keras convnet on the training split, reports its accuracy on the
+tf.data reader (:mod:`artifacts.tfrecord_dataset`; every record must carry a label), decodes
+them once into memory, trains a Keras convnet on the training split, reports its accuracy on the
 eval split and exports it as an extractor SavedModel (signature ``features``: uint8
 images in, ``pool`` features for FID/KID and ``logits`` for IS out; see
 :mod:`beam_jobs.fid.extractors`, ``--extractor=classifier``). The SavedModel's content
@@ -87,15 +87,15 @@ REPORT_JSON = "train_report.json"
 def load_labelled_split(info: dataset_format.DatasetInfo, split: str
                         ) -> tuple[np.ndarray, np.ndarray]:
     """All images (uint8 [N, H, W, C]) and labels (int64 [N]) of ``split``, in shard order,
-    read once with :func:`pipeline.data.make_image_dataset`."""
-    from pipeline import data
+    read once with :func:`artifacts.tfrecord_dataset.make_image_dataset`."""
+    from artifacts.tfrecord_dataset import make_image_dataset
 
     info.check_split(split)
     count = info.split_counts[split]
     if count < 1:
         raise ValueError(f"split {split!r} of {info.data_dir!r} holds no records")
-    ds = data.make_image_dataset(info, split, batch_size=min(1000, count), shuffle=False,
-                                 repeat=False, drop_remainder=False, with_labels=True)
+    ds = make_image_dataset(info, split, batch_size=min(1000, count), shuffle=False,
+                            repeat=False, drop_remainder=False, with_labels=True)
     images, labels = [], []
     for x, y in ds:
         images.append(x.numpy())

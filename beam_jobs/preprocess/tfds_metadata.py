@@ -6,9 +6,9 @@
 :func:`tfds_features`, whose feature names and serialized types are those of
 :func:`artifacts.dataset_format.feature_spec` (``image`` PNG bytes, ``label`` int64,
 ``key`` bytes). Afterwards ``tfds.builder_from_directory(data_dir).as_dataset(split=...)``
-yields the records of ``pipeline.data.make_image_dataset``: ``image`` uint8 [H, W, C],
-``label`` int64 (-1 where unknown), ``key`` string; ``as_supervised=True`` gives (image,
-label) pairs when label names are known.
+yields the records of ``artifacts.tfrecord_dataset.make_image_dataset``: ``image`` uint8
+[H, W, C], ``label`` int64 (-1 where unknown), ``key`` string; ``as_supervised=True`` gives
+(image, label) pairs when label names are known.
 """
 from __future__ import annotations
 
