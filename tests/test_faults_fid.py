@@ -3,9 +3,11 @@ disk where the pipeline writes its results (``--temp_location``) and Ctrl-C are 
 (exit 2 or 130, no traceback, Beam's logged tracebacks dropped), the run's temporary
 files are deleted and an existing ``--output_stats`` file is left byte for byte. The
 disks are real tmpfs mounts (the tests may run as root, for whom chmod does not stop
-writes). ``--output_stats`` on a full disk in-process: tests/test_faults.py."""
+writes). Item 3 in process: ``--output_stats`` is written whole or not at all (an
+unwritable path or a full disk keeps the old file) and the results are never lost."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,21 +21,27 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROG = "python -m beam_jobs.fid"
 
 
-@pytest.fixture(scope="module")
-def extractor_and_digits(tmp_path_factory, mnist_dir) -> tuple[str, str]:
-    """(an untrained MNIST-architecture extractor, a folder of 60 real MNIST digits)."""
+def _extractor_and_digits(root, mnist_dir, n: int, feature_dim: int, seed: int
+                          ) -> tuple[str, str]:
+    """(an untrained MNIST-architecture extractor, a folder of ``n`` real MNIST digits)
+    under ``root``."""
     from PIL import Image
 
     from beam_jobs.fid import extractors
     from beam_jobs.sources.mnist_idx import load_mnist
 
-    root = tmp_path_factory.mktemp("fid_faults")
-    _, model = extractors.build_mnist_classifier(feature_dim=16, seed=2)
+    _, model = extractors.build_mnist_classifier(feature_dim=feature_dim, seed=seed)
     extractor = extractors.export_mnist_classifier(model, str(root / "extractor"))
     (root / "digits").mkdir()
-    for i, image in enumerate(load_mnist(str(mnist_dir))[0][:60]):
+    for i, image in enumerate(load_mnist(str(mnist_dir))[0][:n]):
         Image.fromarray(image).save(root / "digits" / f"{i:02d}.png")
     return extractor, str(root / "digits")
+
+
+@pytest.fixture(scope="module")
+def extractor_and_digits(tmp_path_factory, mnist_dir) -> tuple[str, str]:
+    """(an untrained MNIST-architecture extractor, a folder of 60 real MNIST digits)."""
+    return _extractor_and_digits(tmp_path_factory.mktemp("fid_faults"), mnist_dir, 60, 16, 2)
 
 
 @pytest.fixture
@@ -145,3 +153,76 @@ def test_beam_s_reports_of_a_disk_error_are_recognized_and_dropped():
     assert drop.filter(record("artifacts.tracking"))
     assert drop.filter(record("artifacts.run_tracker"))
     assert drop.filter(record("artifacts.store_creation"))
+
+
+# --------------------------------------------------------------------------------------
+# beam_jobs.fid outputs: written whole or not at all; the results are never lost.
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fid_inputs(tmp_path_factory, mnist_dir) -> tuple[str, str]:
+    """(an untrained MNIST-architecture extractor, a folder of 40 real MNIST digits)."""
+    return _extractor_and_digits(tmp_path_factory.mktemp("fid"), mnist_dir, 40, 32, 1)
+
+
+def _fid_main(capsys, fid_inputs, *extra: str) -> tuple[int, dict | None, list[str]]:
+    """``beam_jobs.fid.main`` in process on the 40 digits: (exit code, the printed results
+    or None, the ``error:`` lines of stderr)."""
+    from beam_jobs import fid
+
+    extractor, folder = fid_inputs
+    capsys.readouterr()
+    code = fid.main([f"--image_folder={folder}", "--extractor=mnist_classifier",
+                     f"--extractor_path={extractor}", "--kid_samples=20", *extra])
+    out, err = capsys.readouterr()
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    assert "Traceback" not in err, err
+    return (code, json.loads(lines[-1]) if lines else None,
+            [ln for ln in err.splitlines() if ln.startswith("error: ")])
+
+
+def test_unwritable_output_stats_is_one_error_and_the_results_are_printed(
+        capsys, fid_inputs, tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    target = tmp_path / "a_file" / "stats.npz"
+    code, results, errors = _fid_main(capsys, fid_inputs, f"--output_stats={target}")
+    assert code == 2
+    assert len(errors) == 1 and str(target) in errors[0] and "not written" in errors[0], errors
+    assert results is not None and results["num_samples"] == 40, results
+    assert results["is_mean"] > 0 and results["feature_dim"] == 32
+    assert not list(tmp_path.glob("**/.stats.npz.tmp-*"))
+
+
+@pytest.fixture
+def small_disk(mount_tmpfs):
+    """A 64 KiB tmpfs (a disk that fills up); skipped where mounting is not allowed."""
+    return mount_tmpfs("size=64k")
+
+
+def test_full_disk_keeps_the_old_statistics_and_prints_the_results(capsys, fid_inputs, small_disk):
+    """--output_stats over a good statistics file on a disk that fills up during the write:
+    the old file is left whole and readable (before: truncated, BadZipFile), no temporary
+    file is left, one error line, and the computed results are printed."""
+    from beam_jobs.fid.fid_math import FeatureStatistics
+
+    target = small_disk / "ref.npz"
+    old = FeatureStatistics.from_features(np.random.default_rng(0).normal(size=(50, 2)),
+                                          extractor="mnist_classifier")
+    old.save(str(target))
+    before = target.read_bytes()
+    _fill(small_disk)
+    code, results, errors = _fid_main(capsys, fid_inputs, f"--output_stats={target}",
+                                      "--save_kid_features")
+    assert code == 2
+    assert len(errors) == 1 and "No space left on device" in errors[0], errors
+    assert results is not None and results["num_samples"] == 40, results
+    assert target.read_bytes() == before
+    assert FeatureStatistics.load(str(target)).count == 50
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "ref.npz"]
+    # with room again, the same run replaces the file whole
+    (small_disk / "filler").unlink()
+    code, again, errors = _fid_main(capsys, fid_inputs, f"--output_stats={target}",
+                                    "--save_kid_features")
+    assert code == 0 and not errors
+    assert FeatureStatistics.load(str(target)).count == 40
+    assert again["is_mean"] == pytest.approx(results["is_mean"])
+    assert sorted(p.name for p in small_disk.iterdir()) == ["ref.npz"]

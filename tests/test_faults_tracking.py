@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -21,6 +24,8 @@ from pipeline import trainer
 from tfp_models.hybrid import HybridConfig
 
 from conftest import TINY, TINY_SHAPE, tiny_train_config
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _model_cfg() -> HybridConfig:
@@ -195,3 +200,59 @@ def test_a_store_dead_to_the_end_leaves_the_calls_in_the_model_dir(tmp_path, cap
     history = MlflowClient(restore_uri).get_metric_history(tracker.run_id, "train/loss")
     assert sorted(m.step for m in history) == [1, 2, 3]
     assert not (model_dir / run_tracker.UNSENT_FILE).exists()
+
+
+# --------------------------------------------------------------------------------------
+# MLflow: trainers started at the same moment against a new SQLite store.
+# --------------------------------------------------------------------------------------
+_STARTER = """
+import os, sys, time
+from artifacts import tracking
+import mlflow
+uri, model_dir, go = sys.argv[1:4]
+open(model_dir + ".ready", "w").close()
+while not os.path.exists(go):
+    time.sleep(0.002)
+tracking.configure(uri, model_dir)
+with tracking.tracked_run(model_dir, "faults-race") as run_id:
+    mlflow.log_metric("train/loss", 1.0, step=1)
+print(run_id)
+"""
+
+
+@pytest.mark.slow
+def test_trainers_starting_together_on_a_new_sqlite_store_both_track(tmp_path):
+    """Two pairs of processes, each pair released at the same instant onto its own new
+    sqlite file (what two `pipeline.train` runs do at start: configure, then tracked_run).
+    Before: one of a pair crashed with `table experiments already exists` or an alembic
+    migration error (3 of 3 pairs), and a new file could be left half migrated."""
+    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    go = tmp_path / "go"
+    pairs = []
+    for p in range(2):
+        uri = f"sqlite:///{tmp_path / f'store{p}' / 'mlflow.db'}"
+        (tmp_path / f"store{p}").mkdir()
+        procs = [subprocess.Popen(
+            [sys.executable, "-c", _STARTER, uri, str(tmp_path / f"m{p}{i}"), str(go)], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        pairs.append((uri, procs))
+    deadline = time.time() + 240
+    while len(list(tmp_path.glob("*.ready"))) < 4:
+        assert time.time() < deadline, "the processes did not start within 240 s"
+        assert all(p.poll() is None for _, procs in pairs for p in procs)
+        time.sleep(0.05)
+    go.touch()  # all four at once
+    from mlflow.tracking import MlflowClient
+
+    for uri, procs in pairs:
+        outs = [p.communicate(timeout=300) for p in procs]
+        for p, (out, err) in zip(procs, outs):
+            assert p.returncode == 0, err[-3000:]
+        run_ids = [out.strip().splitlines()[-1] for out, _ in outs]
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("faults-race")
+        runs = client.search_runs([experiment.experiment_id])
+        assert sorted(r.info.run_id for r in runs) == sorted(run_ids) and len(set(run_ids)) == 2
+        assert all(r.info.status == "FINISHED" and r.data.metrics["train/loss"] == 1.0
+                   for r in runs)
