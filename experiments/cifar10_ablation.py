@@ -33,20 +33,16 @@ import json
 import os
 import sys
 
-from ablation import (
+from ablation_protocol import Protocol, ensure_reference_stats, heldout_real
+from ablation_report import (
     LIKELIHOOD_COLUMNS,
     PAPER_CIFAR10,
-    Protocol,
-    add_run_arguments,
     cells,
-    ensure_reference_stats,
     fmt,
-    heldout_real,
-    jobs_of,
     paired_differences,
-    run_one,
     write_outputs,
 )
+from ablation_runs import add_run_arguments, jobs_of, run_one
 
 from pipeline.quickstart import PROJECT_ROOT, run_stage
 

@@ -1,4 +1,5 @@
-"""experiments/ablation.py's paired-by-seed differences (the CIFAR-10 table's cqf - vae_f line)."""
+"""experiments/ablation_report.py's paired-by-seed differences (the CIFAR-10 table's
+cqf - vae_f line)."""
 from __future__ import annotations
 
 import os
@@ -10,9 +11,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _ablation(monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(ROOT, "experiments"))
-    sys.modules.pop("ablation", None)
-    import ablation
-    return ablation
+    sys.modules.pop("ablation_report", None)
+    import ablation_report
+    return ablation_report
 
 
 def _row(seed, fid, bpd=None):

@@ -109,12 +109,12 @@ def test_results_files_name_this_machine_and_the_training_machine(tmp_path, monk
 
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))), "experiments"))
-    sys.modules.pop("ablation", None)
-    import ablation
+    sys.modules.pop("ablation_report", None)
+    import ablation_report
 
-    line = ablation.machine_line({"vae_f": [{"seed": 0, "machine": other}, {"seed": 1}],
-                                  "cqf": [{"seed": 0, "machine": machine_info.from_params(
-                                      machine_info.as_params(here))}]}, here)
+    line = ablation_report.machine_line({"vae_f": [{"seed": 0, "machine": other}, {"seed": 1}],
+                                         "cqf": [{"seed": 0, "machine": machine_info.from_params(
+                                             machine_info.as_params(here))}]}, here)
     assert line.startswith(f"Machine: this file was written on {machine_info.describe(here)}.")
     assert "Other CPU 9000" in line and ": vae_f s0" in line
     assert "not recorded (the run logged no machine.* params): vae_f s1" in line
