@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import sys
@@ -41,6 +40,9 @@ import numpy as np
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, PROJECT_ROOT)
+
+from flow_mle_vs_wgan_measures import code_statistics, evaluate_model  # noqa: E402
+from flow_mle_vs_wgan_plots import metric_history, plot_bpd, plot_codes  # noqa: E402
 
 from pipeline.quickstart import DEFAULT_MNIST, last_json, preprocess_mnist, run_stage  # noqa: E402
 
@@ -108,127 +110,6 @@ def critic(variant: str, args, data_dir: str, stem: str, index: int, total: int)
             f"--output_png={stem}_critic_{variant}.png", "--noshow_progress"], capture=True)
     with open(path) as f:
         return json.load(f)
-
-
-def moments(values: np.ndarray, axis=None) -> dict[str, np.ndarray]:
-    """Mean, variance and excess kurtosis E[(v - m)^4] / var^2 - 3 (float64)."""
-    v = np.asarray(values, np.float64)
-    m = v.mean(axis=axis, keepdims=True)
-    var = ((v - m) ** 2).mean(axis=axis)
-    kurt = ((v - m) ** 4).mean(axis=axis) / var ** 2 - 3.0
-    return {"mean": np.squeeze(m, axis=axis) if axis is not None else float(m.squeeze()),
-            "variance": var, "excess_kurtosis": kurt}
-
-
-def code_statistics(codes: np.ndarray) -> dict[str, float]:
-    """Pooled moments of codes [N, D], and medians over dimensions of per-dim moments."""
-    pooled = moments(codes.ravel())
-    per_dim = moments(codes, axis=0)
-    return {"mean": float(pooled["mean"]), "variance": float(pooled["variance"]),
-            "excess_kurtosis": float(pooled["excess_kurtosis"]),
-            "median_dim_variance": float(np.median(per_dim["variance"])),
-            "median_dim_excess_kurtosis": float(np.median(per_dim["excess_kurtosis"])),
-            "max_abs": float(np.abs(codes).max())}
-
-
-def evaluate_model(variant: str, args, data_dir: str, stem: str) -> dict:
-    """Exact bits/dim of the validation split and of as many training digits, the codes'
-    statistics (codes kept for the histogram) and a temperature-1 sample grid."""
-    import tensorflow as tf
-
-    from artifacts import images as images_lib
-    from artifacts import model_io
-    from pipeline import data as data_lib
-    from pipeline.critic_eval import split_images
-    from tfp_models import flows, metrics
-
-    model, step = model_io.load_trained_model(os.path.join(args.work_dir, variant))
-    info = data_lib.read_dataset_info(data_dir)
-    held = split_images(info, "validation")
-    train_imgs = split_images(info, "train", len(held), seed=args.seed + 7)
-    out: dict = {"step": step}
-    codes = []
-    for name, images in (("validation", held), ("train", train_imgs)):
-        bpd = []
-        for i in range(0, len(images), 250):
-            batch = tf.constant(images[i:i + 250])
-            noise = tf.random.stateless_uniform(tf.shape(batch), seed=(args.seed, 100 + i))
-            x = flows.dequantize_images(batch, noise)
-            bpd.append(metrics.bits_per_dim(model.log_prob_bound(x), info.image_shape).numpy())
-            if name == "validation":
-                y, _ = model.flow.forward_and_log_det(x)
-                codes.append(tf.reshape(y, (len(batch), -1)).numpy())
-        out[f"{name}_bpd"] = float(np.mean(np.concatenate(bpd)))
-    codes = np.concatenate(codes)
-    out["codes"] = code_statistics(codes)
-    out["_codes"] = codes
-    grid = f"{stem}_samples_{variant}.png"
-    images_lib.save_grid(model.sample(64, 1.0, seed=args.seed).numpy(), grid)
-    out["grid"] = os.path.basename(grid)
-    return out
-
-
-def metric_history(model_dir: str, key: str, uri: str) -> list[tuple[int, float]]:
-    from mlflow.tracking import MlflowClient
-
-    from artifacts import tracking
-
-    run_id = tracking.run_id_of(model_dir)
-    hist = MlflowClient(tracking_uri=uri).get_metric_history(run_id, key) if run_id else []
-    return sorted((m.step, m.value) for m in hist)
-
-
-def plot_bpd(histories: dict[str, dict[str, list]], path: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (variant, curves), color in zip(histories.items(), ("tab:blue", "tab:red")):
-        for key, style in (("train", ":"), ("validation", "-")):
-            if curves[key]:
-                ax.plot(*zip(*curves[key]), style, color=color, lw=1.4,
-                        label=f"{variant} {key}")
-    ax.axhline(8.0, color="0.4", lw=0.8, ls="--", label="uniform model (8 bits/dim)")
-    ax.set_yscale("log")
-    ax.set_xlabel("generator step")
-    ax.set_ylabel("bits/dim (exact; log scale)")
-    ax.set_title("Real NVP on MNIST: MLE vs WGAN-GP training", fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_codes(codes: dict[str, np.ndarray], path: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    lim = 8.0
-    bins = np.linspace(-lim, lim, 161)
-    for (variant, c), color in zip(codes.items(), ("tab:blue", "tab:red")):
-        v = np.clip(c.ravel(), -lim, lim)  # out-of-range codes land in the end bins
-        ax.hist(v, bins=bins, density=True, histtype="step", lw=1.4, color=color,
-                label=f"{variant} codes f(x) (clipped to ±{lim:g})")
-    grid = np.linspace(-lim, lim, 400)
-    ax.plot(grid, np.exp(-grid ** 2 / 2) / math.sqrt(2 * math.pi), "k--", lw=1,
-            label="N(0, 1) density")
-    ax.set_yscale("log")
-    ax.set_ylim(1e-6, 2)
-    ax.set_xlabel("code value (all 784 dimensions of the validation digits pooled)")
-    ax.set_ylabel("density (log scale)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def main() -> int:
