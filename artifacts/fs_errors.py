@@ -26,6 +26,10 @@ from typing import Any, Callable, Iterator
 DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO)
 DISK_TEXTS = ("No space left on device", "Read-only file system", "Disk quota exceeded",
               "Input/output error")
+# What TensorFlow's, numpy's and Python's out-of-memory errors say (also in Beam's re-raised
+# text): artifacts.memory_errors makes them one line, and Beam's reports are dropped here.
+OOM_TEXTS = ("OOM when allocating", "ResourceExhaustedError", "MemoryError",
+             "Unable to allocate")
 
 
 class DiskError(ValueError):
@@ -142,8 +146,8 @@ LIBRARY_LOGGERS = ("apache_beam", "tensorflow", "absl")
 
 class _DropFailureRecords(logging.Filter):
     """Drops the log records (with their tracebacks) in which a library (Beam) reports a
-    full or read-only disk, and its warnings and errors after Ctrl-C: the CLI says either
-    in one line at the end."""
+    full or read-only disk or a failed allocation, and its warnings and errors after
+    Ctrl-C: the CLI says each in one line at the end."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.split(".")[0] not in LIBRARY_LOGGERS:
@@ -152,7 +156,7 @@ class _DropFailureRecords(logging.Filter):
             return False
         err = record.exc_info[1] if record.exc_info else None
         return not ((err is not None and disk_error_reason(err))
-                    or any(m in record.getMessage() for m in DISK_TEXTS))
+                    or any(m in record.getMessage() for m in DISK_TEXTS + OOM_TEXTS))
 
 
 def drop_failure_logs() -> None:

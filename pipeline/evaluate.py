@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from artifacts import model_io
+from artifacts import memory_errors, model_io
 from artifacts.cli import setup_logging
 from pipeline import config_flags, eval_harness
 from pipeline import data as data_lib
@@ -112,6 +112,8 @@ def evaluate_binary_nll(model: HybridModel, data_dir: str, split: str = "validat
 
 
 ACTIVE_UNIT_THRESHOLD = 0.01
+# The flags an out-of-memory error names (EvalConfig fields).
+EVAL_SIZE_SETTINGS = ("batch_size", "importance_samples", "fid_samples", "pr_max_samples")
 
 
 def evaluate_latent(model: HybridModel, data_dir: str, split: str = "validation",
@@ -238,6 +240,13 @@ def main(argv):
 
     cfg = config_from_flags()
     tracking.configure(cfg.mlflow_tracking_uri or None, cfg.model_dir)
+    with memory_errors.out_of_memory("evaluating", memory_errors.size_settings(
+            cfg, names=EVAL_SIZE_SETTINGS)):  # one line naming the flags to lower
+        results = _evaluate(cfg)
+    print(json.dumps(results, indent=2, default=str))
+
+
+def _evaluate(cfg: EvalConfig) -> dict[str, Any]:
     model, step = model_io.load_trained_model(cfg.model_dir)
     results: dict[str, Any] = {"model_dir": os.path.abspath(cfg.model_dir), "step": step,
                                "variant": model.spec.name}
@@ -250,7 +259,7 @@ def main(argv):
                 cfg.data_dir, cfg.split, cfg.batch_size, cfg.importance_samples,
                 cfg.seed, cfg.max_examples)))
     _evaluate_samples(cfg, results)
-    print(json.dumps(results, indent=2, default=str))
+    return results
 
 
 def no_bpd_reason(model: HybridModel) -> str | None:

@@ -17,6 +17,7 @@ the images or the server is one line ``error: ...``, exit code 1.
 """
 from __future__ import annotations
 
+import os
 import sys
 from types import SimpleNamespace
 from typing import Sequence
@@ -24,7 +25,7 @@ from typing import Sequence
 import numpy as np
 from absl import flags
 
-from artifacts.cli import UsageError, define_choice, flag_values, parse_flags, user_errors
+from artifacts.cli import UsageError, define_choice, flag_values, one_line, parse_flags, user_errors
 from serving.client import DEFAULT_MAX_BATCH, ServingError, make_client
 
 PROG = "python -m serving.client"
@@ -137,6 +138,24 @@ def load_images(paths: Sequence[str], channels: int | None = None,
     return out
 
 
+def _make_client(args: SimpleNamespace):
+    """make_client of the flags; an export that does not load for --target=local (a
+    truncated or damaged variables file, a folder that is no SavedModel) is a ValueError
+    naming it, not TensorFlow's traceback (``AD_TRACEBACK=1`` shows it)."""
+    try:
+        return make_client(args.target, args.address, args.model_name, args.format,
+                           args.version, args.timeout, args.max_batch)
+    except (ServingError, ValueError, OSError):
+        raise
+    except Exception as err:
+        if args.target != "local" or os.environ.get("AD_TRACEBACK"):
+            raise
+        raise ValueError(f"--address={args.address}: the export does not load "
+                         f"({type(err).__name__}: {one_line(err)}); expected a version "
+                         "directory written whole by python -m serving.export (export the "
+                         "model again)") from err
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: 0 on success; an error of the images or the server is one line
     ``error: ...`` on stderr and exit code 1; a usage error SystemExit(2) (one line)."""
@@ -147,8 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "draw more with several calls and --seed)")
         if args.command == "score":  # the files first: a bad one costs no connection
             images = load_images(args.images, args.channels, args.max_pixels)
-        client = make_client(args.target, args.address, args.model_name, args.format,
-                             args.version, args.timeout, args.max_batch)
+        client = _make_client(args)
         if args.command == "sample":
             from artifacts.images import save_grid
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from artifacts import fs_errors, model_io
+from artifacts import fs_errors, memory_errors, model_io
 from artifacts.cli import setup_logging
 from serving.export_config import ExportConfig
 from serving.server_files import (
@@ -271,10 +271,12 @@ def main(argv: list[str]) -> None:
     if cfg.mlflow:  # default: the store recorded in the model directory
         from artifacts import tracking
         tracking_uri = tracking.configure(tracking_uri, cfg.model_dir)
-    version_dir = export_model(
-        cfg.model_dir, cfg.export_dir, cfg.model_name, cfg.version, cfg.score_importance_samples,
-        cfg.score_seed, cfg.serving_base_path or None, cfg.mlflow, tracking_uri, cfg.max_batch,
-        cfg.importance_samples, cfg.mlflow_alias)
+    with memory_errors.out_of_memory("exporting", memory_errors.size_settings(
+            cfg, names=("max_batch", "score_importance_samples", "importance_samples"))):
+        version_dir = export_model(
+            cfg.model_dir, cfg.export_dir, cfg.model_name, cfg.version,
+            cfg.score_importance_samples, cfg.score_seed, cfg.serving_base_path or None,
+            cfg.mlflow, tracking_uri, cfg.max_batch, cfg.importance_samples, cfg.mlflow_alias)
     print(json.dumps({"version_dir": version_dir}))
 
 

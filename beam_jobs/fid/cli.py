@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 from absl import flags
 
 import beam_jobs.fid
-from artifacts import fs_errors
+from artifacts import fs_errors, memory_errors
 from artifacts.cli import (
     UsageError,
     define_choice,
@@ -129,7 +129,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
     fs_errors.drop_failure_logs()  # Beam's tracebacks of a full disk or Ctrl-C: one line
     try:
-        return _run(args, pipeline_args)
+        with memory_errors.out_of_memory("computing the statistics", memory_errors.size_settings(
+                args, names=("batch_size", "kid_samples", "pr_max_samples"))):
+            return _run(args, pipeline_args)
     except OutputNotWritten as e:  # the results are not lost: printed, then the error
         print(json.dumps(e.results))
         print(f"error: {e}", file=sys.stderr)

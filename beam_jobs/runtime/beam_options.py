@@ -23,7 +23,8 @@ IN_MEMORY_MAX_RECORDS = 2_000  # below: one thread, no worker start-up at all
 # ~2% slower per image (benchmarks/bench_preprocess.py): break-even near 150k images.
 THREADS_MAX_RECORDS = 100_000
 LOCAL_RUNNER = "FnApiRunner"
-_LOCAL_RUNNERS = ("fnapirunner", "fnapi")
+QUIET_WORKERS_RUNNER = "beam_jobs.runtime.quiet_workers.QuietWorkersRunner"  # multi_processing
+_LOCAL_RUNNERS = ("fnapirunner", "fnapi", QUIET_WORKERS_RUNNER.lower())
 DASK_RUNNER = "beam_jobs.runtime.dask_runner.DaskRunner"
 _DASK_RUNNERS = ("dask", "daskrunner", DASK_RUNNER.lower(),
                  "apache_beam.runners.dask.dask_runner.daskrunner")
@@ -100,9 +101,11 @@ def pipeline_options(pipeline_args: Optional[Sequence[str]], size_hint: int = 0,
                                      else os.cpu_count() or 1)
     if direct.direct_running_mode == "multi_processing":
         _export_import_path()
+        # FnApiRunner whose worker processes print no tracebacks of failed bundles
+        options.view_as(StandardOptions).runner = QUIET_WORKERS_RUNNER
     log.info("Beam options for ~%d records: %s (runner %s, mode %s, %d worker(s))", size_hint,
-             " ".join(args), LOCAL_RUNNER, direct.direct_running_mode,
-             direct.direct_num_workers)
+             " ".join(args), options.view_as(StandardOptions).runner,
+             direct.direct_running_mode, direct.direct_num_workers)
     return options
 
 
