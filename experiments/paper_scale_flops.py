@@ -38,12 +38,9 @@ default for float32 convolutions and matmuls on Ampere).
 from __future__ import annotations
 
 import argparse
-import collections
-import dataclasses
 import math
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,250 +49,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))  # its shared helpers (never the reverse)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import flags  # noqa: E402
-from bench_train_step import minimal_step_fn  # noqa: E402
+from paper_scale_graph import (  # noqa: E402
+    NETWORKS,
+    build_step,
+    count_params,
+    coupling_flops_by_hand,
+    graph_flops,
+)
+from paper_scale_hlo import hlo_flops  # noqa: E402
+from paper_scale_trainer_run import measure_trainer  # noqa: E402
 from step_flops import profiler_total  # noqa: E402
-from tensorflow.python.framework import ops as tf_ops  # noqa: E402
 
-from pipeline import config_flags  # noqa: E402
-from pipeline import data as data_lib  # noqa: E402
-from pipeline.trainer import make_train_dataset, model_config_for_data  # noqa: E402
-from tfp_models.hybrid import HybridModel  # noqa: E402
-
-NETWORKS = ("flow", "encoder", "decoder", "discriminator", "other")
 A100_PEAKS = (("fp32 (19.5 TFLOP/s)", 19.5e12), ("TF32 tensor cores (156 TFLOP/s)", 156e12))
 
-
-def network_of(op_name: str) -> str:
-    """The network an op belongs to, from its (Keras name-scoped) TF op name."""
-    if "coupling_net_" in op_name or "actnorm" in op_name or "feature_flow" in op_name:
-        return "flow"
-    if "discriminator" in op_name or "spectral_normalization" in op_name:
-        return "discriminator"
-    if "decoder" in op_name:
-        return "decoder"
-    if ("encoder" in op_name or "made_" in op_name or "masked_autoregressive" in op_name
-            or "posterior" in op_name):
-        return "encoder"
-    return "other"
-
-
-def flow_pass_of(op_name: str) -> str:
-    return "f^-1(mu(z)) of the fakes" if "inverse" in op_name else "f(x) of L_MLE"
-
-
-# ---------------------------------------------------------------- the step and its graph
-
-def build_step(flagfile: str, data_dir: str, batch_size: int, model_dir: str):
-    """(model, model config, train config, the batch's TensorSpecs, make_step):
-    ``make_step(jit_compile)`` is the minimal step as a tf.function (traced with
-    ``jit_compile=True``, control flow such as spectral normalisation's cond gets
-    XLA-compatible gradients; without it, TF's Optional ops that XLA cannot lower)."""
-    info = data_lib.read_dataset_info(data_dir)
-    fv = flags.FlagValues()
-    config_flags.define_train_flags(fv)
-    fv(["paper_scale_flops", f"--flagfile={flagfile}", f"--data_dir={data_dir}",
-        f"--model_dir={model_dir}", f"--batch_size={batch_size}"])
-    model_values, cfg = config_flags.train_configs_from_flags(fv)
-    model_config = model_config_for_data(model_values, cfg, info)
-    keras.utils.set_random_seed(cfg.seed)
-    model = HybridModel(model_config)
-    g_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.adam_beta1)
-    d_opt = keras.optimizers.Adam(cfg.disc_learning_rate, beta_1=cfg.disc_adam_beta1,
-                                  beta_2=cfg.disc_adam_beta2)
-    g_opt.build(model.generator_variables)
-    d_opt.build(model.discriminator_variables)
-    element_spec = make_train_dataset(info, cfg, 0, model.noise_shapes()).element_spec
-    spec = {k: tf.TensorSpec((batch_size,) + tuple(s.shape[1:]), s.dtype)
-            for k, s in element_spec.items()}
-    def make_step(jit_compile: bool):  # ActNorm's data init is not needed to count
-        return minimal_step_fn(model, dataclasses.replace(cfg, jit_compile=jit_compile),
-                               g_opt, d_opt)
-
-    return model, model_config, cfg, spec, make_step
-
-
-def graph_flops(graph: tf.Graph):
-    """Per (network, 'forward'/'backward') FLOPs of ``graph``'s ops from the registered op
-    statistics; flow FLOPs by pass; FLOPs by op type; ops with unknown shapes; the
-    function-call and control-flow ops whose bodies the count does not enter."""
-    by_net = collections.Counter()
-    by_flow_pass = collections.Counter()
-    by_type = collections.Counter()
-    unknown, calls = collections.Counter(), collections.Counter()
-    for op in graph.get_operations():
-        if op.type in ("PartitionedCall", "StatefulPartitionedCall", "If", "StatelessIf",
-                       "While", "StatelessWhile", "Case"):
-            calls[(network_of(op.name), op.type)] += 1
-        try:
-            flops = tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value
-        except ValueError:  # a shape the statistic needs is not fully defined
-            unknown[op.type] += 1
-            continue
-        if not flops:
-            continue
-        net = network_of(op.name)
-        direction = "backward" if op.name.startswith("gradient_tape/") else "forward"
-        by_net[(net, direction)] += flops
-        by_type[op.type] += flops
-        if net == "flow":
-            by_flow_pass[(flow_pass_of(op.name), direction)] += flops
-    return by_net, by_flow_pass, by_type, unknown, calls
-
-
-# ---------------------------------------------------------------- XLA cross-check
-
-_SHAPE = re.compile(r"\w+\[([\d,]*)\]")
-_DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]")
-_OP_NAME = re.compile(r'op_name="([^"]*)"')
-
-
-def _dims(text: str) -> list[int]:
-    return [int(d) for d in text.split(",") if d]
-
-
-def _convolution_macs(line: str, rhs: list[int], out: list[int]) -> int:
-    """Multiply-adds of one HLO convolution: per output element, the window taps that do
-    not fall into holes of an input dilation (``lhs_dilate``, how XLA writes the input
-    gradient of a strided convolution and a transposed convolution); taps on padding count,
-    as in TF's op statistics."""
-    rhs_labels, out_labels = re.search(r"dim_labels=\w+_(\w+)->(\w+)", line).groups()
-    window = dict(f.split("=") for f in re.search(r"window=\{([^}]*)\}", line).group(1).split())
-    size = _xdims(window["size"])
-    ndim = len(size)
-    stride = _xdims(window.get("stride", "x".join(["1"] * ndim)))
-    lhs_dilate = _xdims(window.get("lhs_dilate", "x".join(["1"] * ndim)))
-    rhs_dilate = _xdims(window.get("rhs_dilate", "x".join(["1"] * ndim)))
-    pad_low = [int(p.split("_")[0]) for p in window.get("pad", "x".join(["0_0"] * ndim)).split("x")]
-    taps = 1
-    for d in range(ndim):
-        o = out[out_labels.index(str(d))]
-        taps *= sum((i * stride[d] + j * rhs_dilate[d] - pad_low[d]) % lhs_dilate[d] == 0
-                    for i in range(o) for j in range(size[d]))
-    return (out[out_labels.index("b")] * out[out_labels.index("f")]
-            * rhs[rhs_labels.index("i")] * taps)
-
-
-def _xdims(text: str) -> list[int]:
-    return [int(d) for d in text.split("x")]
-
-
-def hlo_flops(hlo: str) -> tuple[collections.Counter, int]:
-    """2 x multiply-adds of every convolution and dot of an HLO module's text, by network
-    (from the TF op name in each instruction's metadata); and the instruction count."""
-    shapes: dict[str, list[int]] = {}
-    counted, count = collections.Counter(), 0
-    for line in hlo.splitlines():
-        m = _DEF.match(line)
-        if not m:
-            continue
-        shapes[m.group(1)] = _dims(m.group(2))
-        opcode = re.search(r"\]\S*\s+(convolution|dot)\(", line)
-        if not opcode:
-            continue
-        out = _dims(m.group(2))
-        start = opcode.end()
-        args = line[start:line.index(")", start)]
-        operand_shapes = [_dims(s) for s in _SHAPE.findall(args)]
-        if len(operand_shapes) < 2:  # operands printed without shapes: look them up
-            names = [a.strip().split()[-1].lstrip("%") for a in args.split(",")]
-            operand_shapes = [shapes[n] for n in names]
-        lhs, rhs = operand_shapes[0], operand_shapes[1]
-        if opcode.group(1) == "convolution":
-            macs = _convolution_macs(line, rhs, out)
-        else:
-            contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line).group(1)
-            macs = math.prod(out) * math.prod(lhs[i] for i in _dims(contracting))
-        name = _OP_NAME.search(line)
-        counted[network_of(name.group(1) if name else "")] += 2 * macs
-        count += 1
-    return counted, count
-
-
-# ---------------------------------------------------------------- by hand
-
-def coupling_flops_by_hand(model_config) -> tuple[float, list[str]]:
-    """Forward FLOPs per image of every coupling net of the multi-scale Real NVP
-    (tfp_models.flows.feature_flow.build_feature_flow: per scale 3 checkerboard couplings,
-    squeeze, 3 channel couplings, factor out half; 4 checkerboard couplings at the last
-    scale), counting 2 H W k^2 C_in C_out per convolution (no biases); and the lines."""
-    h, w, c = model_config.image_shape
-    hid, blocks, k = (model_config.flow_hidden, model_config.flow_res_blocks,
-                      model_config.flow_kernel_size)
-
-    def net(hh, ww, c_in, c_out):  # in_conv, 2 convs per residual block, out_conv (s and t)
-        return 2 * hh * ww * k * k * (c_in * hid + 2 * blocks * hid * hid + hid * 2 * c_out)
-
-    total, lines = 0.0, []
-    for level in range(model_config.flow_scales):
-        last = level == model_config.flow_scales - 1
-        n_check = 4 if last else 3
-        f = n_check * net(h, w, c + 1, c)  # checkerboard: x * mask and the mask in
-        lines.append(f"scale {level}: {n_check} checkerboard couplings at {h}x{w}, net "
-                     f"{c + 1}->{hid}x{2 * blocks + 1}->{2 * c}: {f / 1e9:.3f} GFLOP/image")
-        total += f
-        if last:
-            break
-        h, w, c4 = h // 2, w // 2, 4 * c
-        f = 3 * net(h, w, c4 // 2, c4 - c4 // 2)  # channel couplings on half the channels
-        lines.append(f"scale {level}: 3 channel couplings at {h}x{w}, net {c4 // 2}->"
-                     f"{hid}x{2 * blocks + 1}->{2 * (c4 - c4 // 2)}: {f / 1e9:.3f} GFLOP/image")
-        total += f
-        c = c4 - c4 // 2
-    return total, lines
-
-
-def count_params(variables) -> int:
-    return int(sum(math.prod(v.shape) for v in variables))
-
-
-# ---------------------------------------------------------------- the real trainer
-
-_ELAPSED = re.compile(r"(\d+)/(\d+) \[(?:(\d+):)?(\d+):(\d+)<")
-
-
-def measure_trainer(flagfile: str, data_dir: str, batch_size: int, steps: int,
-                    work: str) -> dict:
-    """Runs ``python -m pipeline.train`` for ``steps`` steps at ``batch_size``; returns its
-    peak RSS (MB), CPU seconds, wall seconds, seconds per step after the first (progress
-    bar elapsed times, 1 s resolution) and the 1-minute load averages seen."""
-    model_dir = os.path.join(work, f"batch{batch_size}")
-    cmd = [sys.executable, "-m", "pipeline.train", f"--flagfile={flagfile}",
-           f"--data_dir={data_dir}", f"--model_dir={model_dir}", f"--train_steps={steps}",
-           f"--checkpoint_every={steps}", "--validation_every=0", "--sample_every=1000",
-           f"--mlflow_tracking_uri=sqlite:///{os.path.join(work, 'mlflow.db')}",
-           f"--batch_size={batch_size}", f"--data_init_batch={batch_size}",
-           "--num_grid_samples=16"]
-    log_path = os.path.join(work, f"batch{batch_size}.log")
-    loads, start = [os.getloadavg()[0]], time.time()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            time.sleep(5)
-            loads.append(os.getloadavg()[0])
-    wall = time.time() - start
-    with open(log_path) as f:
-        text = f.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed; see {log_path}:\n{text[-3000:]}")
-    elapsed = {}
-    for m in _ELAPSED.finditer(text):
-        elapsed[int(m.group(1))] = (int(m.group(3) or 0) * 3600 + int(m.group(4)) * 60
-                                    + int(m.group(5)))
-    per_step = ((elapsed[steps] - elapsed[1]) / (steps - 1)
-                if steps > 1 and 1 in elapsed and steps in elapsed else float("nan"))
-    return {"batch": batch_size, "rss_mb": usage.ru_maxrss / 1024.0,
-            "cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": wall,
-            "first_step_s": elapsed.get(1, float("nan")), "s_per_step": per_step,
-            "load_min": min(loads), "load_max": max(loads), "cmd": " ".join(cmd)}
-
-
-# ---------------------------------------------------------------- report
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
