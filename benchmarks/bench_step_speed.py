@@ -14,7 +14,10 @@ trainer's losses and updates, nothing else) is built four times on the same mode
 - ``onednn_fused``: no XLA, one decoder call for the posterior's and the prior's latents and
   one discriminator call for real and fake (``tfp_models.objective.Objective`` with
   ``fused=True``);
-- ``xla_fused``: XLA with the fused calls.
+- ``xla_fused``: XLA with the fused calls;
+- with ``--bf16``, ``onednn_separate_bf16`` and ``xla_separate_bf16``: the separate-call
+  steps of a model computing in bfloat16 (``--compute_dtype=bfloat16``,
+  :mod:`pipeline.precision`) holding the same weights.
 
 All run on the same pre-made batches (the input pipeline is not timed), in interleaved
 blocks of ``--block_steps`` steps (the order rotates every repeat); medians of the per-step
@@ -53,7 +56,7 @@ from bench_train_step import minimal_step_fn  # noqa: E402
 from step_flops import profiler_total  # noqa: E402
 
 from beam_jobs.preprocess import run_preprocess  # noqa: E402
-from pipeline import config_flags  # noqa: E402
+from pipeline import config_flags, precision  # noqa: E402
 from pipeline import data as data_lib  # noqa: E402
 from pipeline.trainer import make_train_dataset, model_config_for_data  # noqa: E402
 from tfp_models import flows  # noqa: E402
@@ -107,8 +110,9 @@ STEP_VARIANTS = {"xla_separate": (True, False), "onednn_separate": (False, False
 BASELINE, DEFAULT = "xla_separate", "onednn_fused"
 
 
-def build(name: str, data_dir: str, tmp: str, n_batches: int):
-    """(model config, train config, {variant: minimal step}, pre-made batches)."""
+def build(name: str, data_dir: str, tmp: str, n_batches: int, bf16: bool = False):
+    """(model config, train config, {variant: minimal step}, pre-made batches); with
+    ``bf16`` also the separate-call steps of a bfloat16 copy of the model."""
     cfg_file, _, extra = CONFIGS[name]
     fv = flags.FlagValues()
     config_flags.define_train_flags(fv)
@@ -124,13 +128,19 @@ def build(name: str, data_dir: str, tmp: str, n_batches: int):
         batches.append(batch)
     model.data_init(flows.dequantize_images(batches[0]["images"], batches[0]["dequant"]),
                     batches[0].get("prior"))
+    variants = {v: (model,) + choice for v, choice in STEP_VARIANTS.items()}
+    if bf16:
+        model_bf16 = HybridModel(model_config, compute_dtype="bfloat16")
+        precision.copy_weights(model, model_bf16)
+        variants.update({f"{v}_bf16": (model_bf16,) + STEP_VARIANTS[v]
+                         for v in ("onednn_separate", "xla_separate")})
     steps = {}
-    for variant, (jit, one_pass) in STEP_VARIANTS.items():
+    for variant, (step_model, jit, one_pass) in variants.items():
         g_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.adam_beta1)
         d_opt = keras.optimizers.Adam(cfg.disc_learning_rate, beta_1=cfg.disc_adam_beta1,
                                       beta_2=cfg.disc_adam_beta2)
         run_cfg = dataclasses.replace(cfg, jit_compile=jit)
-        steps[variant] = minimal_step_fn(model, run_cfg, g_opt, d_opt, one_pass=one_pass)
+        steps[variant] = minimal_step_fn(step_model, run_cfg, g_opt, d_opt, one_pass=one_pass)
     return model_config, cfg, steps, batches
 
 
@@ -178,6 +188,8 @@ def main() -> int:
     p.add_argument("--block_steps", type=int, default=8)
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--out", default="")
+    p.add_argument("--bf16", action="store_true",
+                   help="also time the separate-call steps computing in bfloat16")
     args = p.parse_args()
     names = [c for c in args.configs.split(",") if c]
     unknown = sorted(set(names) - set(CONFIGS))
@@ -192,7 +204,7 @@ def main() -> int:
         kind = CONFIGS[name][1]
         if kind not in data:
             data[kind] = make_data(kind, tmp)
-        model_config, cfg, steps, batches = build(name, data[kind], tmp, 8)
+        model_config, cfg, steps, batches = build(name, data[kind], tmp, 8, args.bf16)
         flops = profiler_total(steps[DEFAULT].get_concrete_function(batches[0]).graph)
         first_call = {}  # trace (+ XLA compile) and one step, seconds
         for v, step in steps.items():  # compile every variant before timing
@@ -213,10 +225,12 @@ def main() -> int:
                 f"{100 * gflops / sec / peak['conv float32']:.0f} % of fp32 conv, "
                 f"{100 * gflops / sec / peak['conv bfloat16']:.0f} % of bf16 conv")
         lines += [ratio_line(blocks, times, BASELINE, v) for v in steps if v != BASELINE]
+        lines += [ratio_line(blocks, times, v[:-len("_bf16")], v)
+                  for v in steps if v.endswith("_bf16")]
         lines += [ratio_line(blocks, times, "onednn_separate", "onednn_fused"),
                   break_even_line(first_call, times, "onednn_separate", BASELINE),
                   f"  ({args.repeats} repeats of {args.block_steps}-step blocks per variant)"]
-        print("\n".join(lines[-(2 * len(steps) + 3):]), flush=True)
+        print("\n".join(lines[-(2 * len(steps) + 3 + 2 * args.bf16):]), flush=True)
     cpus = os.cpu_count() or 1
     lines.append(f"1-minute load average {min(loads):.2f}-{max(loads):.2f} on {cpus} CPUs: "
                  f"machine {'idle' if max(loads) < 0.25 * cpus else 'NOT idle'}")

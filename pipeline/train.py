@@ -12,6 +12,7 @@ from typing import Any
 
 from absl import app, flags
 
+from artifacts import memory_errors
 from artifacts.cli import setup_logging
 from pipeline import config_flags
 from pipeline.train_config import TrainConfig
@@ -41,8 +42,10 @@ def main(argv):
 
     model_values, train_cfg = configs_from_flags()
     params = {"flagfile": ",".join(a.split("=", 1)[1] for a in sys.argv if a.startswith("--flagfile="))}
+    sizes = memory_errors.size_settings(train_cfg, model_values)
     try:  # the trainer builds the HybridConfig on the data set's image shape
-        summary = train(model_values, train_cfg, params_to_log=params)
+        with memory_errors.out_of_memory("training", sizes):
+            summary = train(model_values, train_cfg, params_to_log=params)
     except TrainingInterrupted as stop:  # checkpointed; the MLflow run is marked KILLED
         print(f"pipeline.train: {stop}; resume with the same --model_dir", file=sys.stderr)
         sys.exit(128 + stop.signum)

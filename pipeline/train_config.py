@@ -11,6 +11,7 @@ import dataclasses
 import math
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -111,6 +112,12 @@ class TrainConfig:
                 "GPUs; on CPUs without AVX-512 for runs of >= 1000 steps, where XLA's "
                 "convolutions beat oneDNN's, else off; pipeline.train_step."
                 "DEFAULT_JIT_BY_DEVICE)."})
+    compute_dtype: str = dataclasses.field(default="auto", metadata={
+        "help": "Arithmetic of the training step's convolutions and dense layers: bfloat16 "
+                "keeps variables, optimizer state, log-determinants and losses in float32; "
+                "validation, sample grids, evaluation and export are float32 always. auto: "
+                "bfloat16 on CPUs with AVX-512 BF16 or AMX, else float32 (pipeline.precision).",
+        "choices": COMPUTE_DTYPES})
     deterministic: bool = dataclasses.field(default=False, metadata={
         "help": "TensorFlow op determinism (tf.config.experimental.enable_op_determinism, "
                 "set before the run's first op): with the same --seed, data, flags, TF "
@@ -142,3 +149,6 @@ class TrainConfig:
             raise ValueError(f"--lr_schedule={self.lr_schedule!r}: expected one of {LR_SCHEDULES}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy={self.strategy!r}: expected one of {STRATEGIES}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"--compute_dtype={self.compute_dtype!r}: expected one of "
+                             f"{COMPUTE_DTYPES}")

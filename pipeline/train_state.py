@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from artifacts import fs_errors, model_io
 from pipeline import data as data_lib
+from pipeline import precision
 from pipeline.train_config import TrainConfig
 from pipeline.train_input import make_train_dataset
 from tfp_models import flows
@@ -53,6 +54,12 @@ class TrainState:
     is_chief: bool = True
     task: str = "local"
     model_dir: str = ""
+    float32_twin: HybridModel | None = None  # of a bfloat16 model: pipeline.precision
+
+    def float32_model(self) -> HybridModel:
+        """The model to validate and sample with, float32 (:func:`pipeline.precision.
+        float32_view`): ``model``, or its float32 twin holding ``model``'s weights."""
+        return precision.float32_view(self.model, self.float32_twin)
 
 
 def generator_learning_rate(
@@ -273,9 +280,10 @@ def build_state(model_config: HybridConfig, cfg: TrainConfig,
         raise ValueError(f"--batch_size={cfg.batch_size} must be divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas")
 
+    compute_dtype = precision.resolve_compute_dtype(cfg.compute_dtype, strategy)
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
-        model = HybridModel(model_config)
+        model = HybridModel(model_config, compute_dtype=compute_dtype)
         g_opt, flow_opt, d_opt = _make_optimizers(model, cfg)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     optimizers = {"generator_optimizer": g_opt}
@@ -295,6 +303,9 @@ def build_state(model_config: HybridConfig, cfg: TrainConfig,
     try:
         if state.start_step == 0:
             _data_init(state, cfg, info)
+        if compute_dtype != "float32":  # built last: the float32 run's random draws unchanged
+            with strategy.scope():
+                state.float32_twin = HybridModel(model_config)
     except BaseException:
         remove_worker_copies(state)
         raise

@@ -68,8 +68,15 @@ FUSED_CALLS = False
 def default_jit_compile(strategy: tf.distribute.Strategy,
                         train_steps: int | None = None) -> bool:
     """:data:`DEFAULT_JIT_BY_DEVICE` for the type of the strategy's worker devices (GPU if
-    any device is a GPU; unknown types: no XLA); CPUs: :func:`cpu_default_jit_compile` for a
-    run of ``train_steps``. The default strategy, which names no devices, places ops on the
+    any device is a GPU; unknown types: no XLA; :func:`device_kind`); CPUs:
+    :func:`cpu_default_jit_compile` for a run of ``train_steps``."""
+    choice = DEFAULT_JIT_BY_DEVICE.get(device_kind(strategy), False)
+    return cpu_default_jit_compile(train_steps) if choice is None else choice
+
+
+def device_kind(strategy: tf.distribute.Strategy) -> str:
+    """'GPU' if any of the strategy's worker devices is a GPU, 'CPU' if all are CPUs, else
+    the first other type. The default strategy, which names no devices, places ops on the
     first GPU if one is visible."""
     try:
         devices = list(strategy.extended.worker_devices)
@@ -78,9 +85,7 @@ def default_jit_compile(strategy: tf.distribute.Strategy,
     if not devices:
         devices = ["/device:GPU:0" if tf.config.list_logical_devices("GPU") else "/device:CPU:0"]
     kinds = {tf.DeviceSpec.from_string(d).device_type or "CPU" for d in devices}
-    kind = "GPU" if "GPU" in kinds else ("CPU" if kinds <= {"CPU"} else sorted(kinds)[0])
-    choice = DEFAULT_JIT_BY_DEVICE.get(kind, False)
-    return cpu_default_jit_compile(train_steps) if choice is None else choice
+    return "GPU" if "GPU" in kinds else ("CPU" if kinds <= {"CPU"} else sorted(kinds)[0])
 
 
 def discriminator_updates(model: HybridModel, d_opt: keras.optimizers.Optimizer | None,

@@ -216,6 +216,7 @@ class TrainRunner:
                 tracker.log_params({**dataclasses.asdict(self.model_config),
                                     **dataclasses.asdict(cfg), **(self.params_to_log or {}),
                                     "jit_compile_used": steps.jit_compile,  # the choice made
+                                    "compute_dtype_used": state.model.network_dtype,
                                     **machine_info.as_params()})  # machine.*: what ran it
                 step, values = self.run_loop(state, steps, dataset, guard)
                 return self.finalize(state, run_id, step, values)
@@ -241,7 +242,8 @@ class TrainRunner:
         iterator = iter(dataset)
         validation = None
         if cfg.validation_every and model.spec.has_likelihood:
-            validation = ValidationBound(model, self.info, cfg.validation_examples, cfg.seed,
+            validation = ValidationBound(state.float32_twin or model, self.info,
+                                         cfg.validation_examples, cfg.seed,
                                          split=cfg.validation_split)
         stop = StopAgreement(state.strategy, guard)
         try:
@@ -281,6 +283,7 @@ class TrainRunner:
         if step % cfg.log_every == 0 or last:
             tracker.log_metrics({f"train/{k}": v for k, v in values.items()}, step)
         if validation is not None and (step % cfg.validation_every == 0 or last):
+            state.float32_model()  # a bfloat16 run's twin gets the current weights
             bpd = validation.bits_per_dim()
             if state.model.binary:  # -ln P(b) of the binarized digits: nats, not 8-bit bpd
                 nll = -metrics.bits_per_dim_to_nats(bpd, self.model_config.image_shape)
@@ -298,8 +301,8 @@ class TrainRunner:
         """Saves and logs a PNG grid of ``cfg.num_grid_samples`` samples; returns its path
         (None on a multi-worker non-chief, which draws the samples but writes nothing)."""
         cfg = self.cfg
-        images = state.model.sample(cfg.num_grid_samples, cfg.sample_temperature,
-                                    seed=cfg.seed).numpy()
+        images = state.float32_model().sample(cfg.num_grid_samples, cfg.sample_temperature,
+                                              seed=cfg.seed).numpy()
         if not state.is_chief:
             return None
         path = images_lib.save_grid(images, os.path.join(self.grid_dir, f"step_{step:07d}.png"))

@@ -94,7 +94,8 @@ def test_every_flag_value_round_trips_into_the_dataclasses():
                devices=("/cpu:0", "/cpu:1"), cluster_start_timeout_s=30,
                mlflow_tracking_uri="sqlite:///x.db",
                experiment="e", run_name="r", show_progress=False, jit_compile=False,
-               strict_tracking=True, verify_data=True, deterministic=True)
+               strict_tracking=True, verify_data=True, deterministic=True,
+               compute_dtype="bfloat16")
     every = _fields(HybridConfig) + _fields(TrainConfig)
     assert set(model) | set(run) == {f.name for f, _ in every}
 

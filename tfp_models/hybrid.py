@@ -76,18 +76,25 @@ class HybridModel(HybridSampling, keras.Model):
     Images are float32 [N, H, W, C] in [0, 1) (dequantized) unless a method says uint8.
     Drawing images (``sample``, ``sample_rows``, ``generate``, ``interpolate``, ...) is
     :class:`tfp_models.hybrid_sampling.HybridSampling`'s.
+
+    ``compute_dtype`` ('float32' or 'bfloat16') is the arithmetic of the convolutions and
+    dense layers of the flow's coupling nets, encoder, decoder and discriminator
+    (:mod:`tfp_models.networks`); it is not part of the config: variables are float32 in
+    both, so a model trained in bfloat16 is restored, evaluated and exported in float32.
     """
 
-    def __init__(self, config: HybridConfig, **kwargs):
+    def __init__(self, config: HybridConfig, compute_dtype: str = "float32", **kwargs):
         super().__init__(name=f"hybrid_{config.variant}", **kwargs)
         self.config = config
+        self.network_dtype = compute_dtype
         spec = config.spec
         self.spec = spec
         shape = config.image_shape
         self.flow = flows.build_feature_flow(
             shape, config.flow_scales if spec.learned_flow else 0, config.flow_hidden,
             config.flow_res_blocks, use_actnorm=config.use_actnorm,
-            logit_alpha=config.logit_alpha, kernel_size=config.flow_kernel_size)
+            logit_alpha=config.logit_alpha, kernel_size=config.flow_kernel_size,
+            compute_dtype=compute_dtype)
         self.flow_nets = self.flow.nets
         self.posterior = self.encoder = self.decoder = self.discriminator = None
         self.prior = None
@@ -96,20 +103,22 @@ class HybridModel(HybridSampling, keras.Model):
             self.prior = make_prior(config.prior, config.latent_dim, config.prior_components)
             if self.binary:
                 self.decoder = BernoulliConvDecoder(shape, config.enc_dec_channels,
-                                                    config.enc_dec_downsamples, name="decoder")
+                                                    config.enc_dec_downsamples,
+                                                    compute_dtype=compute_dtype, name="decoder")
             else:
                 self.decoder = ConvDecoder(shape, config.enc_dec_channels,
                                            config.enc_dec_downsamples,
-                                           config.decoder_min_log_sigma, name="decoder")
+                                           config.decoder_min_log_sigma,
+                                           compute_dtype=compute_dtype, name="decoder")
         if spec.latent and spec.mle:
             self.posterior = make_posterior(config.posterior, config.latent_dim,
                                             config.posterior_steps, config.posterior_hidden)
             self.encoder = ConvEncoder(self.posterior.param_size, shape, config.enc_dec_channels,
                                        config.enc_dec_downsamples, binarize_inputs=self.binary,
-                                       name="encoder")
+                                       compute_dtype=compute_dtype, name="encoder")
         if spec.adversarial:
             self.discriminator = Discriminator(shape, config.disc_channels, config.spectral_norm,
-                                               name="discriminator")
+                                               compute_dtype=compute_dtype, name="discriminator")
         self._build_all()
 
     # ------------------------------------------------------------------ structure

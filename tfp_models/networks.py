@@ -3,6 +3,16 @@
 Keras 3 tracks layers kept in Python lists for its own variable lists, but TensorFlow's
 checkpoint graph only sees layers held as attributes; :func:`track_layer` does both, so
 ``tf.train.Checkpoint(model=...)`` saves every weight.
+
+Compute precision (``compute_dtype``, one of :data:`COMPUTE_DTYPES`): the coupling nets,
+encoder, decoder and discriminator run their convolutions and dense layers in
+``compute_dtype`` under Keras's ``mixed_bfloat16`` policy for ``'bfloat16'`` (variables
+stay float32, so checkpoints are the same either way). Every network takes float32
+inputs and returns float32 outputs: the casts are at the network's edges, and what follows
+a network (the coupling's affine map and its log-determinant, the decoder's biases and
+Gaussian, the losses) is float32. Spectral normalization's power iteration runs on the
+float32 kernel. The posterior's small dense nets (MADE, the conditional coupling) are
+float32 always.
 """
 from __future__ import annotations
 
@@ -10,6 +20,16 @@ import math
 
 import keras
 import tensorflow as tf
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def layer_policy(compute_dtype: str) -> str:
+    """The Keras dtype policy of the conv and dense layers computing in ``compute_dtype``:
+    'float32', or 'mixed_bfloat16' (float32 variables, bfloat16 inputs and arithmetic)."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+    return "float32" if compute_dtype == "float32" else "mixed_bfloat16"
 
 
 def track_layer(owner: keras.layers.Layer, layer: keras.layers.Layer, name: str | None = None):
@@ -24,32 +44,37 @@ class ResNetCouplingNet(keras.layers.Layer):
 
     ``call(h)`` with h [N, H, W, C_in] returns (s, t), each [N, H, W, out_channels], with
     s = scale * tanh(raw_s) bounded per channel. The last convolution is zero-initialised,
-    so a fresh coupling is the identity (s = t = 0).
+    so a fresh coupling is the identity (s = t = 0). The convolutions compute in
+    ``compute_dtype``; s and t are float32 (module docstring).
     """
 
     def __init__(self, out_channels: int, hidden_channels: int, num_res_blocks: int,
-                 kernel_size: int = 3, **kwargs):
+                 kernel_size: int = 3, compute_dtype: str = "float32", **kwargs):
         super().__init__(**kwargs)
         self.out_channels = out_channels
         k = kernel_size
-        self.in_conv = keras.layers.Conv2D(hidden_channels, k, padding="same")
+        policy = layer_policy(compute_dtype)
+        self.in_conv = keras.layers.Conv2D(hidden_channels, k, padding="same", dtype=policy)
         self.res_convs = [
-            (track_layer(self, keras.layers.Conv2D(hidden_channels, k, padding="same"), f"res{i}_a"),
-             track_layer(self, keras.layers.Conv2D(hidden_channels, k, padding="same"), f"res{i}_b"))
+            (track_layer(self, keras.layers.Conv2D(hidden_channels, k, padding="same",
+                                                   dtype=policy), f"res{i}_a"),
+             track_layer(self, keras.layers.Conv2D(hidden_channels, k, padding="same",
+                                                   dtype=policy), f"res{i}_b"))
             for i in range(num_res_blocks)]
         self.out_conv = keras.layers.Conv2D(
             2 * out_channels, k, padding="same",
-            kernel_initializer="zeros", bias_initializer="zeros")
+            kernel_initializer="zeros", bias_initializer="zeros", dtype=policy)
 
     def build(self, input_shape):
         self.s_scale = self.add_weight(
             name="s_scale", shape=(self.out_channels,), initializer="ones")
 
     def call(self, h):
-        h = self.in_conv(h)
+        h = self.in_conv(tf.cast(h, self.in_conv.compute_dtype))
         for conv_a, conv_b in self.res_convs:
             h = h + conv_b(tf.nn.relu(conv_a(tf.nn.relu(h))))
-        raw_s, t = tf.split(self.out_conv(tf.nn.relu(h)), 2, axis=-1)
+        out = tf.cast(self.out_conv(tf.nn.relu(h)), tf.float32)
+        raw_s, t = tf.split(out, 2, axis=-1)
         return self.s_scale * tf.tanh(raw_s), t
 
 
@@ -64,12 +89,13 @@ def downsample_steps(image_shape, max_steps: int) -> int:
 
 
 class ResidualBlock(keras.layers.Layer):
-    """h + conv(relu(conv(relu(h)))), channel count kept."""
+    """h + conv(relu(conv(relu(h)))), channel count kept; the convolutions use the block's
+    dtype policy."""
 
     def __init__(self, channels: int, **kwargs):
         super().__init__(**kwargs)
-        self.conv_a = keras.layers.Conv2D(channels, 3, padding="same")
-        self.conv_b = keras.layers.Conv2D(channels, 3, padding="same")
+        self.conv_a = keras.layers.Conv2D(channels, 3, padding="same", dtype=self.dtype_policy)
+        self.conv_b = keras.layers.Conv2D(channels, 3, padding="same", dtype=self.dtype_policy)
 
     def call(self, h):
         return h + self.conv_b(tf.nn.relu(self.conv_a(tf.nn.relu(h))))
@@ -80,35 +106,37 @@ class ConvEncoder(keras.layers.Layer):
 
     The output holds the posterior's parameters (and any context for flow posteriors).
     With ``binarize_inputs`` the images are first binarized (:func:`binarize_dequantized`):
-    the encoder then sees exactly the binary image the Bernoulli decoder scores.
+    the encoder then sees exactly the binary image the Bernoulli decoder scores (binarized
+    in float32, before the cast to ``compute_dtype``). The output is float32.
     """
 
     def __init__(self, out_dim: int, image_shape, base_channels: int, num_downsamples: int = 2,
-                 binarize_inputs: bool = False, **kwargs):
+                 binarize_inputs: bool = False, compute_dtype: str = "float32", **kwargs):
         super().__init__(**kwargs)
         self.binarize_inputs = binarize_inputs
-        self.stem = keras.layers.Conv2D(base_channels, 3, padding="same")
+        policy = layer_policy(compute_dtype)
+        self.stem = keras.layers.Conv2D(base_channels, 3, padding="same", dtype=policy)
         steps = downsample_steps(image_shape, num_downsamples)
         self.stages = []
         channels = base_channels
         for i in range(steps):
-            block = track_layer(self, ResidualBlock(channels), f"res_{i}")
+            block = track_layer(self, ResidualBlock(channels, dtype=policy), f"res_{i}")
             channels *= 2
-            down = track_layer(self, keras.layers.Conv2D(channels, 3, strides=2, padding="same"),
-                               f"down_{i}")
+            down = track_layer(self, keras.layers.Conv2D(channels, 3, strides=2, padding="same",
+                                                         dtype=policy), f"down_{i}")
             self.stages.append((block, down))
-        self.last_block = ResidualBlock(channels)
-        self.flatten = keras.layers.Flatten()
-        self.head = keras.layers.Dense(out_dim)
+        self.last_block = ResidualBlock(channels, dtype=policy)
+        self.flatten = keras.layers.Flatten(dtype=policy)
+        self.head = keras.layers.Dense(out_dim, dtype=policy)
 
     def call(self, x):
         if self.binarize_inputs:  # q(z|b) of the binarized image b (Bernoulli decoder)
             x = binarize_dequantized(x)
-        h = self.stem(2.0 * x - 1.0)
+        h = self.stem(tf.cast(2.0 * x - 1.0, self.stem.compute_dtype))
         for block, down in self.stages:
             h = down(tf.nn.relu(block(h)))
         h = tf.nn.relu(self.last_block(h))
-        return self.head(self.flatten(h))
+        return tf.cast(self.head(self.flatten(h)), tf.float32)
 
 
 def binarize_dequantized(x: tf.Tensor) -> tf.Tensor:
@@ -129,31 +157,33 @@ def binarize_dequantized(x: tf.Tensor) -> tf.Tensor:
 
 class _DecoderTrunk:
     """The dense projection and residual up-sampling stages shared by the decoders:
-    z [N, d] -> [N, H, W, out_channels]."""
+    z [N, d] float32 -> [N, H, W, out_channels] float32, computed in ``compute_dtype``."""
 
     def _build_trunk(self, image_shape, base_channels: int, num_upsamples: int,
-                     out_channels: int) -> None:
+                     out_channels: int, compute_dtype: str) -> None:
         h, w, _ = (int(d) for d in image_shape)
         steps = downsample_steps(image_shape, num_upsamples)
+        policy = layer_policy(compute_dtype)
         self.start_shape = (h // 2 ** steps, w // 2 ** steps, base_channels * 2 ** steps)
         self.project = keras.layers.Dense(
-            self.start_shape[0] * self.start_shape[1] * self.start_shape[2])
+            self.start_shape[0] * self.start_shape[1] * self.start_shape[2], dtype=policy)
         self.stages = []
         channels = self.start_shape[2]
         for i in range(steps):
-            block = track_layer(self, ResidualBlock(channels), f"res_{i}")
+            block = track_layer(self, ResidualBlock(channels, dtype=policy), f"res_{i}")
             channels //= 2
             up = track_layer(self, keras.layers.Conv2DTranspose(
-                channels, 4, strides=2, padding="same"), f"up_{i}")
+                channels, 4, strides=2, padding="same", dtype=policy), f"up_{i}")
             self.stages.append((block, up))
-        self.last_block = ResidualBlock(channels)
-        self.out = keras.layers.Conv2D(out_channels, 3, padding="same")
+        self.last_block = ResidualBlock(channels, dtype=policy)
+        self.out = keras.layers.Conv2D(out_channels, 3, padding="same", dtype=policy)
 
     def _trunk(self, z):
-        h = tf.reshape(self.project(z), (-1,) + self.start_shape)
+        h = self.project(tf.cast(z, self.project.compute_dtype))
+        h = tf.reshape(h, (-1,) + self.start_shape)
         for block, up in self.stages:
             h = up(tf.nn.relu(block(h)))
-        return self.out(tf.nn.relu(self.last_block(h)))
+        return tf.cast(self.out(tf.nn.relu(self.last_block(h))), tf.float32)
 
 
 class ConvDecoder(_DecoderTrunk, keras.layers.Layer):
@@ -168,13 +198,13 @@ class ConvDecoder(_DecoderTrunk, keras.layers.Layer):
     """
 
     def __init__(self, image_shape, base_channels: int, num_upsamples: int = 2,
-                 min_log_sigma: float = -6.0, **kwargs):
+                 min_log_sigma: float = -6.0, compute_dtype: str = "float32", **kwargs):
         super().__init__(**kwargs)
         h, w, c = (int(d) for d in image_shape)
         self.min_log_sigma = min_log_sigma
         # softplus(raw + offset) = -min_log_sigma at raw = 0: a fresh decoder has sigma = 1.
         self._sigma_offset = math.log(math.expm1(-min_log_sigma))
-        self._build_trunk(image_shape, base_channels, num_upsamples, 2 * c)
+        self._build_trunk(image_shape, base_channels, num_upsamples, 2 * c, compute_dtype)
         self.mu_bias = self.add_weight(name="mu_bias", shape=(h, w, c), initializer="zeros")
         self.sigma_bias = self.add_weight(
             name="sigma_bias", shape=(h, w, c),
@@ -205,10 +235,11 @@ class BernoulliConvDecoder(_DecoderTrunk, keras.layers.Layer):
     p(b|z) = prod Bernoulli(b; sigmoid(logits)); logits = raw(z) + ``logit_bias`` [H, W, C]
     (same trunk as :class:`ConvDecoder`)."""
 
-    def __init__(self, image_shape, base_channels: int, num_upsamples: int = 2, **kwargs):
+    def __init__(self, image_shape, base_channels: int, num_upsamples: int = 2,
+                 compute_dtype: str = "float32", **kwargs):
         super().__init__(**kwargs)
         h, w, c = (int(d) for d in image_shape)
-        self._build_trunk(image_shape, base_channels, num_upsamples, c)
+        self._build_trunk(image_shape, base_channels, num_upsamples, c, compute_dtype)
         self.logit_bias = self.add_weight(name="logit_bias", shape=(h, w, c),
                                           initializer="zeros")
 
@@ -233,33 +264,42 @@ def bernoulli_log_prob(b: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
 class Discriminator(keras.layers.Layer):
     """Conv discriminator/critic on images in [0, 1] [N, H, W, C] -> logits [N].
 
-    With ``spectral_norm`` every conv/dense is wrapped in keras.layers.SpectralNormalization.
+    With ``spectral_norm`` every conv/dense is wrapped in keras.layers.SpectralNormalization
+    (the wrapper is float32 without autocasting, so the power iteration and the kernel's
+    normalization are float32 whatever ``compute_dtype`` the wrapped layer computes in).
+    The logits are float32.
     """
 
     def __init__(self, image_shape, base_channels: int, spectral_norm: bool = False,
-                 num_downsamples: int = 3, **kwargs):
+                 num_downsamples: int = 3, compute_dtype: str = "float32", **kwargs):
         super().__init__(**kwargs)
+        policy = layer_policy(compute_dtype)
 
         def wrap(layer):
-            return keras.layers.SpectralNormalization(layer) if spectral_norm else layer
+            if not spectral_norm:
+                return layer
+            return keras.layers.SpectralNormalization(layer, dtype="float32", autocast=False)
 
-        self.stem = wrap(keras.layers.Conv2D(base_channels, 3, padding="same"))
+        self.stem = wrap(keras.layers.Conv2D(base_channels, 3, padding="same", dtype=policy))
         self.downs = []
         channels = base_channels
         for i in range(downsample_steps(image_shape, num_downsamples)):
             channels *= 2
             self.downs.append(track_layer(self, wrap(keras.layers.Conv2D(
-                channels, 4, strides=2, padding="same")), f"down_{i}"))
-        self.flatten = keras.layers.Flatten()
-        self.head = wrap(keras.layers.Dense(1))
+                channels, 4, strides=2, padding="same", dtype=policy)), f"down_{i}"))
+        self.flatten = keras.layers.Flatten(dtype=policy)
+        self.head = wrap(keras.layers.Dense(1, dtype=policy))
+        self._inputs_dtype = keras.DTypePolicy(policy).compute_dtype
 
     def call(self, x, training=True):
         # training=True by default: the discriminator only runs in training steps, and
         # keras.layers.SpectralNormalization normalizes the kernel only when training.
-        h = tf.nn.leaky_relu(self.stem(2.0 * x - 1.0, training=training), 0.2)
+        h = tf.cast(2.0 * x - 1.0, self._inputs_dtype)
+        h = tf.nn.leaky_relu(self.stem(h, training=training), 0.2)
         for down in self.downs:
             h = tf.nn.leaky_relu(down(h, training=training), 0.2)
-        return tf.squeeze(self.head(self.flatten(h), training=training), axis=-1)
+        logits = tf.cast(self.head(self.flatten(h), training=training), tf.float32)
+        return tf.squeeze(logits, axis=-1)
 
 
 class MaskedDense(keras.layers.Dense):

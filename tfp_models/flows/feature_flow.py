@@ -116,7 +116,8 @@ def build_feature_flow(image_shape: Sequence[int], num_scales: int, hidden_chann
                        logit_alpha: float = LOGIT_ALPHA,
                        couplings_per_scale: int = 3,
                        final_couplings: int = 4,
-                       kernel_size: int = 3) -> FeatureFlow:
+                       kernel_size: int = 3,
+                       compute_dtype: str = "float32") -> FeatureFlow:
     """Builds the multi-scale Real NVP feature map f for images of ``image_shape``.
 
     Per scale (Real NVP section 3.6): ``couplings_per_scale`` checkerboard couplings,
@@ -128,6 +129,8 @@ def build_feature_flow(image_shape: Sequence[int], num_scales: int, hidden_chann
     the coupling nets' convolution size; with 1 a coupling conditions only on its own
     (squeezed) position, so f couples pixels within 2^s x 2^s blocks at most, s =
     num_scales - 1 (a local flow: image-level structure is left to the latent).
+    ``compute_dtype`` is the coupling nets' arithmetic ('float32' or 'bfloat16'); the
+    affine maps, ActNorm and every log-determinant are float32 either way.
     """
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
@@ -148,7 +151,7 @@ def build_feature_flow(image_shape: Sequence[int], num_scales: int, hidden_chann
             steps.append(ActNorm(layer, name=f"actnorm_{i}"))
         net = nets.add(ResNetCouplingNet(
             channels_out, hidden_channels, num_res_blocks, kernel_size,
-            name=f"coupling_net_{i}"))
+            compute_dtype=compute_dtype, name=f"coupling_net_{i}"))
         steps.append(AffineCoupling(net, mask, parity, name=f"coupling_{i}"))
         return steps
 
