@@ -18,6 +18,10 @@ trainer's losses and updates, nothing else) is built four times on the same mode
 - with ``--bf16``, ``onednn_separate_bf16`` and ``xla_separate_bf16``: the separate-call
   steps of a model computing in bfloat16 (``--compute_dtype=bfloat16``,
   :mod:`pipeline.precision`) holding the same weights.
+- with ``--checkerboard_baseline``, ``onednn_separate_whole1x1``: today's default step
+  traced with ``tfp_models.flows.steps.CONSTANT_1X1_CHECKERBOARD = False``, i.e. the 1x1
+  checkerboard couplings' nets evaluated on the whole image instead of on one zero pixel
+  (the same values: ``tests/test_flow_checkerboard_1x1.py``).
 
 All run on the same pre-made batches (the input pipeline is not timed), in interleaved
 blocks of ``--block_steps`` steps (the order rotates every repeat); medians of the per-step
@@ -60,6 +64,7 @@ from pipeline import config_flags, precision  # noqa: E402
 from pipeline import data as data_lib  # noqa: E402
 from pipeline.trainer import make_train_dataset, model_config_for_data  # noqa: E402
 from tfp_models import flows  # noqa: E402
+from tfp_models.flows import steps as flow_steps  # noqa: E402
 from tfp_models.hybrid import HybridModel  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -110,9 +115,12 @@ STEP_VARIANTS = {"xla_separate": (True, False), "onednn_separate": (False, False
 BASELINE, DEFAULT = "xla_separate", "onednn_fused"
 
 
-def build(name: str, data_dir: str, tmp: str, n_batches: int, bf16: bool = False):
+def build(name: str, data_dir: str, tmp: str, n_batches: int, bf16: bool = False,
+          checkerboard_baseline: bool = False):
     """(model config, train config, {variant: minimal step}, pre-made batches); with
-    ``bf16`` also the separate-call steps of a bfloat16 copy of the model."""
+    ``bf16`` also the separate-call steps of a bfloat16 copy of the model, with
+    ``checkerboard_baseline`` the default step traced with whole-image 1x1 checkerboard
+    couplings (``onednn_separate_whole1x1``)."""
     cfg_file, _, extra = CONFIGS[name]
     fv = flags.FlagValues()
     config_flags.define_train_flags(fv)
@@ -141,6 +149,18 @@ def build(name: str, data_dir: str, tmp: str, n_batches: int, bf16: bool = False
                                       beta_2=cfg.disc_adam_beta2)
         run_cfg = dataclasses.replace(cfg, jit_compile=jit)
         steps[variant] = minimal_step_fn(step_model, run_cfg, g_opt, d_opt, one_pass=one_pass)
+    if checkerboard_baseline:
+        g_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.adam_beta1)
+        d_opt = keras.optimizers.Adam(cfg.disc_learning_rate, beta_1=cfg.disc_adam_beta1,
+                                      beta_2=cfg.disc_adam_beta2)
+        step = minimal_step_fn(model, dataclasses.replace(cfg, jit_compile=False), g_opt,
+                               d_opt, one_pass=False)
+        flow_steps.CONSTANT_1X1_CHECKERBOARD = False  # read when the step is traced: now
+        try:
+            step.get_concrete_function(batches[0])
+        finally:
+            flow_steps.CONSTANT_1X1_CHECKERBOARD = True
+        steps["onednn_separate_whole1x1"] = step
     return model_config, cfg, steps, batches
 
 
@@ -190,6 +210,8 @@ def main() -> int:
     p.add_argument("--out", default="")
     p.add_argument("--bf16", action="store_true",
                    help="also time the separate-call steps computing in bfloat16")
+    p.add_argument("--checkerboard_baseline", action="store_true",
+                   help="also time the default step with whole-image 1x1 checkerboard nets")
     args = p.parse_args()
     names = [c for c in args.configs.split(",") if c]
     unknown = sorted(set(names) - set(CONFIGS))
@@ -204,7 +226,8 @@ def main() -> int:
         kind = CONFIGS[name][1]
         if kind not in data:
             data[kind] = make_data(kind, tmp)
-        model_config, cfg, steps, batches = build(name, data[kind], tmp, 8, args.bf16)
+        model_config, cfg, steps, batches = build(name, data[kind], tmp, 8, args.bf16,
+                                                  args.checkerboard_baseline)
         flops = profiler_total(steps[DEFAULT].get_concrete_function(batches[0]).graph)
         first_call = {}  # trace (+ XLA compile) and one step, seconds
         for v, step in steps.items():  # compile every variant before timing
@@ -227,10 +250,13 @@ def main() -> int:
         lines += [ratio_line(blocks, times, BASELINE, v) for v in steps if v != BASELINE]
         lines += [ratio_line(blocks, times, v[:-len("_bf16")], v)
                   for v in steps if v.endswith("_bf16")]
+        if args.checkerboard_baseline:
+            lines.append(ratio_line(blocks, times, "onednn_separate_whole1x1", "onednn_separate"))
         lines += [ratio_line(blocks, times, "onednn_separate", "onednn_fused"),
                   break_even_line(first_call, times, "onednn_separate", BASELINE),
                   f"  ({args.repeats} repeats of {args.block_steps}-step blocks per variant)"]
-        print("\n".join(lines[-(2 * len(steps) + 3 + 2 * args.bf16):]), flush=True)
+        print("\n".join(lines[-(2 * len(steps) + 3 + 2 * args.bf16
+                                 + args.checkerboard_baseline):]), flush=True)
     cpus = os.cpu_count() or 1
     lines.append(f"1-minute load average {min(loads):.2f}-{max(loads):.2f} on {cpus} CPUs: "
                  f"machine {'idle' if max(loads) < 0.25 * cpus else 'NOT idle'}")

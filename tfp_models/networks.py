@@ -52,7 +52,7 @@ class ResNetCouplingNet(keras.layers.Layer):
                  kernel_size: int = 3, compute_dtype: str = "float32", **kwargs):
         super().__init__(**kwargs)
         self.out_channels = out_channels
-        k = kernel_size
+        self.kernel_size = k = kernel_size
         policy = layer_policy(compute_dtype)
         self.in_conv = keras.layers.Conv2D(hidden_channels, k, padding="same", dtype=policy)
         self.res_convs = [

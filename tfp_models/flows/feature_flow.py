@@ -128,7 +128,10 @@ def build_feature_flow(image_shape: Sequence[int], num_scales: int, hidden_chann
     preprocessing alone (the feature space of the no-flow variants). ``kernel_size`` is
     the coupling nets' convolution size; with 1 a coupling conditions only on its own
     (squeezed) position, so f couples pixels within 2^s x 2^s blocks at most, s =
-    num_scales - 1 (a local flow: image-level structure is left to the latent).
+    num_scales - 1 (a local flow: image-level structure is left to the latent); its
+    checkerboard couplings are then constant affine maps (a 1x1 net sees zeros at every
+    pixel it transforms: :class:`~tfp_models.flows.steps.AffineCoupling`), so only the
+    channel-wise couplings after each squeeze depend on the data.
     ``compute_dtype`` is the coupling nets' arithmetic ('float32' or 'bfloat16'); the
     affine maps, ActNorm and every log-determinant are float32 either way.
     """
