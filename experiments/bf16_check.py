@@ -1,0 +1,127 @@
+"""Does bfloat16 training track float32 training? (issue #23 item 2's check, short form.)
+
+    python experiments/bf16_check.py [--train_steps 200] [--validation_every 50] \
+        [--work_dir /tmp/bf16_check] [--out experiments/results/bf16_check.md]
+
+Trains the quickstart model (``configs/quickstart.cfg``: ``cqf`` on MNIST 28x28) with
+``pipeline.train`` three times for ``--train_steps`` steps: float32 with seeds 0 and 1 (the
+seed spread) and ``--compute_dtype=bfloat16`` with seed 0 (the same initial weights, data
+order and noise as float32 seed 0). Every validation bits/dim (the ELBO on the first 500
+validation digits) is computed in float32 (a bfloat16 run measures with its float32 twin).
+Then each final checkpoint is restored into a float32 model and its flow's round trip
+max |f^-1(f(x)) - x| is measured on 256 dequantized validation digits.
+
+The question: is |bf16 - fp32| (same seed) within |fp32 seed 1 - fp32 seed 0| at every
+validation step, and is the bfloat16-trained flow's float32 round trip as exact as the
+float32-trained one's? Also printed: seconds per training step of each run (whole run /
+steps: start-up included; the load average is printed: on a CPU without bfloat16
+instructions bfloat16 is emulated).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+ARMS = (("fp32 seed 0", "float32", 0), ("fp32 seed 1", "float32", 1),
+        ("bf16 seed 0", "bfloat16", 0))
+
+
+def train(arm: tuple, args, data_dir: str, uri: str) -> tuple[str, float]:
+    """Trains one arm with pipeline.train; returns (model_dir, wall seconds)."""
+    name, dtype, seed = arm
+    model_dir = os.path.join(args.work_dir, name.replace(" ", "_"))
+    cmd = [sys.executable, "-m", "pipeline.train", "--flagfile=configs/quickstart.cfg",
+           f"--data_dir={data_dir}", f"--model_dir={model_dir}", f"--seed={seed}",
+           f"--train_steps={args.train_steps}", f"--validation_every={args.validation_every}",
+           f"--checkpoint_every={args.train_steps}", f"--sample_every={args.train_steps}",
+           f"--compute_dtype={dtype}", f"--mlflow_tracking_uri={uri}",
+           "--experiment=bf16_check", f"--run_name={name}", "--show_progress=false"]
+    print("$", " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return model_dir, time.perf_counter() - start
+
+
+def round_trip_error(model_dir: str, data_dir: str) -> float:
+    """max |f^-1(f(x)) - x| of the checkpoint's flow, restored in float32, on 256
+    validation digits with seeded dequantization noise."""
+    import tensorflow as tf
+
+    from artifacts import model_io
+    from artifacts.dataset_format import read_dataset_info
+    from artifacts.tfrecord_dataset import make_image_dataset
+    from tfp_models import flows
+    from tfp_models.hybrid import HybridModel
+
+    config, _ = model_io.load_model_config(model_dir)
+    model = HybridModel(config)  # float32
+    model_io.make_checkpoint(model, tf.Variable(0, dtype=tf.int64)).restore(
+        tf.train.latest_checkpoint(model_dir)).expect_partial()
+    info = read_dataset_info(data_dir)
+    images = next(iter(make_image_dataset(info, "validation", 256, shuffle=False,
+                                          repeat=False, drop_remainder=False)))["images"]
+    x = flows.dequantize_images(images, tf.random.stateless_uniform(tf.shape(images), (0, 1)))
+    return float(tf.reduce_max(tf.abs(model.flow.inverse(model.flow.forward(x)) - x)))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--train_steps", type=int, default=200)
+    p.add_argument("--validation_every", type=int, default=50)
+    p.add_argument("--work_dir", default="/tmp/bf16_check")
+    p.add_argument("--mnist_dir", default=os.path.join(SHARED, "mnist_test"))
+    p.add_argument("--out", default="")
+    args = p.parse_args()
+    sys.path.insert(0, ROOT)
+    from mlflow.tracking import MlflowClient
+
+    from artifacts import tracking
+    from beam_jobs.preprocess import run_preprocess
+
+    os.makedirs(args.work_dir, exist_ok=True)
+    data_dir = os.path.join(args.work_dir, "mnist28")
+    if not os.path.exists(os.path.join(data_dir, "dataset.json")):
+        run_preprocess("mnist_idx", args.mnist_dir, data_dir, 28, grayscale=True,
+                       validation_fraction=0.1)
+    uri = f"sqlite:///{os.path.join(args.work_dir, 'mlflow.db')}"
+    loads, rows = [os.getloadavg()[0]], {}
+    for arm in ARMS:
+        model_dir, seconds = train(arm, args, data_dir, uri)
+        loads.append(os.getloadavg()[0])
+        history = MlflowClient(uri).get_metric_history(tracking.run_id_of(model_dir),
+                                                      "validation/bpd")
+        rows[arm[0]] = ({m.step: m.value for m in history}, seconds / args.train_steps,
+                        round_trip_error(model_dir, data_dir))
+    steps = sorted(rows[ARMS[0][0]][0])
+    lines = [f"# bfloat16 vs float32 training, quickstart model, {args.train_steps} steps",
+             "", f"Command: `python experiments/bf16_check.py --train_steps {args.train_steps} "
+             f"--validation_every {args.validation_every}`; "
+             f"{datetime.date.today().isoformat()}; 1-minute load average "
+             f"{min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs.", "",
+             "Validation bits/dim (ELBO, first 500 validation digits, float32):", "",
+             "| step | " + " | ".join(a[0] for a in ARMS) + " | bf16 - fp32 (seed 0) "
+             "| fp32 seed 1 - seed 0 |", "|---" * (len(ARMS) + 3) + "|"]
+    a, b, c = (rows[arm[0]][0] for arm in ARMS)
+    for s in steps:
+        lines.append(f"| {s} | {a[s]:.4f} | {b[s]:.4f} | {c[s]:.4f} | {c[s] - a[s]:+.4f} | "
+                     f"{b[s] - a[s]:+.4f} |")
+    lines += ["", "| run | s per step (whole run) | float32 round trip max abs error |",
+              "|---|---|---|"]
+    lines += [f"| {name} | {rows[name][1]:.2f} | {rows[name][2]:.2e} |" for name, _, _ in ARMS]
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(report + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
