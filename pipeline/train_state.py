@@ -29,6 +29,7 @@ from pipeline import data as data_lib
 from pipeline import precision
 from pipeline.train_config import TrainConfig
 from pipeline.train_input import make_train_dataset
+from pipeline.train_optimizers import make_optimizers
 from tfp_models import flows
 from tfp_models.hybrid import HybridConfig, HybridModel
 
@@ -60,19 +61,6 @@ class TrainState:
         """The model to validate and sample with, float32 (:func:`pipeline.precision.
         float32_view`): ``model``, or its float32 twin holding ``model``'s weights."""
         return precision.float32_view(self.model, self.float32_twin)
-
-
-def generator_learning_rate(
-        cfg: TrainConfig, base: float) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """The learning rate of a generator-side Adam (encoder/decoder/flow, and the flow's own
-    optimizer): ``base`` for 'constant'; for 'cosine', Keras' CosineDecay from ``base`` to 0
-    at step ``cfg.lr_decay_steps`` (0 = ``cfg.train_steps``) over the optimizer's own
-    iteration count, which is checkpointed: a resume continues the same curve as long as the
-    horizon is unchanged. The discriminator keeps its constant rate."""
-    if cfg.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(
-            base, decay_steps=cfg.lr_decay_steps or cfg.train_steps)
-    return base
 
 
 class WorkerLost(RuntimeError):
@@ -284,7 +272,7 @@ def build_state(model_config: HybridConfig, cfg: TrainConfig,
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
         model = HybridModel(model_config, compute_dtype=compute_dtype)
-        g_opt, flow_opt, d_opt = _make_optimizers(model, cfg)
+        g_opt, flow_opt, d_opt = make_optimizers(model, cfg)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     optimizers = {"generator_optimizer": g_opt}
     if flow_opt is not None:
@@ -314,31 +302,6 @@ def build_state(model_config: HybridConfig, cfg: TrainConfig,
             "data_dir": os.path.abspath(cfg.data_dir), "dataset": info.raw.get("source"),
             "label_names": info.label_names})
     return state
-
-
-def _make_optimizers(model: HybridModel, cfg: TrainConfig) -> tuple[
-        keras.optimizers.Optimizer, keras.optimizers.Optimizer | None,
-        keras.optimizers.Optimizer | None]:
-    """(generator Adam, the flow's own Adam or None, discriminator Adam or None), built on
-    their variables; call under the strategy's scope."""
-    g_opt = keras.optimizers.Adam(generator_learning_rate(cfg, cfg.learning_rate),
-                                  beta_1=cfg.adam_beta1)
-    flow_vars = list(model.flow.trainable_variables)
-    flow_opt = None
-    if cfg.flow_learning_rate and flow_vars:
-        flow_opt = keras.optimizers.Adam(generator_learning_rate(cfg, cfg.flow_learning_rate),
-                                         beta_1=cfg.adam_beta1)
-        flow_opt.build(flow_vars)
-        flow_ids = {id(v) for v in flow_vars}
-        g_opt.build([v for v in model.generator_variables if id(v) not in flow_ids])
-    else:
-        g_opt.build(model.generator_variables)
-    d_opt = None
-    if model.spec.adversarial:
-        d_opt = keras.optimizers.Adam(cfg.disc_learning_rate, beta_1=cfg.disc_adam_beta1,
-                                      beta_2=cfg.disc_adam_beta2)
-        d_opt.build(model.discriminator_variables)
-    return g_opt, flow_opt, d_opt
 
 
 def _data_init(state: TrainState, cfg: TrainConfig, info: data_lib.DatasetInfo) -> None:

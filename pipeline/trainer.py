@@ -55,12 +55,12 @@ from pipeline.train_input import (
     make_train_dataset,
     split_by_rows,
 )
+from pipeline.train_optimizers import generator_learning_rate
 from pipeline.train_state import (
     PEER_ERRORS,
     TrainState,
     WorkerLost,
     build_state,
-    generator_learning_rate,
     make_strategy,
     remove_worker_copies,
     save_checkpoint,

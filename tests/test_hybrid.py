@@ -93,7 +93,7 @@ def test_flow_posterior_log_density_matches_brute_force_jacobian(kind):
 
 
 def test_made_is_autoregressive():
-    from tfp_models.networks import MADE
+    from tfp_models.posterior_networks import MADE
 
     made = MADE(5, 16)
     z = tf.random.normal((1, 5))

@@ -11,8 +11,8 @@ stay float32, so checkpoints are the same either way). Every network takes float
 inputs and returns float32 outputs: the casts are at the network's edges, and what follows
 a network (the coupling's affine map and its log-determinant, the decoder's biases and
 Gaussian, the losses) is float32. Spectral normalization's power iteration runs on the
-float32 kernel. The posterior's small dense nets (MADE, the conditional coupling) are
-float32 always.
+float32 kernel. The posterior's small dense nets (:mod:`tfp_models.posterior_networks`)
+are float32 always.
 """
 from __future__ import annotations
 
@@ -300,74 +300,3 @@ class Discriminator(keras.layers.Layer):
             h = tf.nn.leaky_relu(down(h, training=training), 0.2)
         logits = tf.cast(self.head(self.flatten(h), training=training), tf.float32)
         return tf.squeeze(logits, axis=-1)
-
-
-class MaskedDense(keras.layers.Dense):
-    """Dense layer whose kernel is multiplied by a fixed 0/1 mask [in, out] (MADE)."""
-
-    def __init__(self, units: int, mask, **kwargs):
-        super().__init__(units, **kwargs)
-        self._mask_value = mask
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self.mask = self.add_weight(name="mask", shape=self._mask_value.shape,
-                                    initializer=keras.initializers.Constant(self._mask_value),
-                                    trainable=False)
-
-    def call(self, x):
-        y = tf.matmul(x, self.kernel * self.mask) + self.bias
-        return self.activation(y)
-
-
-class MADE(keras.layers.Layer):
-    """Masked autoencoder (Germain et al., 2015) with an unmasked context input.
-
-    ``call(z [N, d], context [N, c])`` returns (shift, log_scale), each [N, d], where
-    output i depends only on z_<i (and the context): the shift_and_log_scale_fn of
-    ``tfb.MaskedAutoregressiveFlow``. Output layers are zero-initialised (identity).
-    """
-
-    def __init__(self, dim: int, hidden_units: int, **kwargs):
-        super().__init__(**kwargs)
-        import numpy as np
-
-        degrees_in = np.arange(1, dim + 1)
-        degrees_hidden = (np.arange(hidden_units) % max(dim - 1, 1)) + 1
-        hidden_mask = (degrees_hidden[None, :] >= degrees_in[:, None]).astype("float32")
-        out_mask = (degrees_in[None, :] > degrees_hidden[:, None]).astype("float32")
-        self.hidden = MaskedDense(hidden_units, hidden_mask)
-        self.context_proj = keras.layers.Dense(hidden_units, use_bias=False)
-        self.shift = MaskedDense(dim, out_mask, kernel_initializer="zeros")
-        self.log_scale = MaskedDense(dim, out_mask, kernel_initializer="zeros")
-
-    def call(self, z, context):
-        h = tf.nn.elu(self.hidden(z) + self.context_proj(context))
-        return self.shift(h), self.log_scale(h)
-
-
-class ConditionalCouplingNet(keras.layers.Layer):
-    """The shift/log-scale net of an affine coupling on a latent vector, conditioned on a
-    context (the Real NVP posterior's s_i, t_i).
-
-    ``call(a [N, m], context [N, c])`` returns (shift, log_scale), each [N, out_dim]:
-    h = elu(W_a a + W_c context + b), h = elu(dense(h)), then a zero-initialised dense
-    layer gives (t, raw_s) and log_scale = s_scale * tanh(raw_s) (bounded per unit, s_scale
-    learned, 1 at init). A fresh net gives shift = log_scale = 0: the identity coupling.
-    """
-
-    def __init__(self, out_dim: int, hidden_units: int, **kwargs):
-        super().__init__(**kwargs)
-        self.out_dim = out_dim
-        self.hidden = keras.layers.Dense(hidden_units)
-        self.context_proj = keras.layers.Dense(hidden_units, use_bias=False)
-        self.hidden_2 = keras.layers.Dense(hidden_units)
-        self.out = keras.layers.Dense(2 * out_dim, kernel_initializer="zeros",
-                                      bias_initializer="zeros")
-        self.s_scale = self.add_weight(name="s_scale", shape=(out_dim,), initializer="ones")
-
-    def call(self, a, context):
-        h = tf.nn.elu(self.hidden(a) + self.context_proj(context))
-        h = tf.nn.elu(self.hidden_2(h))
-        shift, raw_s = tf.split(self.out(h), 2, axis=-1)
-        return shift, self.s_scale * tf.tanh(raw_s)

@@ -16,7 +16,8 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_models.networks import MADE, ConditionalCouplingNet, track_layer
+from tfp_models.networks import track_layer
+from tfp_models.posterior_networks import MADE, ConditionalCouplingNet
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -195,7 +196,7 @@ class RealNVPPosterior(ContextFlowPosterior):
 
         b' = b * exp(s_i(a, h)) + t_i(a, h),    a' = a,
 
-    with s_i = s_scale * tanh(raw_s) bounded (:class:`~tfp_models.networks.ConditionalCouplingNet`,
+    with s_i = s_scale * tanh(raw_s) bounded (:class:`~tfp_models.posterior_networks.ConditionalCouplingNet`,
     zero-initialised: a fresh step is the identity). The Jacobian of a step is triangular
     with diagonal exp(s_i) on b, so
 
