@@ -100,3 +100,29 @@ def test_a_full_disk_in_multi_processing_workers_is_one_line(tmp_path, mount_tmp
     assert errors == [f"python -m beam_jobs.preprocess: error: writing the data set "
                       f"{disk / 'out'} failed: No space left on device"], err[-3000:]
 
+
+
+@pytest.mark.slow
+def test_a_model_too_big_for_memory_is_one_line_from_pipeline_train(digits16, tmp_path):
+    """Encoder/decoder convolutions of 65,536 channels (a 154 GB kernel) are refused by the
+    allocator when the model is built: no traceback, the last line names the size flags,
+    exit 2."""
+    import subprocess
+    import sys
+
+    from test_faults_preprocess import PROJECT_ROOT
+
+    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
+    env.pop("AD_TRACEBACK", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.train", "--flagfile=configs/quickstart.cfg",
+         f"--data_dir={digits16}", f"--model_dir={tmp_path / 'model'}", "--train_steps=2",
+         "--enc_dec_channels=65536", "--enc_dec_downsamples=1",
+         f"--mlflow_tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()[-1:]  # after the run's info lines
+    assert lines[0].startswith("python -m pipeline.train: error: out of memory while training: "
+                               "OOM when allocating tensor"), lines
+    assert "--enc_dec_channels=65536" in lines[0] and "lower them" in lines[0], lines
