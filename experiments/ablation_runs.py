@@ -30,6 +30,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, train_steps: int,
     parser.add_argument("--variants", default=ALL_VARIANTS)
     parser.add_argument("--seeds", default="0", help="seeds of every variant")
     parser.add_argument("--more_seeds", default="", help="further seeds of --more_seeds_variants")
+    parser.add_argument("--extra_seeds", default="",
+                        help="further seeds of single variants, e.g. 'vae=1;cq=1,2'")
     parser.add_argument("--train_steps", type=int, default=train_steps)
     parser.add_argument("--validation_every", type=int, default=validation_every)
     parser.add_argument("--fid_samples", type=int, default=fid_samples)
@@ -46,12 +48,24 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, train_steps: int,
 
 def jobs_of(args) -> list[tuple[str, int]]:
     """(variant, seed) of every run: --seeds for each variant, --more_seeds for
-    --more_seeds_variants."""
+    --more_seeds_variants, then --extra_seeds ('variant=s1,s2;...') for single variants."""
     seeds = [int(s) for s in args.seeds.split(",") if s]
     more = [int(s) for s in args.more_seeds.split(",") if s]
     more_variants = set(args.more_seeds_variants.split(","))
-    return [(v, s) for v in args.variants.split(",") if v
-            for s in seeds + (more if v in more_variants else [])]
+    extra: dict[str, list[int]] = {}
+    for item in filter(None, getattr(args, "extra_seeds", "").split(";")):
+        variant, _, listed = item.partition("=")
+        try:
+            extra[variant.strip()] = [int(s) for s in listed.split(",") if s.strip()]
+        except ValueError:
+            raise SystemExit(f"--extra_seeds={args.extra_seeds!r}: expected "
+                             "'variant=seed,seed;...'") from None
+    jobs = []
+    for v in filter(None, args.variants.split(",")):
+        for s in seeds + (more if v in more_variants else []) + extra.get(v, []):
+            if (v, s) not in jobs:
+                jobs.append((v, s))
+    return jobs
 
 
 def row_machine(model_dir: str, tracking_uri: str) -> dict[str, str]:

@@ -45,3 +45,21 @@ def test_a_column_missing_from_a_row_is_left_out_and_one_pair_is_not_enough(monk
     assert "FID T=0 -10.0 ± 0.0" in line and "IW" not in line
     assert ablation.paired_differences({"vae_f": rows["vae_f"][:1], "cqf": rows["cqf"]},
                                        "vae_f", "cqf", [("samples_t0", "fid", 1, "F")]) is None
+
+
+def test_the_runs_are_seeds_of_every_variant_then_more_then_extra(monkeypatch):
+    import argparse
+
+    import pytest
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "experiments"))
+    sys.modules.pop("ablation_runs", None)
+    import ablation_runs
+
+    args = argparse.Namespace(variants="vae,vae_f,cq", seeds="0", more_seeds="1,2",
+                              more_seeds_variants="vae_f", extra_seeds="vae=1;cq=2,0")
+    assert ablation_runs.jobs_of(args) == [("vae", 0), ("vae", 1), ("vae_f", 0), ("vae_f", 1),
+                                           ("vae_f", 2), ("cq", 0), ("cq", 2)]
+    args.extra_seeds = "vae=one"
+    with pytest.raises(SystemExit, match="--extra_seeds"):
+        ablation_runs.jobs_of(args)
