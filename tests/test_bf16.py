@@ -112,6 +112,7 @@ def test_auto_picks_bfloat16_only_on_cpus_with_bfloat16_instructions(monkeypatch
         precision.resolve_compute_dtype("float16", strategy)
 
 
+@pytest.mark.slow
 def test_a_bfloat16_run_validates_and_samples_in_float32_and_evaluates_after(
         digits16, tmp_path, tracking_uri):
     from mlflow.tracking import MlflowClient
