@@ -15,6 +15,10 @@ variables are float32 either way).
 GFLOP/s). Elsewhere float32: on AVX2 CPUs bfloat16 is emulated (on the development VM
 benchmarks/bench_step_speed.py measured bf16 peaks of 99 / 121 against fp32 113 / 109
 GFLOP/s, no gain), and GPUs are not measured here.
+
+Quality: trained 200 steps in bfloat16, the quickstart model was 0.13 bits/dim behind
+float32 (seed spread 0.09; experiments/results/bf16_check.md), so configs/quickstart.cfg pins
+float32; a full-length comparison on a CPU with bfloat16 instructions has not been run.
 """
 from __future__ import annotations
 
