@@ -18,10 +18,15 @@ trainer's losses and updates, nothing else) is built four times on the same mode
 - with ``--bf16``, ``onednn_separate_bf16`` and ``xla_separate_bf16``: the separate-call
   steps of a model computing in bfloat16 (``--compute_dtype=bfloat16``,
   :mod:`pipeline.precision`) holding the same weights.
-- with ``--checkerboard_baseline``, ``onednn_separate_whole1x1``: today's default step
-  traced with ``tfp_models.flows.steps.CONSTANT_1X1_CHECKERBOARD = False``, i.e. the 1x1
-  checkerboard couplings' nets evaluated on the whole image instead of on one zero pixel
-  (the same values: ``tests/test_flow_checkerboard_1x1.py``).
+- with ``--checkerboard_baseline``, ``onednn_separate_whole1x1`` and
+  ``xla_separate_whole1x1``: the separate-call steps traced with
+  ``tfp_models.flows.steps.CONSTANT_1X1_CHECKERBOARD = False``, i.e. the 1x1 checkerboard
+  couplings' nets evaluated on the whole image instead of on one zero pixel (the same
+  values: ``tests/test_flow_checkerboard_1x1.py``). ``xla_separate_whole1x1`` is the
+  trainer's default step when the training-speed issue was filed (the original default),
+  and a last line gives today's default for the configuration on this CPU
+  (``pipeline.train_step.cpu_default_jit_compile`` or the config's ``--jit_compile``,
+  separate calls, the shortcut) over it.
 
 All run on the same pre-made batches (the input pipeline is not timed), in interleaved
 blocks of ``--block_steps`` steps (the order rotates every repeat); medians of the per-step
@@ -60,7 +65,7 @@ from bench_train_step import minimal_step_fn  # noqa: E402
 from step_flops import profiler_total  # noqa: E402
 
 from beam_jobs.preprocess import run_preprocess  # noqa: E402
-from pipeline import config_flags, precision  # noqa: E402
+from pipeline import config_flags, precision, train_step  # noqa: E402
 from pipeline import data as data_lib  # noqa: E402
 from pipeline.trainer import make_train_dataset, model_config_for_data  # noqa: E402
 from tfp_models import flows  # noqa: E402
@@ -113,6 +118,17 @@ def peaks() -> dict[str, float]:
 STEP_VARIANTS = {"xla_separate": (True, False), "onednn_separate": (False, False),
                  "onednn_fused": (False, True), "xla_fused": (True, True)}
 BASELINE, DEFAULT = "xla_separate", "onednn_fused"
+ORIGINAL_DEFAULT = "xla_separate_whole1x1"  # the trainer's step when the speed issue was filed
+
+
+def todays_default(cfg) -> str:
+    """The variant the trainer runs today on this CPU for ``cfg`` (a TrainConfig): XLA as
+    the config pins it or :func:`pipeline.train_step.cpu_default_jit_compile` decides,
+    separate calls (``FUSED_CALLS``), the 1x1-checkerboard shortcut."""
+    jit = (train_step.cpu_default_jit_compile(cfg.train_steps) if cfg.jit_compile is None
+           else cfg.jit_compile)
+    assert not train_step.FUSED_CALLS, "today's default would be a fused variant"
+    return "xla_separate" if jit else "onednn_separate"
 
 
 def build(name: str, data_dir: str, tmp: str, n_batches: int, bf16: bool = False,
@@ -150,17 +166,18 @@ def build(name: str, data_dir: str, tmp: str, n_batches: int, bf16: bool = False
         run_cfg = dataclasses.replace(cfg, jit_compile=jit)
         steps[variant] = minimal_step_fn(step_model, run_cfg, g_opt, d_opt, one_pass=one_pass)
     if checkerboard_baseline:
-        g_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.adam_beta1)
-        d_opt = keras.optimizers.Adam(cfg.disc_learning_rate, beta_1=cfg.disc_adam_beta1,
-                                      beta_2=cfg.disc_adam_beta2)
-        step = minimal_step_fn(model, dataclasses.replace(cfg, jit_compile=False), g_opt,
-                               d_opt, one_pass=False)
-        flow_steps.CONSTANT_1X1_CHECKERBOARD = False  # read when the step is traced: now
-        try:
-            step.get_concrete_function(batches[0])
-        finally:
-            flow_steps.CONSTANT_1X1_CHECKERBOARD = True
-        steps["onednn_separate_whole1x1"] = step
+        for variant, jit in (("onednn_separate_whole1x1", False), ("xla_separate_whole1x1", True)):
+            g_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.adam_beta1)
+            d_opt = keras.optimizers.Adam(cfg.disc_learning_rate, beta_1=cfg.disc_adam_beta1,
+                                          beta_2=cfg.disc_adam_beta2)
+            step = minimal_step_fn(model, dataclasses.replace(cfg, jit_compile=jit), g_opt,
+                                   d_opt, one_pass=False)
+            flow_steps.CONSTANT_1X1_CHECKERBOARD = False  # read when the step is traced: now
+            try:
+                step.get_concrete_function(batches[0])
+            finally:
+                flow_steps.CONSTANT_1X1_CHECKERBOARD = True
+            steps[variant] = step
     return model_config, cfg, steps, batches
 
 
@@ -251,12 +268,15 @@ def main() -> int:
         lines += [ratio_line(blocks, times, v[:-len("_bf16")], v)
                   for v in steps if v.endswith("_bf16")]
         if args.checkerboard_baseline:
-            lines.append(ratio_line(blocks, times, "onednn_separate_whole1x1", "onednn_separate"))
+            lines += [ratio_line(blocks, times, "onednn_separate_whole1x1", "onednn_separate"),
+                      ratio_line(blocks, times, "xla_separate_whole1x1", "xla_separate"),
+                      ratio_line(blocks, times, ORIGINAL_DEFAULT, todays_default(cfg))
+                      + "  <- today's default over the original default"]
         lines += [ratio_line(blocks, times, "onednn_separate", "onednn_fused"),
                   break_even_line(first_call, times, "onednn_separate", BASELINE),
                   f"  ({args.repeats} repeats of {args.block_steps}-step blocks per variant)"]
         print("\n".join(lines[-(2 * len(steps) + 3 + 2 * args.bf16
-                                 + args.checkerboard_baseline):]), flush=True)
+                                 + 3 * args.checkerboard_baseline):]), flush=True)
     cpus = os.cpu_count() or 1
     lines.append(f"1-minute load average {min(loads):.2f}-{max(loads):.2f} on {cpus} CPUs: "
                  f"machine {'idle' if max(loads) < 0.25 * cpus else 'NOT idle'}")
