@@ -132,11 +132,12 @@ def todays_default(cfg) -> str:
 
 
 def build(name: str, data_dir: str, tmp: str, n_batches: int, bf16: bool = False,
-          checkerboard_baseline: bool = False):
+          checkerboard_baseline: bool = False, only: str | None = None):
     """(model config, train config, {variant: minimal step}, pre-made batches); with
     ``bf16`` also the separate-call steps of a bfloat16 copy of the model, with
-    ``checkerboard_baseline`` the default step traced with whole-image 1x1 checkerboard
-    couplings (``onednn_separate_whole1x1``)."""
+    ``checkerboard_baseline`` the separate-call steps traced with whole-image 1x1
+    checkerboard couplings (``*_whole1x1``); ``only``: just that one of
+    :data:`STEP_VARIANTS`, or ``"default"`` for :func:`todays_default`."""
     cfg_file, _, extra = CONFIGS[name]
     fv = flags.FlagValues()
     config_flags.define_train_flags(fv)
@@ -153,6 +154,9 @@ def build(name: str, data_dir: str, tmp: str, n_batches: int, bf16: bool = False
     model.data_init(flows.dequantize_images(batches[0]["images"], batches[0]["dequant"]),
                     batches[0].get("prior"))
     variants = {v: (model,) + choice for v, choice in STEP_VARIANTS.items()}
+    if only is not None:
+        only = todays_default(cfg) if only == "default" else only
+        variants = {only: variants[only]}
     if bf16:
         model_bf16 = HybridModel(model_config, compute_dtype="bfloat16")
         precision.copy_weights(model, model_bf16)

@@ -1,0 +1,158 @@
+"""Benchmark: TensorFlow's thread-pool sizes for the training step (intra-op x inter-op).
+
+    python benchmarks/bench_threads.py [--configs quickstart,cifar10_cpu] \
+        [--settings '0,0;2,1;1,2'] [--repeats 4] [--block_steps 8] [--out FILE]
+
+For each configuration, one worker process per setting ``intra,inter`` (0 = TensorFlow's
+default: one thread per schedulable CPU) sets
+``tf.config.threading.set_{intra,inter}_op_parallelism_threads`` before any op runs, builds
+today's default minimal step of ``bench_step_speed.py`` (``todays_default``: XLA or not as
+the trainer would choose, separate calls, the 1x1-checkerboard shortcut) on the same
+pre-made batches, and waits. The parent then asks the workers in turn for blocks of
+``--block_steps`` steps, rotating the order every repeat, so the settings are interleaved
+in time while each keeps its compiled step; idle workers only wait on their stdin. It
+prints the median step time of each setting and its speed-up over the first setting (the
+default, ``0,0``), by medians and by the median of per-repeat ratios, and the 1-minute load
+average (compare ratios only from a machine with nothing else running).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def worker(config: str, data_dir: str, intra: int, inter: int) -> int:
+    """One setting: build the step, print 'ready <first call s>', then answer each stdin line
+    'run K' with a JSON list of K per-step times (s) until 'quit'."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
+    sys.path.insert(0, HERE)
+    import bench_step_speed
+    tmp = tempfile.mkdtemp(prefix="bench_threads_worker_")
+    _, _, steps, batches = bench_step_speed.build(config, data_dir, tmp, 8, only="default")
+    (variant, step), = steps.items()
+    start = time.perf_counter()
+    float(step(batches[0]))
+    first = time.perf_counter() - start
+    float(step(batches[1]))
+    print(f"ready {first:.1f} {variant}", flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit":
+            break
+        stamps = [time.perf_counter()]
+        for i in range(int(cmd[1])):
+            float(step(batches[i % len(batches)]))
+            stamps.append(time.perf_counter())
+        print(json.dumps([b - a for a, b in zip(stamps, stamps[1:])]), flush=True)
+    return 0
+
+
+def parse_settings(text: str) -> list[tuple[int, int]]:
+    """'0,0;2,1' -> [(0, 0), (2, 1)]; a usage error names the flag and the expected form."""
+    try:
+        out = [tuple(int(v) for v in part.split(",")) for part in text.split(";") if part]
+        if not out or any(len(s) != 2 or min(s) < 0 for s in out):
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"--settings: expected 'intra,inter;intra,inter;...' of integers "
+                         f">= 0, got {text!r}") from None
+    return out
+
+
+def time_config(config: str, data_dir: str, settings: list[tuple[int, int]], repeats: int,
+                block_steps: int) -> list[str]:
+    """The report lines of one configuration."""
+    procs = {}
+    ready = {}
+    for s in settings:  # built one at a time: a build is not timed, but would slow the others
+        procs[s] = subprocess.Popen(
+            [sys.executable, __file__, "--worker", config, data_dir, str(s[0]), str(s[1])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        line = procs[s].stdout.readline().split()
+        if not line or line[0] != "ready":
+            raise SystemExit(f"worker {s} of {config} failed to start")
+        ready[s] = (float(line[1]), line[2])
+    times = {s: [] for s in settings}
+    blocks = {s: [] for s in settings}
+    for r in range(repeats):
+        for s in settings[r % len(settings):] + settings[:r % len(settings)]:
+            procs[s].stdin.write(f"run {block_steps}\n")
+            procs[s].stdin.flush()
+            block = json.loads(procs[s].stdout.readline())
+            times[s].extend(block)
+            blocks[s].append(statistics.median(block))
+    for p in procs.values():
+        p.stdin.write("quit\n")
+        p.stdin.flush()
+        p.wait()
+    base = settings[0]
+    lines = [f"{config} ({ready[base][1]}):"]
+    for s in settings:
+        med = statistics.median(times[s])
+        pairs = [a / b for a, b in zip(blocks[base], blocks[s])]
+        lines.append(f"  intra {s[0]} inter {s[1]}: {med * 1e3:8.1f} ms/step; speed-up over "
+                     f"intra {base[0]} inter {base[1]}: "
+                     f"{statistics.median(times[base]) / med:.3f}x (medians), "
+                     f"{statistics.median(pairs):.3f}x (median of per-repeat ratios); "
+                     f"first call {ready[s][0]:.1f} s")
+    lines.append(f"  ({repeats} repeats of {block_steps}-step blocks per setting)")
+    return lines
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        config, data_dir, intra, inter = sys.argv[2:6]
+        return worker(config, data_dir, int(intra), int(inter))
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--configs", default="quickstart,cifar10_cpu")
+    p.add_argument("--settings", default="0,0;2,1;1,2",
+                   help="intra,inter thread counts per setting; the first is the baseline")
+    p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--block_steps", type=int, default=8)
+    p.add_argument("--out", default="")
+    args = p.parse_args()
+    settings = parse_settings(args.settings)
+    sys.path.insert(0, HERE)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import bench_step_speed  # after argument checks: it imports TensorFlow
+    names = [c for c in args.configs.split(",") if c]
+    unknown = sorted(set(names) - set(bench_step_speed.CONFIGS))
+    if unknown:
+        raise SystemExit(f"--configs: unknown {unknown}; expected some of "
+                         f"{sorted(bench_step_speed.CONFIGS)}")
+    tmp = tempfile.mkdtemp(prefix="bench_threads_")
+    loads = [os.getloadavg()[0]]
+    lines, data = [], {}
+    for name in names:
+        kind = bench_step_speed.CONFIGS[name][1]
+        if kind not in data:
+            data[kind] = bench_step_speed.make_data(kind, tmp)
+        new = time_config(name, data[kind], settings, args.repeats, args.block_steps)
+        loads.append(os.getloadavg()[0])
+        print("\n".join(new), flush=True)
+        lines += new
+    cpus = len(os.sched_getaffinity(0))
+    lines.append(f"1-minute load average {min(loads):.2f}-{max(loads):.2f} on {cpus} CPUs "
+                 f"(the timed worker's own threads count)")
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(report + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
