@@ -127,15 +127,18 @@ def validation_curves(rows: dict[str, list[dict]], args, path: str) -> str | Non
     client = MlflowClient(tracking_uri=args.mlflow_tracking_uri)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = 0
-    for variant, runs in rows.items():
-        for r in runs:
+    colours = plt.get_cmap("tab10").colors  # one colour per variant, one line style per seed
+    styles = ("-", "--", ":", "-.")
+    for v_index, (variant, runs) in enumerate(rows.items()):
+        for s_index, r in enumerate(runs):
             run_id = tracking.run_id_of(os.path.join(args.runs_dir, f"{variant}_seed{r['seed']}"))
             if not run_id:
                 continue
             hist = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "validation/bpd"))
             if hist:
                 off = any(not 0.0 <= v <= BPD_AXIS_TOP for _, v in hist)
-                ax.plot(*zip(*hist), lw=1.2,
+                ax.plot(*zip(*hist), lw=1.2, color=colours[v_index % len(colours)],
+                        linestyle=styles[s_index % len(styles)],
                         label=f"{variant} s{r['seed']}" + (" (off scale)" if off else ""))
                 drawn += 1
     if not drawn:
