@@ -223,6 +223,16 @@ def break_even_line(first_call: dict, times: dict, plain: str, jit: str) -> str:
             f"{first_call[plain]:.1f} s; {verdict}")
 
 
+def emit_report(lines: list[str], out: str) -> int:
+    """Prints the report's lines and, if ``out`` is given, writes them there; returns 0."""
+    report = "\n".join(lines)
+    print(report)
+    if out:
+        with open(out, "w") as f:
+            f.write(report + "\n")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", default=",".join(CONFIGS))
@@ -284,12 +294,7 @@ def main() -> int:
     cpus = os.cpu_count() or 1
     lines.append(f"1-minute load average {min(loads):.2f}-{max(loads):.2f} on {cpus} CPUs: "
                  f"machine {'idle' if max(loads) < 0.25 * cpus else 'NOT idle'}")
-    report = "\n".join(lines)
-    print(report)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report + "\n")
-    return 0
+    return emit_report(lines, args.out)
 
 
 if __name__ == "__main__":

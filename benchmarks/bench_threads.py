@@ -146,12 +146,7 @@ def main() -> int:
     cpus = len(os.sched_getaffinity(0))
     lines.append(f"1-minute load average {min(loads):.2f}-{max(loads):.2f} on {cpus} CPUs "
                  f"(the timed worker's own threads count)")
-    report = "\n".join(lines)
-    print(report)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report + "\n")
-    return 0
+    return bench_step_speed.emit_report(lines, args.out)
 
 
 if __name__ == "__main__":
