@@ -162,20 +162,17 @@ def build(name: str, data_dir: str, tmp: str, n_batches: int, bf16: bool = False
         precision.copy_weights(model, model_bf16)
         variants.update({f"{v}_bf16": (model_bf16,) + STEP_VARIANTS[v]
                          for v in ("onednn_separate", "xla_separate")})
-    steps = {}
-    for variant, (step_model, jit, one_pass) in variants.items():
+    def new_step(step_model, jit: bool, one_pass: bool):  # fresh optimizers per variant
         g_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.adam_beta1)
         d_opt = keras.optimizers.Adam(cfg.disc_learning_rate, beta_1=cfg.disc_adam_beta1,
                                       beta_2=cfg.disc_adam_beta2)
-        run_cfg = dataclasses.replace(cfg, jit_compile=jit)
-        steps[variant] = minimal_step_fn(step_model, run_cfg, g_opt, d_opt, one_pass=one_pass)
+        return minimal_step_fn(step_model, dataclasses.replace(cfg, jit_compile=jit), g_opt,
+                               d_opt, one_pass=one_pass)
+
+    steps = {variant: new_step(*choice) for variant, choice in variants.items()}
     if checkerboard_baseline:
         for variant, jit in (("onednn_separate_whole1x1", False), ("xla_separate_whole1x1", True)):
-            g_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.adam_beta1)
-            d_opt = keras.optimizers.Adam(cfg.disc_learning_rate, beta_1=cfg.disc_adam_beta1,
-                                          beta_2=cfg.disc_adam_beta2)
-            step = minimal_step_fn(model, dataclasses.replace(cfg, jit_compile=jit), g_opt,
-                                   d_opt, one_pass=False)
+            step = new_step(model, jit, False)
             flow_steps.CONSTANT_1X1_CHECKERBOARD = False  # read when the step is traced: now
             try:
                 step.get_concrete_function(batches[0])
@@ -269,6 +266,7 @@ def main() -> int:
         times, blocks = time_interleaved(steps, batches, args.repeats, args.block_steps)
         loads.append(os.getloadavg()[0])
         gflops = flops / 1e9
+        first_line = len(lines)
         lines.append(f"{name} ({CONFIGS[name][0]} {' '.join(CONFIGS[name][2])}; "
                      f"{model_config.variant}, batch {cfg.batch_size}): {gflops:.1f} GFLOP per step")
         for v in steps:
@@ -281,16 +279,15 @@ def main() -> int:
         lines += [ratio_line(blocks, times, BASELINE, v) for v in steps if v != BASELINE]
         lines += [ratio_line(blocks, times, v[:-len("_bf16")], v)
                   for v in steps if v.endswith("_bf16")]
-        if args.checkerboard_baseline:
-            lines += [ratio_line(blocks, times, "onednn_separate_whole1x1", "onednn_separate"),
-                      ratio_line(blocks, times, "xla_separate_whole1x1", "xla_separate"),
-                      ratio_line(blocks, times, ORIGINAL_DEFAULT, todays_default(cfg))
-                      + "  <- today's default over the original default"]
+        if args.checkerboard_baseline:  # the shortcut alone, then today's default over the original
+            lines += [ratio_line(blocks, times, f"{v}_whole1x1", v)
+                      for v in ("onednn_separate", "xla_separate")]
+            lines.append(ratio_line(blocks, times, ORIGINAL_DEFAULT, todays_default(cfg))
+                         + "  <- today's default over the original default")
         lines += [ratio_line(blocks, times, "onednn_separate", "onednn_fused"),
                   break_even_line(first_call, times, "onednn_separate", BASELINE),
                   f"  ({args.repeats} repeats of {args.block_steps}-step blocks per variant)"]
-        print("\n".join(lines[-(2 * len(steps) + 3 + 2 * args.bf16
-                                 + 3 * args.checkerboard_baseline):]), flush=True)
+        print("\n".join(lines[first_line:]), flush=True)
     cpus = os.cpu_count() or 1
     lines.append(f"1-minute load average {min(loads):.2f}-{max(loads):.2f} on {cpus} CPUs: "
                  f"machine {'idle' if max(loads) < 0.25 * cpus else 'NOT idle'}")
