@@ -182,6 +182,16 @@ def build(name: str, data_dir: str, tmp: str, n_batches: int, bf16: bool = False
     return model_config, cfg, steps, batches
 
 
+def time_block(step, batches: list, n: int) -> list[float]:
+    """Seconds of each of ``n`` consecutive calls of ``step`` on the batches in turn (each
+    waits for its result)."""
+    stamps = [time.perf_counter()]
+    for i in range(n):
+        float(step(batches[i % len(batches)]))
+        stamps.append(time.perf_counter())
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
 def time_interleaved(steps: dict, batches: list, repeats: int, block_steps: int):
     """Per-step times {variant: [s]} and per-repeat block medians {variant: [s]}; the
     variants' blocks alternate and their order rotates every repeat."""
@@ -190,11 +200,7 @@ def time_interleaved(steps: dict, batches: list, repeats: int, block_steps: int)
     blocks = {v: [] for v in names}
     for r in range(repeats):
         for v in names[r % len(names):] + names[:r % len(names)]:
-            stamps = [time.perf_counter()]
-            for i in range(block_steps):
-                float(steps[v](batches[i % len(batches)]))
-                stamps.append(time.perf_counter())
-            block = [b - a for a, b in zip(stamps, stamps[1:])]
+            block = time_block(steps[v], batches, block_steps)
             times[v].extend(block)
             blocks[v].append(statistics.median(block))
     return times, blocks

@@ -51,11 +51,7 @@ def worker(config: str, data_dir: str, intra: int, inter: int) -> int:
         cmd = line.split()
         if not cmd or cmd[0] == "quit":
             break
-        stamps = [time.perf_counter()]
-        for i in range(int(cmd[1])):
-            float(step(batches[i % len(batches)]))
-            stamps.append(time.perf_counter())
-        print(json.dumps([b - a for a, b in zip(stamps, stamps[1:])]), flush=True)
+        print(json.dumps(bench_step_speed.time_block(step, batches, int(cmd[1]))), flush=True)
     return 0
 
 
