@@ -10,9 +10,12 @@ them imports TensorFlow or Beam. It
   warnings and errors are not;
 * imports ``tensorflow`` and Beam's BigQuery client stubs with file descriptor 2
   redirected to a temporary file, then writes back every line but the ones in
-  :class:`StartupNoise`: absl's pre-init banner, "Could not find cuda drivers", and
+  :class:`StartupNoise`: absl's pre-init banner, "Could not find cuda drivers",
   "failed call to cuInit" once the same process said it found no CUDA driver (on a
-  machine with a GPU whose driver fails, that line is news and is kept). The
+  machine with a GPU whose driver fails, that line is news and is kept), and C++ INFO
+  lines while ``TF_CPP_MIN_LOG_LEVEL`` hides INFO (on CPUs where oneDNN's custom
+  operations are on by default, AVX-512 VNNI/BF16 or AMX, "oneDNN custom operations are
+  on" is one, logged whatever the variable says). The
   environment variable alone cannot do this: TensorFlow logs these lines while loading
   its shared libraries, before it reads ``TF_CPP_MIN_LOG_LEVEL``;
 * drops Beam's "apitools not found" log record (Beam has no BigQuery client here and
@@ -44,6 +47,8 @@ ABSL_BANNER = re.compile(
     r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$")
 NO_DRIVER = re.compile(r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine")
 CUINIT = re.compile(r"^E[\d: .]+\d+ cuda_(platform|driver)\.cc:\d+\] failed call to cuInit")
+# A C++ INFO line (absl/glog prefix): "I1207 04:00:23.694 1234 port.cc:153] ..."
+CPP_INFO = re.compile(r"^I\d{4} [\d:. ]+\d+ [\w.-]+:\d+\] ")
 APITOOLS = "apitools not found, and bigquery client libraries are not available"
 
 
@@ -74,15 +79,21 @@ def verbose_requested(argv: Sequence[str] | None = None,
 class StartupNoise:
     """Decides line by line what of a process's start-up stderr to keep."""
 
-    def __init__(self) -> None:
+    def __init__(self, hide_info: bool | None = None) -> None:
         self.no_driver = False  # the process said it found no CUDA driver
         self.dropped = 0
+        # C++ INFO lines are dropped when TF_CPP_MIN_LOG_LEVEL (as install() leaves it)
+        # hides INFO: those logged while TF loads its libraries come before TF reads it.
+        if hide_info is None:
+            hide_info = os.environ.get(TF_LOG_LEVEL_ENV, QUIET_TF_LOG_LEVEL) != "0"
+        self.hide_info = hide_info
 
     def keep(self, line: str) -> bool:
         """False for a noise line (counted in :attr:`dropped`)."""
         if NO_DRIVER.search(line):
             self.no_driver = True
-        elif not (ABSL_BANNER.search(line) or (self.no_driver and CUINIT.search(line))):
+        elif not (ABSL_BANNER.search(line) or (self.no_driver and CUINIT.search(line))
+                  or (self.hide_info and CPP_INFO.search(line))):
             return True
         self.dropped += 1
         return False

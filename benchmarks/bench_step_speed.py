@@ -26,7 +26,8 @@ trainer's losses and updates, nothing else) is built four times on the same mode
   trainer's default step when the training-speed issue was filed (the original default),
   and a last line gives today's default for the configuration on this CPU
   (``pipeline.train_step.cpu_default_jit_compile`` or the config's ``--jit_compile``,
-  separate calls, the shortcut) over it.
+  separate calls, the shortcut, and bfloat16 where the config's ``--compute_dtype`` means
+  it on this CPU: ``pipeline.precision``) over it.
 
 All run on the same pre-made batches (the input pipeline is not timed), in interleaved
 blocks of ``--block_steps`` steps (the order rotates every repeat); medians of the per-step
@@ -124,11 +125,15 @@ ORIGINAL_DEFAULT = "xla_separate_whole1x1"  # the trainer's step when the speed 
 def todays_default(cfg) -> str:
     """The variant the trainer runs today on this CPU for ``cfg`` (a TrainConfig): XLA as
     the config pins it or :func:`pipeline.train_step.cpu_default_jit_compile` decides,
-    separate calls (``FUSED_CALLS``), the 1x1-checkerboard shortcut."""
+    separate calls (``FUSED_CALLS``), the 1x1-checkerboard shortcut, and bfloat16 (``_bf16``)
+    when the config's ``--compute_dtype`` means it on this CPU
+    (:func:`pipeline.precision.resolve_compute_dtype`)."""
     jit = (train_step.cpu_default_jit_compile(cfg.train_steps) if cfg.jit_compile is None
            else cfg.jit_compile)
     assert not train_step.FUSED_CALLS, "today's default would be a fused variant"
-    return "xla_separate" if jit else "onednn_separate"
+    dtype = precision.resolve_compute_dtype(cfg.compute_dtype, tf.distribute.get_strategy())
+    return ("xla_separate" if jit else "onednn_separate") + (
+        "_bf16" if dtype == "bfloat16" else "")
 
 
 def build(name: str, data_dir: str, tmp: str, n_batches: int, bf16: bool = False,
@@ -136,8 +141,9 @@ def build(name: str, data_dir: str, tmp: str, n_batches: int, bf16: bool = False
     """(model config, train config, {variant: minimal step}, pre-made batches); with
     ``bf16`` also the separate-call steps of a bfloat16 copy of the model, with
     ``checkerboard_baseline`` the separate-call steps traced with whole-image 1x1
-    checkerboard couplings (``*_whole1x1``); ``only``: just that one of
-    :data:`STEP_VARIANTS`, or ``"default"`` for :func:`todays_default`."""
+    checkerboard couplings (``*_whole1x1``); ``only``: just that variant, or ``"default"``
+    for :func:`todays_default`. The bfloat16 steps are built too when today's default is one
+    of them and ``checkerboard_baseline`` or ``only`` asks for it."""
     cfg_file, _, extra = CONFIGS[name]
     fv = flags.FlagValues()
     config_flags.define_train_flags(fv)
@@ -154,14 +160,15 @@ def build(name: str, data_dir: str, tmp: str, n_batches: int, bf16: bool = False
     model.data_init(flows.dequantize_images(batches[0]["images"], batches[0]["dequant"]),
                     batches[0].get("prior"))
     variants = {v: (model,) + choice for v, choice in STEP_VARIANTS.items()}
-    if only is not None:
-        only = todays_default(cfg) if only == "default" else only
-        variants = {only: variants[only]}
-    if bf16:
+    only = todays_default(cfg) if only == "default" else only
+    if bf16 or "_bf16" in (only or "") or (checkerboard_baseline and
+                                           "_bf16" in todays_default(cfg)):
         model_bf16 = HybridModel(model_config, compute_dtype="bfloat16")
         precision.copy_weights(model, model_bf16)
         variants.update({f"{v}_bf16": (model_bf16,) + STEP_VARIANTS[v]
                          for v in ("onednn_separate", "xla_separate")})
+    if only is not None:
+        variants = {only: variants[only]}
     def new_step(step_model, jit: bool, one_pass: bool):  # fresh optimizers per variant
         g_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.adam_beta1)
         d_opt = keras.optimizers.Adam(cfg.disc_learning_rate, beta_1=cfg.disc_adam_beta1,

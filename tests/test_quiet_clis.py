@@ -56,6 +56,8 @@ def _assert_only(stderr: str, expected: list[str]) -> None:
 
 STARTUP = """\
 WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1796616187.783722    3842 port.cc:153] oneDNN custom operations are on. You may \
+see slightly different numerical results due to floating-point round-off errors.
 I0000 00:00:1796545277.304952   20307 cudart_stub.cc:31] Could not find cuda drivers on your \
 machine, GPU will not be used.
 W0000 00:00:1796545277.4   20307 some_op.cc:12] a real warning
@@ -66,10 +68,18 @@ CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)
 
 
 def test_noise_filter_keeps_only_real_lines():
-    noise = quiet_start.StartupNoise()
+    noise = quiet_start.StartupNoise(hide_info=True)
     assert noise.filter(STARTUP) == ("W0000 00:00:1796545277.4   20307 some_op.cc:12] a real "
                                      "warning\n/x/y.py:3: UserWarning: a Python warning\n")
-    assert noise.no_driver and noise.dropped == 3
+    assert noise.no_driver and noise.dropped == 4
+
+
+def test_cpp_info_lines_are_kept_when_the_log_level_shows_info():
+    """The oneDNN note (logged on AVX-512 VNNI/BF16 CPUs before TensorFlow reads
+    TF_CPP_MIN_LOG_LEVEL) goes only while that level hides INFO."""
+    onednn = STARTUP.splitlines(keepends=True)[1]
+    assert quiet_start.StartupNoise(hide_info=False).filter(onednn) == onednn
+    assert quiet_start.StartupNoise(hide_info=True).filter(onednn) == ""
 
 
 def test_cuinit_failure_is_kept_when_a_driver_was_found():
