@@ -1,21 +1,24 @@
-"""Does bfloat16 training track float32 training? (issue #23 item 2's check, short form.)
+"""Does bfloat16 training track float32 training? (issue #23 item 2's check.)
 
     python experiments/bf16_check.py [--train_steps 200] [--validation_every 50] \
-        [--work_dir /tmp/bf16_check] [--out experiments/results/bf16_check.md]
+        [--fp32_seeds 0,1] [--bf16_seeds 0] [--work_dir /tmp/bf16_check] \
+        [--out experiments/results/bf16_check.md]
 
 Trains the quickstart model (``configs/quickstart.cfg``: ``cqf`` on MNIST 28x28) with
-``pipeline.train`` three times for ``--train_steps`` steps: float32 with seeds 0 and 1 (the
-seed spread) and ``--compute_dtype=bfloat16`` with seed 0 (the same initial weights, data
-order and noise as float32 seed 0). Every validation bits/dim (the ELBO on the first 500
-validation digits) is computed in float32 (a bfloat16 run measures with its float32 twin).
-Then each final checkpoint is restored into a float32 model and its flow's round trip
-max |f^-1(f(x)) - x| is measured on 256 dequantized validation digits.
+``pipeline.train`` for ``--train_steps`` steps, once per seed of ``--fp32_seeds`` in float32
+and once per seed of ``--bf16_seeds`` with ``--compute_dtype=bfloat16`` (a seed gives the
+same initial weights, data order and noise in both dtypes), one run after the other. Every
+validation bits/dim (the ELBO on the first 500 validation digits) is computed in float32
+(a bfloat16 run measures with its float32 twin). Then each final checkpoint is restored
+into a float32 model and its flow's round trip max |f^-1(f(x)) - x| is measured on 256
+dequantized validation digits.
 
-The question: is |bf16 - fp32| (same seed) within |fp32 seed 1 - fp32 seed 0| at every
-validation step, and is the bfloat16-trained flow's float32 round trip as exact as the
-float32-trained one's? Also printed: seconds per training step of each run (whole run /
+The question: is the bfloat16 runs' mean within the float32 runs' seed spread at every
+validation step (mean +- std over seeds, and the pairwise bf16 - fp32 difference on the
+seeds both dtypes ran), and is the bfloat16-trained flow's float32 round trip as exact as
+the float32-trained one's? Also printed: seconds per training step of each run (whole run /
 steps: start-up included; the load average is printed: on a CPU without bfloat16
-instructions bfloat16 is emulated).
+instructions bfloat16 is emulated, and other jobs on the cores slow every run).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -30,8 +34,27 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
-ARMS = (("fp32 seed 0", "float32", 0), ("fp32 seed 1", "float32", 1),
-        ("bf16 seed 0", "bfloat16", 0))
+
+
+def arms(fp32_seeds: list[int], bf16_seeds: list[int]) -> list[tuple[str, str, int]]:
+    """(name, compute dtype, seed) of every run: float32 ones first."""
+    return ([(f"fp32 seed {s}", "float32", s) for s in fp32_seeds]
+            + [(f"bf16 seed {s}", "bfloat16", s) for s in bf16_seeds])
+
+
+def seeds(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2] (argparse type)."""
+    try:
+        return [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def mean_std(values: list[float], sign: str = "") -> str:
+    """'mean +- std' (sample std; just the value for one); ``sign`` '+' always signs it."""
+    if len(values) == 1:
+        return f"{values[0]:{sign}.4f}"
+    return f"{statistics.mean(values):{sign}.4f} +- {statistics.stdev(values):.4f}"
 
 
 def train(arm: tuple, args, data_dir: str, uri: str) -> tuple[str, float]:
@@ -86,8 +109,12 @@ def main() -> int:
     p.add_argument("--validation_every", type=int, default=50)
     p.add_argument("--work_dir", default="/tmp/bf16_check")
     p.add_argument("--mnist_dir", default=os.path.join(SHARED, "mnist_test"))
+    p.add_argument("--fp32_seeds", type=seeds, default=[0, 1])
+    p.add_argument("--bf16_seeds", type=seeds, default=[0])
     p.add_argument("--out", default="")
     args = p.parse_args()
+    if not args.fp32_seeds or not args.bf16_seeds:
+        p.error("--fp32_seeds and --bf16_seeds: expected at least one seed each")
     sys.path.insert(0, ROOT)
     from mlflow.tracking import MlflowClient
 
@@ -100,30 +127,42 @@ def main() -> int:
         run_preprocess("mnist_idx", args.mnist_dir, data_dir, 28, grayscale=True,
                        validation_fraction=0.1)
     uri = f"sqlite:///{os.path.join(args.work_dir, 'mlflow.db')}"
+    runs = arms(args.fp32_seeds, args.bf16_seeds)
     loads, rows = [os.getloadavg()[0]], {}
-    for arm in ARMS:
+    for arm in runs:
         model_dir, seconds = train(arm, args, data_dir, uri)
         loads.append(os.getloadavg()[0])
         history = MlflowClient(uri).get_metric_history(tracking.run_id_of(model_dir),
                                                       "validation/bpd")
-        rows[arm[0]] = ({m.step: m.value for m in history}, seconds / args.train_steps,
-                        round_trip_error(model_dir, data_dir))
-    steps = sorted(rows[ARMS[0][0]][0])
+        rows[arm] = ({m.step: m.value for m in history}, seconds / args.train_steps,
+                     round_trip_error(model_dir, data_dir))
+    fp32 = [a for a in runs if a[1] == "float32"]
+    bf16 = [a for a in runs if a[1] == "bfloat16"]
+    paired = sorted(set(args.fp32_seeds) & set(args.bf16_seeds))
+    steps = sorted(rows[runs[0]][0])
     lines = [f"# bfloat16 vs float32 training, quickstart model, {args.train_steps} steps",
              "", f"Command: `python experiments/bf16_check.py --train_steps {args.train_steps} "
-             f"--validation_every {args.validation_every}`; "
-             f"{datetime.date.today().isoformat()}; 1-minute load average "
-             f"{min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs.", "",
-             "Validation bits/dim (ELBO, first 500 validation digits, float32):", "",
-             "| step | " + " | ".join(a[0] for a in ARMS) + " | bf16 - fp32 (seed 0) "
-             "| fp32 seed 1 - seed 0 |", "|---" * (len(ARMS) + 3) + "|"]
-    a, b, c = (rows[arm[0]][0] for arm in ARMS)
+             f"--validation_every {args.validation_every} --fp32_seeds "
+             f"{','.join(map(str, args.fp32_seeds))} --bf16_seeds "
+             f"{','.join(map(str, args.bf16_seeds))}`; {datetime.date.today().isoformat()}; "
+             f"1-minute load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs.",
+             "", "Validation bits/dim (ELBO, first 500 validation digits, float32); mean +- std "
+             "over seeds; bf16 - fp32 paired on seeds "
+             f"{','.join(map(str, paired)) or '(none)'}:", "",
+             "| step | " + " | ".join(a[0] for a in runs) + " | fp32 | bf16 | bf16 - fp32 "
+             "(means) | bf16 - fp32 (paired) |", "|---" * (len(runs) + 5) + "|"]
     for s in steps:
-        lines.append(f"| {s} | {a[s]:.4f} | {b[s]:.4f} | {c[s]:.4f} | {c[s] - a[s]:+.4f} | "
-                     f"{b[s] - a[s]:+.4f} |")
+        values = {a: rows[a][0][s] for a in runs}
+        diffs = [values[("bf16 seed %d" % k, "bfloat16", k)] - values[("fp32 seed %d" % k,
+                 "float32", k)] for k in paired]
+        lines.append(
+            f"| {s} | " + " | ".join(f"{values[a]:.4f}" for a in runs)
+            + f" | {mean_std([values[a] for a in fp32])} | {mean_std([values[a] for a in bf16])}"
+            f" | {statistics.mean(values[a] for a in bf16) - statistics.mean(values[a] for a in fp32):+.4f}"
+            f" | {mean_std(diffs, '+') if diffs else '-'} |")
     lines += ["", "| run | s per step (whole run) | float32 round trip max abs error |",
               "|---|---|---|"]
-    lines += [f"| {name} | {rows[name][1]:.2f} | {rows[name][2]:.2e} |" for name, _, _ in ARMS]
+    lines += [f"| {a[0]} | {rows[a][1]:.2f} | {rows[a][2]:.2e} |" for a in runs]
     report = "\n".join(lines)
     print(report)
     if args.out:
