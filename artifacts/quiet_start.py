@@ -13,9 +13,9 @@ them imports TensorFlow or Beam. It
   :class:`StartupNoise`: absl's pre-init banner, "Could not find cuda drivers",
   "failed call to cuInit" once the same process said it found no CUDA driver (on a
   machine with a GPU whose driver fails, that line is news and is kept), and C++ INFO
-  lines while ``TF_CPP_MIN_LOG_LEVEL`` hides INFO (on CPUs where oneDNN's custom
-  operations are on by default, AVX-512 VNNI/BF16 or AMX, "oneDNN custom operations are
-  on" is one, logged whatever the variable says). The
+  lines while ``TF_CPP_MIN_LOG_LEVEL`` hides INFO (on an AVX-512 BF16 AMD EPYC,
+  TensorFlow 2.21 logs "oneDNN custom operations are on" while loading its libraries,
+  whatever the variable says; an AVX2 CPU logged it later, where the variable hides it). The
   environment variable alone cannot do this: TensorFlow logs these lines while loading
   its shared libraries, before it reads ``TF_CPP_MIN_LOG_LEVEL``;
 * drops Beam's "apitools not found" log record (Beam has no BigQuery client here and

@@ -75,7 +75,7 @@ def test_noise_filter_keeps_only_real_lines():
 
 
 def test_cpp_info_lines_are_kept_when_the_log_level_shows_info():
-    """The oneDNN note (logged on AVX-512 VNNI/BF16 CPUs before TensorFlow reads
+    """The oneDNN note (logged on an AVX-512 BF16 CPU before TensorFlow reads
     TF_CPP_MIN_LOG_LEVEL) goes only while that level hides INFO."""
     onednn = STARTUP.splitlines(keepends=True)[1]
     assert quiet_start.StartupNoise(hide_info=False).filter(onednn) == onednn
