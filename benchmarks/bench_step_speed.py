@@ -297,7 +297,7 @@ def main() -> int:
                       for v in ("onednn_separate", "xla_separate")]
             lines += [ratio_line(blocks, times, ORIGINAL_DEFAULT, v) + (
                 "  <- today's default over the original default" if v == todays_default(cfg)
-                else "") for v in steps if not v.endswith("_whole1x1")]
+                else "") for v in steps if not v.endswith("_whole1x1") and v != BASELINE]
         lines += [ratio_line(blocks, times, "onednn_separate", "onednn_fused"),
                   break_even_line(first_call, times, "onednn_separate", BASELINE),
                   f"  ({args.repeats} repeats of {args.block_steps}-step blocks per variant)"]
