@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # the run's length, as measured on the training step (minimal step, interleaved, medians):
 # - AVX-512 (the idle 2-core AMD Zen 4): oneDNN without XLA 1.12x faster for the
 #   quickstart step at batch 32, 1.22x at batch 64, 1.30x for the 3x3 CIFAR step: off.
+#   Re-measured on a 2-core AVX-512 BF16 AMD EPYC (benchmarks/bench_step_speed.py, nothing
+#   else running, results/bench_step_speed_avx512_bf16.txt): 1.23x (quickstart) and 1.34x
+#   (3x3 CIFAR step) in float32; XLA's first call 7-10 s longer; XLA never pays.
 # - AVX2 only (the 2-core AMD EPYC development VM, benchmarks/bench_step_speed.py, two
 #   runs with nothing else running, results/bench_step_speed.txt the second): XLA 1.13x /
 #   1.03x faster for configs/cifar10_cpu.cfg and 1.24x / 1.30x for the 3x3 CIFAR step;
