@@ -12,13 +12,17 @@ variables are float32 either way).
 ``auto`` picks bfloat16 only on CPUs with bfloat16 instructions (:data:`BF16_ISA` in
 /proc/cpuinfo), where oneDNN's bfloat16 matmul and convolution peaks were measured 1.9x and
 1.7x the float32 ones (issue #23's AVX-512 BF16 AMD Zen 4: 363 vs 192 and 344 vs 202
-GFLOP/s). Elsewhere float32: on AVX2 CPUs bfloat16 is emulated (on the development VM
-benchmarks/bench_step_speed.py measured bf16 peaks of 99 / 121 against fp32 113 / 109
-GFLOP/s, no gain), and GPUs are not measured here.
+GFLOP/s; a 2-core AVX-512 BF16 AMD EPYC, benchmarks/results/bench_step_speed_avx512_bf16.txt:
+379 vs 195 and 340 vs 122). On that EPYC the 3x3 CIFAR training step ran 1.37x faster in
+bfloat16 and the quickstart step 1.16x; the whole quickstart did not (8.4 vs 7.9 min), so
+configs/quickstart.cfg pins float32. Elsewhere float32: on AVX2 CPUs bfloat16 is emulated
+(on the development VM benchmarks/bench_step_speed.py measured bf16 peaks of 99 / 121
+against fp32 113 / 109 GFLOP/s, no gain), and GPUs are not measured here.
 
-Quality: trained 200 steps in bfloat16, the quickstart model was 0.13 bits/dim behind
-float32 (seed spread 0.09; experiments/results/bf16_check.md), so configs/quickstart.cfg pins
-float32; a full-length comparison on a CPU with bfloat16 instructions has not been run.
+Quality: trained 3,000 steps in bfloat16 on the EPYC, the quickstart model met every
+quickstart target (IW 1.684 bits/dim, T=0 FID 3.79; experiments/results/quickstart_bf16.md;
+float32 on the same CPU: 1.728, 4.02), and its flow inverts in float32 at float32 accuracy
+(experiments/results/bf16_check.md, which also compares three seeds of each dtype).
 """
 from __future__ import annotations
 
