@@ -34,6 +34,31 @@ def configs_from_flags() -> tuple[dict[str, Any], TrainConfig]:
     return config_flags.train_configs_from_flags(FLAGS)
 
 
+def set_thread_pools(train_cfg: TrainConfig) -> tuple[int, int] | None:
+    """Sets TensorFlow's (intra-op, inter-op) thread pools for this run on a machine without
+    GPUs (:func:`pipeline.train_step.cpu_thread_pools`, for the XLA choice the run will
+    make) and returns them; None, changing nothing, with a GPU, when the user set
+    ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS``, or when TensorFlow has
+    started already (the pools are fixed then). Call before any op runs."""
+    import tensorflow as tf
+
+    from pipeline import train_step
+
+    if any(os.environ.get(name) for name in train_step.THREAD_ENV_VARS):
+        return None
+    if tf.config.list_physical_devices("GPU"):  # lists devices without starting TF
+        return None
+    jit = (train_step.cpu_default_jit_compile(train_cfg.train_steps)
+           if train_cfg.jit_compile is None else train_cfg.jit_compile)
+    intra, inter = train_step.cpu_thread_pools(jit, len(os.sched_getaffinity(0)))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:  # TensorFlow is initialized already (a caller ran ops)
+        return None
+    return intra, inter
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -41,6 +66,7 @@ def main(argv):
     from pipeline.trainer import TrainingInterrupted, WorkerLost, train
 
     model_values, train_cfg = configs_from_flags()
+    set_thread_pools(train_cfg)
     params = {"flagfile": ",".join(a.split("=", 1)[1] for a in sys.argv if a.startswith("--flagfile="))}
     sizes = memory_errors.size_settings(train_cfg, model_values)
     try:  # the trainer builds the HybridConfig on the data set's image shape

@@ -71,6 +71,26 @@ def cpu_default_jit_compile(train_steps: int | None = None,
 FUSED_CALLS = False
 
 
+# TensorFlow's thread pools for a training run on CPUs (set by pipeline.train before
+# TensorFlow starts; tf.config.threading). Without XLA: one thread per op (intra-op 1) and
+# as many ops at once as there are CPUs (inter-op = CPUs); the step's many small ops then
+# run side by side instead of each being split across the cores. Measured with
+# benchmarks/bench_threads.py (one worker process per setting, interleaved blocks, nothing
+# else running) against TF's defaults (one thread per CPU in each pool): on a 2-core
+# AVX-512 BF16 EPYC 1.16x for the quickstart step and 1.14x for the 3x3 CIFAR step in
+# bfloat16 (results/bench_threads_avx512.txt); on the AVX2 VM 1.07x and 1.34x for the
+# quickstart in two runs. With XLA TF's defaults stay: a compiled cluster is one op, which
+# intra-op 1 confines to one core (0.59x for configs/cifar10_cpu.cfg on the AVX2 VM).
+# TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS set by the user win.
+THREAD_ENV_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def cpu_thread_pools(jit_compile: bool, cpus: int) -> tuple[int, int]:
+    """(intra-op, inter-op) threads for a CPU training step on ``cpus`` CPUs: (1, cpus)
+    without XLA, (0, 0) (TensorFlow's defaults) with it."""
+    return (0, 0) if jit_compile else (1, max(1, cpus))
+
+
 def default_jit_compile(strategy: tf.distribute.Strategy,
                         train_steps: int | None = None) -> bool:
     """:data:`DEFAULT_JIT_BY_DEVICE` for the type of the strategy's worker devices (GPU if

@@ -2,10 +2,17 @@
 CPUs by the vector ISA and the run's length, as benchmarks/bench_step_speed.py measured."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
+import pytest
 import tensorflow as tf
 
 from artifacts import machine_info
 from pipeline import train_step
+from pipeline.quickstart import PROJECT_ROOT
 from pipeline.train_step import JIT_MIN_TRAIN_STEPS, cpu_default_jit_compile
 
 
@@ -51,3 +58,44 @@ def test_the_run_records_the_choice_it_made(digits16, tmp_path, tracking_uri):
     params = MlflowClient(tracking_uri).get_run(tracking.run_id_of(model_dir)).data.params
     assert params["jit_compile_used"] == "False"
     assert params["jit_compile"] == "None"  # not given: the default chose
+
+
+def test_thread_pools_one_thread_per_op_without_xla_and_tf_defaults_with_it():
+    assert train_step.cpu_thread_pools(False, 2) == (1, 2)
+    assert train_step.cpu_thread_pools(False, 0) == (1, 1)
+    assert train_step.cpu_thread_pools(True, 2) == (0, 0)
+
+
+_SET_POOLS = """
+import json, sys
+from pipeline import train
+from pipeline.train_config import TrainConfig
+import tensorflow as tf
+cfg = TrainConfig(data_dir="d", model_dir="m", jit_compile=sys.argv[1] == "xla")
+got = train.set_thread_pools(cfg)
+pools = [tf.config.threading.get_intra_op_parallelism_threads(),
+         tf.config.threading.get_inter_op_parallelism_threads()]
+tf.constant(1)  # TensorFlow starts: other pools cannot be set now
+other = TrainConfig(data_dir="d", model_dir="m", jit_compile=sys.argv[1] != "xla")
+print(json.dumps([got, *pools, train.set_thread_pools(other)]))
+"""
+
+
+@pytest.mark.parametrize("jit,env,expected", [
+    ("plain", {}, [[1, "cpus"], 1, "cpus", None]),  # after TF started: nothing changes
+    ("xla", {}, [[0, 0], 0, 0, None]),
+    ("plain", {"TF_NUM_INTRAOP_THREADS": "2"}, [None, 0, 0, None]),  # the user's choice wins
+])
+def test_pipeline_train_sets_the_pools_before_tensorflow_starts(jit, env, expected):
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("the pools are set on machines without GPUs")
+    cpus = len(os.sched_getaffinity(0))
+    full = dict(os.environ, PYTHONPATH=PROJECT_ROOT, **env)
+    for name in train_step.THREAD_ENV_VARS:
+        if name not in env:
+            full.pop(name, None)
+    done = subprocess.run([sys.executable, "-c", _SET_POOLS, jit], capture_output=True,
+                          text=True, env=full, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = json.loads(json.dumps(expected).replace('"cpus"', str(cpus)))
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == want
