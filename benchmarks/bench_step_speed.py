@@ -141,9 +141,10 @@ def build(name: str, data_dir: str, tmp: str, n_batches: int, bf16: bool = False
     """(model config, train config, {variant: minimal step}, pre-made batches); with
     ``bf16`` also the separate-call steps of a bfloat16 copy of the model, with
     ``checkerboard_baseline`` the separate-call steps traced with whole-image 1x1
-    checkerboard couplings (``*_whole1x1``); ``only``: just that variant, or ``"default"``
-    for :func:`todays_default`. The bfloat16 steps are built too when today's default is one
-    of them and ``checkerboard_baseline`` or ``only`` asks for it."""
+    checkerboard couplings (``*_whole1x1``); ``only``: just that variant (any of these
+    names), or ``"default"`` for :func:`todays_default`. The bfloat16 steps are built too
+    when today's default is one of them and ``checkerboard_baseline`` or ``only`` asks
+    for it."""
     cfg_file, _, extra = CONFIGS[name]
     fv = flags.FlagValues()
     config_flags.define_train_flags(fv)
@@ -167,8 +168,15 @@ def build(name: str, data_dir: str, tmp: str, n_batches: int, bf16: bool = False
         precision.copy_weights(model, model_bf16)
         variants.update({f"{v}_bf16": (model_bf16,) + STEP_VARIANTS[v]
                          for v in ("onednn_separate", "xla_separate")})
+    whole1x1 = {"onednn_separate_whole1x1": False, "xla_separate_whole1x1": True}  # jit
     if only is not None:
-        variants = {only: variants[only]}
+        variants = {only: variants[only]} if only in variants else {}
+        whole1x1 = {only: whole1x1[only]} if only in whole1x1 else {}
+        if not variants and not whole1x1:
+            raise SystemExit(f"unknown step variant {only!r}")
+    elif not checkerboard_baseline:
+        whole1x1 = {}
+
     def new_step(step_model, jit: bool, one_pass: bool):  # fresh optimizers per variant
         g_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.adam_beta1)
         d_opt = keras.optimizers.Adam(cfg.disc_learning_rate, beta_1=cfg.disc_adam_beta1,
@@ -177,15 +185,14 @@ def build(name: str, data_dir: str, tmp: str, n_batches: int, bf16: bool = False
                                d_opt, one_pass=one_pass)
 
     steps = {variant: new_step(*choice) for variant, choice in variants.items()}
-    if checkerboard_baseline:
-        for variant, jit in (("onednn_separate_whole1x1", False), ("xla_separate_whole1x1", True)):
-            step = new_step(model, jit, False)
-            flow_steps.CONSTANT_1X1_CHECKERBOARD = False  # read when the step is traced: now
-            try:
-                step.get_concrete_function(batches[0])
-            finally:
-                flow_steps.CONSTANT_1X1_CHECKERBOARD = True
-            steps[variant] = step
+    for variant, jit in whole1x1.items():
+        step = new_step(model, jit, False)
+        flow_steps.CONSTANT_1X1_CHECKERBOARD = False  # read when the step is traced: now
+        try:
+            step.get_concrete_function(batches[0])
+        finally:
+            flow_steps.CONSTANT_1X1_CHECKERBOARD = True
+        steps[variant] = step
     return model_config, cfg, steps, batches
 
 

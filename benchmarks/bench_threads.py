@@ -3,12 +3,16 @@
     python benchmarks/bench_threads.py [--configs quickstart,cifar10_cpu] \
         [--settings '0,0;2,1;1,2'] [--repeats 4] [--block_steps 8] [--out FILE]
 
-For each configuration, one worker process per setting ``intra,inter`` (0 = TensorFlow's
-default: one thread per schedulable CPU) sets
+For each configuration, one worker process per setting ``intra,inter[,variant]`` (0 =
+TensorFlow's default: one thread per schedulable CPU) sets
 ``tf.config.threading.set_{intra,inter}_op_parallelism_threads`` before any op runs, builds
-today's default minimal step of ``bench_step_speed.py`` (``todays_default``: XLA or not as
-the trainer would choose, separate calls, the 1x1-checkerboard shortcut) on the same
-pre-made batches, and waits. The parent then asks the workers in turn for blocks of
+the minimal step ``variant`` of ``bench_step_speed.py`` (default: today's default,
+``todays_default``: XLA or not as the trainer would choose, separate calls, the
+1x1-checkerboard shortcut, bfloat16 where ``auto`` picks it; ``xla_separate_whole1x1`` is
+the original default) on the same pre-made batches, and waits. So
+``--settings '0,0,xla_separate_whole1x1;0,0;1,2'`` times today's default step with TF's
+pools and with the pools ``pipeline.train`` now sets (intra 1 / inter = CPUs) against the
+step the trainer ran when the training-speed issue was filed, in one run. The parent then asks the workers in turn for blocks of
 ``--block_steps`` steps, rotating the order every repeat, so the settings are interleaved
 in time while each keeps its compiled step; idle workers only wait on their stdin. It
 prints the median step time of each setting and its speed-up over the first setting (the
@@ -30,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def worker(config: str, data_dir: str, intra: int, inter: int) -> int:
+def worker(config: str, data_dir: str, intra: int, inter: int, variant: str) -> int:
     """One setting: build the step, print 'ready <first call s>', then answer each stdin line
     'run K' with a JSON list of K per-step times (s) until 'quit'."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -40,7 +44,7 @@ def worker(config: str, data_dir: str, intra: int, inter: int) -> int:
     sys.path.insert(0, HERE)
     import bench_step_speed
     tmp = tempfile.mkdtemp(prefix="bench_threads_worker_")
-    _, _, steps, batches = bench_step_speed.build(config, data_dir, tmp, 8, only="default")
+    _, _, steps, batches = bench_step_speed.build(config, data_dir, tmp, 8, only=variant)
     (variant, step), = steps.items()
     start = time.perf_counter()
     float(step(batches[0]))
@@ -55,15 +59,22 @@ def worker(config: str, data_dir: str, intra: int, inter: int) -> int:
     return 0
 
 
-def parse_settings(text: str) -> list[tuple[int, int]]:
-    """'0,0;2,1' -> [(0, 0), (2, 1)]; a usage error names the flag and the expected form."""
+def parse_settings(text: str) -> list[tuple[int, int, str]]:
+    """'0,0;2,1,xla_separate' -> [(0, 0, 'default'), (2, 1, 'xla_separate')]; a usage error
+    names the flag and the expected form."""
     try:
-        out = [tuple(int(v) for v in part.split(",")) for part in text.split(";") if part]
-        if not out or any(len(s) != 2 or min(s) < 0 for s in out):
+        out = []
+        for part in (p for p in text.split(";") if p):
+            fields = part.split(",")
+            if len(fields) not in (2, 3) or min(int(v) for v in fields[:2]) < 0:
+                raise ValueError
+            out.append((int(fields[0]), int(fields[1]),
+                        fields[2] if len(fields) == 3 else "default"))
+        if not out or len(set(out)) != len(out):
             raise ValueError
     except ValueError:
-        raise SystemExit(f"--settings: expected 'intra,inter;intra,inter;...' of integers "
-                         f">= 0, got {text!r}") from None
+        raise SystemExit(f"--settings: expected distinct 'intra,inter[,variant]' separated by "
+                         f"';', thread counts integers >= 0, got {text!r}") from None
     return out
 
 
@@ -74,7 +85,7 @@ def time_config(config: str, data_dir: str, settings: list[tuple[int, int]], rep
     ready = {}
     for s in settings:  # built one at a time: a build is not timed, but would slow the others
         procs[s] = subprocess.Popen(
-            [sys.executable, __file__, "--worker", config, data_dir, str(s[0]), str(s[1])],
+            [sys.executable, __file__, "--worker", config, data_dir, str(s[0]), str(s[1]), s[2]],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         line = procs[s].stdout.readline().split()
         if not line or line[0] != "ready":
@@ -94,12 +105,12 @@ def time_config(config: str, data_dir: str, settings: list[tuple[int, int]], rep
         p.stdin.flush()
         p.wait()
     base = settings[0]
-    lines = [f"{config} ({ready[base][1]}):"]
+    lines = [f"{config}:"]
     for s in settings:
         med = statistics.median(times[s])
         pairs = [a / b for a, b in zip(blocks[base], blocks[s])]
-        lines.append(f"  intra {s[0]} inter {s[1]}: {med * 1e3:8.1f} ms/step; speed-up over "
-                     f"intra {base[0]} inter {base[1]}: "
+        lines.append(f"  {ready[s][1]} intra {s[0]} inter {s[1]}: {med * 1e3:8.1f} ms/step; "
+                     f"speed-up over {ready[base][1]} intra {base[0]} inter {base[1]}: "
                      f"{statistics.median(times[base]) / med:.3f}x (medians), "
                      f"{statistics.median(pairs):.3f}x (median of per-repeat ratios); "
                      f"first call {ready[s][0]:.1f} s")
@@ -109,12 +120,12 @@ def time_config(config: str, data_dir: str, settings: list[tuple[int, int]], rep
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        config, data_dir, intra, inter = sys.argv[2:6]
-        return worker(config, data_dir, int(intra), int(inter))
+        config, data_dir, intra, inter, variant = sys.argv[2:7]
+        return worker(config, data_dir, int(intra), int(inter), variant)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", default="quickstart,cifar10_cpu")
     p.add_argument("--settings", default="0,0;2,1;1,2",
-                   help="intra,inter thread counts per setting; the first is the baseline")
+                   help="intra,inter[,variant] per setting; the first is the baseline")
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--block_steps", type=int, default=8)
     p.add_argument("--out", default="")
