@@ -63,6 +63,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 from bench_train_step import minimal_step_fn  # noqa: E402
+from report import emit_report  # noqa: E402
 from step_flops import profiler_total  # noqa: E402
 
 from beam_jobs.preprocess import run_preprocess  # noqa: E402
@@ -238,16 +239,6 @@ def break_even_line(first_call: dict, times: dict, plain: str, jit: str) -> str:
                else "XLA never pays" if saving <= 0 else "XLA pays from the first step")
     return (f"  first call (trace + compile + 1 step): {jit} {first_call[jit]:.1f} s, {plain} "
             f"{first_call[plain]:.1f} s; {verdict}")
-
-
-def emit_report(lines: list[str], out: str) -> int:
-    """Prints the report's lines and, if ``out`` is given, writes them there; returns 0."""
-    report = "\n".join(lines)
-    print(report)
-    if out:
-        with open(out, "w") as f:
-            f.write(report + "\n")
-    return 0
 
 
 def main() -> int:

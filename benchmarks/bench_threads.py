@@ -134,6 +134,7 @@ def main() -> int:
     sys.path.insert(0, HERE)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import bench_step_speed  # after argument checks: it imports TensorFlow
+    import report
     names = [c for c in args.configs.split(",") if c]
     unknown = sorted(set(names) - set(bench_step_speed.CONFIGS))
     if unknown:
@@ -153,7 +154,7 @@ def main() -> int:
     cpus = len(os.sched_getaffinity(0))
     lines.append(f"1-minute load average {min(loads):.2f}-{max(loads):.2f} on {cpus} CPUs "
                  f"(the timed worker's own threads count)")
-    return bench_step_speed.emit_report(lines, args.out)
+    return report.emit_report(lines, args.out)
 
 
 if __name__ == "__main__":

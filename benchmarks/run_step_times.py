@@ -42,14 +42,10 @@ def main() -> int:
     p.add_argument("--out", default="")
     args = p.parse_args()
     from mlflow.tracking import MlflowClient
+    from report import emit_report  # benchmarks/, the script's own folder
 
     client = MlflowClient(args.tracking_uri)
-    report = "\n".join(run_lines(client, r) for r in args.run_ids)
-    print(report)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report + "\n")
-    return 0
+    return emit_report([run_lines(client, r) for r in args.run_ids], args.out)
 
 
 if __name__ == "__main__":
