@@ -14,7 +14,10 @@ the original default) on the same pre-made batches, and waits. So
 pools and with the pools ``pipeline.train`` now sets (intra 1 / inter = CPUs) against the
 step the trainer ran when the training-speed issue was filed, in one run. The parent then asks the workers in turn for blocks of
 ``--block_steps`` steps, rotating the order every repeat, so the settings are interleaved
-in time while each keeps its compiled step; idle workers only wait on their stdin. It
+in time while each keeps its compiled step; idle workers only wait on their stdin. The
+matmul and convolution peaks (fp32, bf16: ``bench_step_speed.peaks``) are measured first in
+the parent, each worker counts its step's FLOPs (TF op statistics), and each setting's
+GFLOP/s is given against every peak. It
 prints the median step time of each setting and its speed-up over the first setting (the
 default, ``0,0``), by medians and by the median of per-repeat ratios, and the 1-minute load
 average (compare ratios only from a machine with nothing else running).
@@ -35,14 +38,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def worker(config: str, data_dir: str, intra: int, inter: int, variant: str) -> int:
-    """One setting: build the step, print 'ready <first call s>', then answer each stdin line
-    'run K' with a JSON list of K per-step times (s) until 'quit'."""
+    """One setting: build the step, print 'ready <first call s> <variant> <FLOPs per step>',
+    then answer each stdin line 'run K' with a JSON list of K per-step times (s) until
+    'quit'."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter)
     sys.path.insert(0, HERE)
     import bench_step_speed
+    from step_flops import profiler_total
     tmp = tempfile.mkdtemp(prefix="bench_threads_worker_")
     _, _, steps, batches = bench_step_speed.build(config, data_dir, tmp, 8, only=variant)
     (variant, step), = steps.items()
@@ -50,7 +55,8 @@ def worker(config: str, data_dir: str, intra: int, inter: int, variant: str) -> 
     float(step(batches[0]))
     first = time.perf_counter() - start
     float(step(batches[1]))
-    print(f"ready {first:.1f} {variant}", flush=True)
+    flops = profiler_total(step.get_concrete_function(batches[0]).graph)
+    print(f"ready {first:.1f} {variant} {flops}", flush=True)
     for line in sys.stdin:
         cmd = line.split()
         if not cmd or cmd[0] == "quit":
@@ -78,8 +84,8 @@ def parse_settings(text: str) -> list[tuple[int, int, str]]:
     return out
 
 
-def time_config(config: str, data_dir: str, settings: list[tuple[int, int]], repeats: int,
-                block_steps: int) -> list[str]:
+def time_config(config: str, data_dir: str, settings: list[tuple[int, int, str]], repeats: int,
+                block_steps: int, peak: dict[str, float]) -> list[str]:
     """The report lines of one configuration."""
     procs = {}
     ready = {}
@@ -90,7 +96,7 @@ def time_config(config: str, data_dir: str, settings: list[tuple[int, int]], rep
         line = procs[s].stdout.readline().split()
         if not line or line[0] != "ready":
             raise SystemExit(f"worker {s} of {config} failed to start")
-        ready[s] = (float(line[1]), line[2])
+        ready[s] = (float(line[1]), line[2], float(line[3]))
     times = {s: [] for s in settings}
     blocks = {s: [] for s in settings}
     for r in range(repeats):
@@ -114,6 +120,10 @@ def time_config(config: str, data_dir: str, settings: list[tuple[int, int]], rep
                      f"{statistics.median(times[base]) / med:.3f}x (medians), "
                      f"{statistics.median(pairs):.3f}x (median of per-repeat ratios); "
                      f"first call {ready[s][0]:.1f} s")
+        gflops = ready[s][2] / 1e9 / med
+        lines.append(f"    {ready[s][2] / 1e9:.1f} GFLOP per step, {gflops:.1f} GFLOP/s = "
+                     + ", ".join(f"{100 * gflops / v:.0f} % of the {k} peak"
+                                 for k, v in peak.items()))
     lines.append(f"  ({repeats} repeats of {block_steps}-step blocks per setting)")
     return lines
 
@@ -142,12 +152,14 @@ def main() -> int:
                          f"{sorted(bench_step_speed.CONFIGS)}")
     tmp = tempfile.mkdtemp(prefix="bench_threads_")
     loads = [os.getloadavg()[0]]
-    lines, data = [], {}
+    peak = bench_step_speed.peaks()  # this process, TF's default pools, before any worker
+    lines = ["peaks (GFLOP/s, median of 5): " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items())]
+    data = {}
     for name in names:
         kind = bench_step_speed.CONFIGS[name][1]
         if kind not in data:
             data[kind] = bench_step_speed.make_data(kind, tmp)
-        new = time_config(name, data[kind], settings, args.repeats, args.block_steps)
+        new = time_config(name, data[kind], settings, args.repeats, args.block_steps, peak)
         loads.append(os.getloadavg()[0])
         print("\n".join(new), flush=True)
         lines += new
