@@ -129,8 +129,7 @@ def todays_default(cfg) -> str:
     separate calls (``FUSED_CALLS``), the 1x1-checkerboard shortcut, and bfloat16 (``_bf16``)
     when the config's ``--compute_dtype`` means it on this CPU
     (:func:`pipeline.precision.resolve_compute_dtype`)."""
-    jit = (train_step.cpu_default_jit_compile(cfg.train_steps) if cfg.jit_compile is None
-           else cfg.jit_compile)
+    jit = train_step.cpu_jit_compile(cfg)
     assert not train_step.FUSED_CALLS, "today's default would be a fused variant"
     dtype = precision.resolve_compute_dtype(cfg.compute_dtype, tf.distribute.get_strategy())
     return ("xla_separate" if jit else "onednn_separate") + (
@@ -162,9 +161,9 @@ def build(name: str, data_dir: str, tmp: str, n_batches: int, bf16: bool = False
     model.data_init(flows.dequantize_images(batches[0]["images"], batches[0]["dequant"]),
                     batches[0].get("prior"))
     variants = {v: (model,) + choice for v, choice in STEP_VARIANTS.items()}
-    only = todays_default(cfg) if only == "default" else only
-    if bf16 or "_bf16" in (only or "") or (checkerboard_baseline and
-                                           "_bf16" in todays_default(cfg)):
+    default = todays_default(cfg)
+    only = default if only == "default" else only
+    if bf16 or "_bf16" in (only or "") or (checkerboard_baseline and "_bf16" in default):
         model_bf16 = HybridModel(model_config, compute_dtype="bfloat16")
         precision.copy_weights(model, model_bf16)
         variants.update({f"{v}_bf16": (model_bf16,) + STEP_VARIANTS[v]

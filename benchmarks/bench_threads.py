@@ -12,8 +12,9 @@ the minimal step ``variant`` of ``bench_step_speed.py`` (default: today's defaul
 the original default) on the same pre-made batches, and waits. So
 ``--settings '0,0,xla_separate_whole1x1;0,0;1,2'`` times today's default step with TF's
 pools and with the pools ``pipeline.train`` now sets (intra 1 / inter = CPUs) against the
-step the trainer ran when the training-speed issue was filed, in one run. The parent then asks the workers in turn for blocks of
-``--block_steps`` steps, rotating the order every repeat, so the settings are interleaved
+step the trainer ran when the training-speed issue was filed, in one run. The parent then
+asks the workers in turn for blocks of ``--block_steps`` steps, rotating the order every
+repeat, so the settings are interleaved
 in time while each keeps its compiled step; idle workers only wait on their stdin. The
 matmul and convolution peaks (fp32, bf16: ``bench_step_speed.peaks``) are measured first in
 the parent, each worker counts its step's FLOPs (TF op statistics), and each setting's

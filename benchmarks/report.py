@@ -1,4 +1,4 @@
-"""The last step of every benchmark script: print the report, keep it if asked."""
+"""The last step of the benchmark scripts: print the report, keep it if asked."""
 from __future__ import annotations
 
 

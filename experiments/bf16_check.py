@@ -151,10 +151,10 @@ def main() -> int:
              f"{','.join(map(str, paired)) or '(none)'}:", "",
              "| step | " + " | ".join(a[0] for a in runs) + " | fp32 | bf16 | bf16 - fp32 "
              "(means) | bf16 - fp32 (paired) |", "|---" * (len(runs) + 5) + "|"]
+    arm_of = {(a[1], a[2]): a for a in runs}  # (dtype, seed) -> arm
     for s in steps:
         values = {a: rows[a][0][s] for a in runs}
-        diffs = [values[("bf16 seed %d" % k, "bfloat16", k)] - values[("fp32 seed %d" % k,
-                 "float32", k)] for k in paired]
+        diffs = [values[arm_of["bfloat16", k]] - values[arm_of["float32", k]] for k in paired]
         lines.append(
             f"| {s} | " + " | ".join(f"{values[a]:.4f}" for a in runs)
             + f" | {mean_std([values[a] for a in fp32])} | {mean_std([values[a] for a in bf16])}"

@@ -48,9 +48,8 @@ def set_thread_pools(train_cfg: TrainConfig) -> tuple[int, int] | None:
         return None
     if tf.config.list_physical_devices("GPU"):  # lists devices without starting TF
         return None
-    jit = (train_step.cpu_default_jit_compile(train_cfg.train_steps)
-           if train_cfg.jit_compile is None else train_cfg.jit_compile)
-    intra, inter = train_step.cpu_thread_pools(jit, len(os.sched_getaffinity(0)))
+    intra, inter = train_step.cpu_thread_pools(train_step.cpu_jit_compile(train_cfg),
+                                               len(os.sched_getaffinity(0)))
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)

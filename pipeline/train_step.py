@@ -62,6 +62,12 @@ def cpu_default_jit_compile(train_steps: int | None = None,
     return CPU_ISA_WITHOUT_XLA not in isa and long_run
 
 
+def cpu_jit_compile(cfg: TrainConfig) -> bool:
+    """Whether a run of ``cfg`` on CPUs compiles its step with XLA: its ``--jit_compile``,
+    else :func:`cpu_default_jit_compile` for its length."""
+    return cpu_default_jit_compile(cfg.train_steps) if cfg.jit_compile is None else cfg.jit_compile
+
+
 # One decoder call for the posterior's and the prior's latents and one discriminator call
 # for real and fake (Objective(fused=True)) or separate calls: the same values, measured
 # (benchmarks/bench_step_speed.py, the two runs above) without XLA: fused/separate 0.99x /
